@@ -1,0 +1,39 @@
+# Nightshift: `make demo` runs the nightly job on the small preset; `make test` runs the tests.
+SHELL := /bin/bash
+PY ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+export NIGHTSHIFT_HOME ?= $(CURDIR)/.nightshift
+
+.PHONY: setup up down status demo test lint clean
+
+$(BIN)/nightshift: pyproject.toml requirements.lock
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -r requirements.lock
+	$(BIN)/pip install -q --no-deps -e .
+	touch $(BIN)/nightshift
+
+setup: $(BIN)/nightshift  ## create .venv with the pinned dependency set
+
+up: setup  ## start Prefect server + worker, MLflow, Ray head; apply prefect.yaml
+	$(BIN)/nightshift up
+
+down:  ## stop what `up` started
+	$(BIN)/nightshift down
+
+status:
+	$(BIN)/nightshift status
+
+demo: setup  ## set up, bring the stack up, fetch Shakespeare, run pretrain/nightly (preset small)
+	$(BIN)/nightshift demo
+
+test: setup  ## the whole test suite (starts its own servers)
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+clean: down
+	rm -rf $(NIGHTSHIFT_HOME)

@@ -1,0 +1,269 @@
+"""The one config system: typed sections with help text, YAML presets, dotted overrides.
+
+A pipeline config is one :class:`Config` made of one section per concern (``data``, ``model``,
+``train``, ``tracking``, ``ray``, ``stack``). Each section is a pydantic model whose fields carry
+their help text as ``description``; ``nightshift config --help-fields`` prints them.
+
+Configs come from a preset (``configs/<name>.yaml`` or a path to a YAML file) and dotted
+overrides, from the CLI (``--data.vocab_size 4096``) or from a Prefect parameter
+(``{"data.vocab_size": 4096}``). Every problem — an unknown key, a wrong type, an inconsistent
+combination — is collected and raised at once in one :class:`ConfigError`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError
+
+from training.config_base import ConfigError, Section
+from training.data.config import DataConfig
+from training.model_config import ModelConfig, TrainConfig
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+PRESETS = ("tiny", "small", "gpt2-124m")
+
+
+def nightshift_home() -> Path:
+    """The root of all local state: ``$NIGHTSHIFT_HOME``, default ``./.nightshift``."""
+    return Path(os.environ.get("NIGHTSHIFT_HOME", ".nightshift")).expanduser().resolve()
+
+
+class TrackingConfig(Section):
+    # --- MLflow ---
+    mlflow_uri: str = Field(
+        default_factory=lambda: os.environ.get("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000"),
+        description="MLflow tracking URI; `nightshift up` serves one on http://127.0.0.1:5000.",
+    )
+    experiment: str = Field("nightshift", description="MLflow experiment that holds every pipeline run.")
+    # --- catalog and artifacts ---
+    catalog_url: str = Field(
+        default_factory=lambda: os.environ.get(
+            "NIGHTSHIFT_CATALOG_URL", f"sqlite:///{nightshift_home() / 'catalog.db'}"
+        ),
+        description="SQLAlchemy URL of the lineage catalog (SQLite by default, Postgres in production).",
+    )
+    artifact_root: str = Field(
+        default_factory=lambda: os.environ.get("NIGHTSHIFT_ARTIFACTS", str(nightshift_home() / "artifacts")),
+        description="Directory or fsspec URL under which stage artifacts are published by content hash.",
+    )
+    prefect_ui: str = Field(
+        default_factory=lambda: os.environ.get("NIGHTSHIFT_PREFECT_UI", "http://127.0.0.1:4200"),
+        description="Base URL of the Prefect UI, for links in summaries.",
+    )
+
+    def problems(self) -> list[str]:
+        out = []
+        if not self.experiment.strip():
+            out.append("experiment: must not be empty")
+        return out
+
+
+class RayConfig(Section):
+    address: str = Field(
+        default_factory=lambda: os.environ.get("RAY_ADDRESS", "local"),
+        description="'local' starts an in-process Ray; 'auto' joins the running head (nightshift up); "
+        "or a cluster address such as ray://head:10001.",
+    )
+    num_cpus: int | None = Field(None, ge=1, description="CPUs for a 'local' Ray (default: all).")
+
+
+class StackConfig(Section):
+    host: str = Field("127.0.0.1", description="Address every local service binds to.")
+    prefect_port: int = Field(4200, ge=1, le=65535, description="Prefect server (API and UI).")
+    mlflow_port: int = Field(5000, ge=1, le=65535, description="MLflow tracking server and UI.")
+    ray_port: int = Field(6379, ge=1, le=65535, description="Ray head GCS port.")
+    ray_dashboard_port: int = Field(8265, ge=1, le=65535, description="Ray dashboard.")
+    ray_num_cpus: int | None = Field(None, ge=1, description="CPUs the Ray head offers (default: all).")
+    work_pool: str = Field("nightshift-local", description="Prefect process work pool the worker serves.")
+    start_timeout_s: float = Field(120.0, gt=0, description="How long `up` waits for each health check.")
+
+    def problems(self) -> list[str]:
+        ports = {
+            "prefect_port": self.prefect_port,
+            "mlflow_port": self.mlflow_port,
+            "ray_port": self.ray_port,
+            "ray_dashboard_port": self.ray_dashboard_port,
+        }
+        seen: dict[int, str] = {}
+        out = []
+        for name, port in ports.items():
+            if port in seen:
+                out.append(f"{name}: port {port} is already used by {seen[port]}; pick another")
+            seen[port] = name
+        return out
+
+
+class Config(Section):
+    """The whole pipeline config, one section per concern."""
+
+    preset: str = Field("tiny", description="Name of the preset this config was loaded from.")
+    seed: int = Field(1337, description="Global seed; every stage derives its own from it.")
+    data: DataConfig = Field(default_factory=DataConfig, description="Ingestion, tokenizer and shards.")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="GPT architecture.")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="Pretraining loop.")
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="MLflow and the catalog.")
+    ray: RayConfig = Field(default_factory=RayConfig, description="Where Ray work runs.")
+    stack: StackConfig = Field(default_factory=StackConfig, description="The local stack of `nightshift up`.")
+
+    def problems(self) -> list[str]:
+        out: list[str] = []
+        for name in ("data", "model", "train", "tracking", "ray", "stack"):
+            section: Section = getattr(self, name)
+            out.extend(f"{name}.{p}" for p in section.problems())
+        if self.model.vocab_size < self.data.vocab_size:
+            out.append(
+                f"model.vocab_size: {self.model.vocab_size} is smaller than data.vocab_size "
+                f"{self.data.vocab_size}; the model must cover every token id"
+            )
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def save(self, path: str | Path) -> Path:
+        """Write this config as YAML (atomically), e.g. next to the artifact it produced."""
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        os.replace(tmp, path)
+        return path
+
+
+def _preset_path(preset: str | Path) -> Path:
+    p = Path(preset)
+    if p.suffix in (".yaml", ".yml"):
+        return p
+    return CONFIG_DIR / f"{preset}.yaml"
+
+
+def _set_dotted(tree: dict[str, Any], key: str, value: Any, problems: list[str]) -> None:
+    parts = key.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            problems.append(f"{key}: '{part}' is a value, not a section")
+            return
+        node = child
+    node[parts[-1]] = value
+
+
+def _format_validation_error(err: ValidationError) -> list[str]:
+    out = []
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e["loc"])
+        if e["type"] == "extra_forbidden":
+            out.append(f"{loc}: unknown key; see `nightshift config --help-fields` for the known ones")
+        else:
+            out.append(f"{loc}: {e['msg']} (got {e.get('input')!r})")
+    return out
+
+
+def parse_value(text: str) -> Any:
+    """Parse a CLI override value as YAML, so ``4096`` is an int, ``false`` a bool, ``[a, b]`` a list."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def parse_cli_overrides(args: Sequence[str]) -> dict[str, Any]:
+    """Turn ``["--data.vocab_size", "4096", "--train.lr=3e-4"]`` into ``{"data.vocab_size": 4096, ...}``.
+
+    Raises:
+        ConfigError: for a token that is not a ``--section.key`` override or that lacks a value.
+    """
+    out: dict[str, Any] = {}
+    problems = []
+    i = 0
+    args = list(args)
+    while i < len(args):
+        tok = args[i]
+        if not tok.startswith("--") or "." not in tok.split("=", 1)[0]:
+            problems.append(f"{tok}: not an override; write --section.key VALUE (e.g. --data.vocab_size 4096)")
+            i += 1
+            continue
+        if "=" in tok:
+            key, value = tok[2:].split("=", 1)
+            i += 1
+        elif i + 1 < len(args) and not (args[i + 1].startswith("--") and "." in args[i + 1]):
+            key, value = tok[2:], args[i + 1]
+            i += 2
+        else:
+            problems.append(f"{tok}: missing a value")
+            i += 1
+            continue
+        out[key] = parse_value(value)
+    if problems:
+        raise ConfigError(problems, source="command line")
+    return out
+
+
+def load_config(
+    preset: str | Path = "tiny",
+    overrides: Mapping[str, Any] | Iterable[str] | None = None,
+) -> Config:
+    """Load a preset and apply dotted overrides; validate everything at once.
+
+    Args:
+        preset: a preset name from ``configs/`` (``tiny``, ``small``, ``gpt2-124m``) or a YAML path.
+        overrides: ``{"data.vocab_size": 4096}`` or CLI tokens ``["--data.vocab_size", "4096"]``.
+
+    Raises:
+        ConfigError: listing every problem (unknown preset or key, bad type, inconsistent values).
+    """
+    path = _preset_path(preset)
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
+        raise ConfigError([f"preset: '{preset}' not found at {path}; known presets: {known}"])
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError([f"{path}: not valid YAML: {e}"]) from e
+    if not isinstance(tree, dict):
+        raise ConfigError([f"{path}: must hold a mapping of sections, got {type(tree).__name__}"])
+    tree.setdefault("preset", Path(preset).stem if path.suffix else str(preset))
+
+    problems: list[str] = []
+    if overrides is not None and not isinstance(overrides, Mapping):
+        overrides = parse_cli_overrides(list(overrides))
+    for key, value in (overrides or {}).items():
+        _set_dotted(tree, key, parse_value(value) if isinstance(value, str) else value, problems)
+    try:
+        cfg = Config.model_validate(tree)
+    except ValidationError as e:
+        problems.extend(_format_validation_error(e))
+        # Also report the cross-field problems of the sections that did validate, so one run of the
+        # command shows every mistake rather than the first layer of them.
+        for name, field in Config.model_fields.items():
+            ann = field.annotation
+            if isinstance(ann, type) and issubclass(ann, Section) and isinstance(tree.get(name, {}), dict):
+                try:
+                    section = ann.model_validate(tree.get(name, {}))
+                except ValidationError:
+                    continue
+                problems.extend(f"{name}.{p}" for p in section.problems())
+        raise ConfigError(problems, source=str(path)) from None
+    problems.extend(cfg.problems())
+    if problems:
+        raise ConfigError(problems, source=str(path))
+    return cfg
+
+
+def describe_fields(model: type[BaseModel] = Config, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(dotted key, default, help) for every leaf field, for ``--help`` output and the docs."""
+    rows = []
+    for name, field in model.model_fields.items():
+        key = f"{prefix}{name}"
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            rows.extend(describe_fields(ann, prefix=f"{key}."))
+            continue
+        default = "(from environment)" if field.default_factory is not None else repr(field.default)
+        rows.append((key, default, field.description or ""))
+    return rows
