@@ -135,9 +135,7 @@ def publish(kind: str, root: str | Path | None = None, dest: str | Path | None =
         else:
             os.rename(tmp, final)
         _fsync_dir(parent)
-        staging.ref = ArtifactRef(
-            kind=kind, path=final, sha256=sha, metadata=staging.metadata, files=files
-        )
+        staging.ref = ArtifactRef(kind=kind, path=final, sha256=sha, metadata=staging.metadata, files=files)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -166,7 +164,9 @@ def open_artifact(path: str | Path, kind: str | None = None, verify: bool = True
             if rel not in actual:
                 raise ArtifactError(f"{path}: file {rel} is missing; the artifact is incomplete")
             if rel not in files:
-                raise ArtifactError(f"{path}: file {rel} is not part of the artifact; remove it or re-publish")
+                raise ArtifactError(
+                    f"{path}: file {rel} is not part of the artifact; remove it or re-publish"
+                )
             if file_sha256(path / rel) != files[rel]["sha256"]:
                 raise ArtifactError(
                     f"{path}: file {rel} does not match its recorded sha256; the artifact is corrupt, "

@@ -79,8 +79,25 @@ class StackConfig(Section):
     ray_port: int = Field(6379, ge=1, le=65535, description="Ray head GCS port.")
     ray_dashboard_port: int = Field(8265, ge=1, le=65535, description="Ray dashboard.")
     ray_num_cpus: int | None = Field(None, ge=1, description="CPUs the Ray head offers (default: all).")
+    ray_client_port: int = Field(10001, ge=1, le=65535, description="Ray client server (ray://) port.")
+    ray_dashboard_agent_port: int = Field(
+        52365, ge=1, le=65535, description="HTTP port of the Ray head's dashboard agent."
+    )
+    ray_object_store_bytes: int = Field(
+        1_000_000_000, ge=78_643_200, description="Object store memory of the Ray head, in bytes."
+    )
+    ray_temp_dir: str | None = Field(
+        None,
+        description="Ray's temp/session dir (default: $NIGHTSHIFT_HOME/ray, or a short /tmp path when that "
+        "is too long for Ray's unix sockets).",
+    )
     work_pool: str = Field("nightshift-local", description="Prefect process work pool the worker serves.")
     start_timeout_s: float = Field(120.0, gt=0, description="How long `up` waits for each health check.")
+    set_profile: bool = Field(
+        True,
+        description="`up` creates and activates a Prefect profile 'nightshift' pointing at the local server "
+        "(`down` re-activates the previous one), so plain `prefect ...` commands reach it.",
+    )
 
     def problems(self) -> list[str]:
         ports = {
@@ -88,6 +105,8 @@ class StackConfig(Section):
             "mlflow_port": self.mlflow_port,
             "ray_port": self.ray_port,
             "ray_dashboard_port": self.ray_dashboard_port,
+            "ray_client_port": self.ray_client_port,
+            "ray_dashboard_agent_port": self.ray_dashboard_agent_port,
         }
         seen: dict[int, str] = {}
         out = []
@@ -95,6 +114,9 @@ class StackConfig(Section):
             if port in seen:
                 out.append(f"{name}: port {port} is already used by {seen[port]}; pick another")
             seen[port] = name
+            # Ray hands 10002-19999 to its worker processes and refuses a head port inside that range.
+            if name.startswith("ray_") and 10002 <= port <= 19999:
+                out.append(f"{name}: port {port} is in Ray's worker port range 10002-19999; pick another")
         return out
 
 
@@ -185,7 +207,9 @@ def parse_cli_overrides(args: Sequence[str]) -> dict[str, Any]:
     while i < len(args):
         tok = args[i]
         if not tok.startswith("--") or "." not in tok.split("=", 1)[0]:
-            problems.append(f"{tok}: not an override; write --section.key VALUE (e.g. --data.vocab_size 4096)")
+            problems.append(
+                f"{tok}: not an override; write --section.key VALUE (e.g. --data.vocab_size 4096)"
+            )
             i += 1
             continue
         if "=" in tok:

@@ -35,7 +35,9 @@ class TrainConfig(Section):
     lr: float = Field(1e-3, gt=0, description="Peak learning rate.")
     min_lr: float = Field(1e-4, ge=0, description="Learning rate at the end of the cosine decay.")
     warmup_steps: int = Field(10, ge=0, description="Linear warmup steps.")
-    weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay on matrices (not on biases or norms).")
+    weight_decay: float = Field(
+        0.1, ge=0, description="AdamW weight decay on matrices (not on biases or norms)."
+    )
     grad_clip: float = Field(1.0, ge=0, description="Gradient norm clip; 0 disables.")
     # --- evaluation and checkpoints ---
     val_every: int = Field(50, ge=1, description="Steps between validation passes.")
@@ -43,7 +45,9 @@ class TrainConfig(Section):
     checkpoint_every: int = Field(50, ge=1, description="Steps between checkpoints.")
     keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept on disk.")
     # --- hardware ---
-    precision: Literal["32-true", "bf16-mixed", "16-mixed"] = Field("32-true", description="Lightning precision.")
+    precision: Literal["32-true", "bf16-mixed", "16-mixed"] = Field(
+        "32-true", description="Lightning precision."
+    )
     compile: bool = Field(False, description="torch.compile the model.")
     num_workers: int = Field(1, ge=1, description="Ray Train workers (1 runs without Ray).")
     use_gpu: bool = Field(False, description="Ray Train workers use GPUs.")

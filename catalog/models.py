@@ -1,0 +1,243 @@
+"""The catalog's tables as SQLAlchemy 2 typed ORM classes.
+
+Six tables: ``artifacts`` (content-addressed outputs, identity = (kind, sha256)), ``runs`` (one
+row per pipeline run and per stage, a stage pointing at its pipeline through ``parent_id``),
+``lineage_edges`` (run → artifact it read / wrote), ``deployments``, ``completions`` (every
+served request) and ``feedback`` (human ratings and preferences on completions).
+
+Portable by construction: only generic types (``JSON``, ``String``, ``DateTime``), string
+columns with CHECK constraints instead of native enums (nothing dialect-specific to create or
+drop), and deterministic constraint names so migrations behave the same on SQLite and Postgres.
+All timestamps are timezone-aware UTC in Python, whatever the backend stores.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+RUN_STATUSES = ("running", "completed", "failed")
+DIRECTIONS = ("read", "wrote")
+COMPLETION_ENDPOINTS = ("completions", "chat")
+FEEDBACK_KINDS = ("rating", "preference")
+FEEDBACK_SOURCES = ("api", "dashboard")
+
+# Deterministic names: Alembic needs a name to drop or alter a constraint, and SQLite and
+# Postgres would otherwise invent different ones.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    """The current time as a timezone-aware UTC datetime."""
+    return datetime.now(UTC)
+
+
+def new_run_id() -> str:
+    """A fresh run id (uuid4 as a 36-character string)."""
+    return str(uuid.uuid4())
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A ``DateTime(timezone=True)`` that always hands back aware UTC datetimes.
+
+    SQLite has no timezone storage and returns naive values; Postgres returns aware ones in the
+    session time zone. Normalising here means callers compare and subtract timestamps safely.
+    Naive values passed in are taken to be UTC already.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+def _one_of(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSON()}
+
+
+class Artifact(Base):
+    """A content-addressed artifact; the same (kind, sha256) is one row wherever it was written."""
+
+    __tablename__ = "artifacts"
+    __table_args__ = (UniqueConstraint("kind", "sha256"), Index(None, "sha256"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    sha256: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(64))
+    uri: Mapped[str] = mapped_column(Text)
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    # ``metadata`` is reserved on declarative classes, hence the attribute name ``meta``.
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    def __repr__(self) -> str:
+        return f"Artifact(id={self.id}, kind={self.kind!r}, sha256={self.sha256[:12]!r})"
+
+
+class Run(Base):
+    """A pipeline run (``parent_id`` is None) or one stage of it."""
+
+    __tablename__ = "runs"
+    __table_args__ = (
+        CheckConstraint(_one_of("status", RUN_STATUSES), name="status"),
+        Index(None, "parent_id"),
+        Index(None, "mlflow_run_id"),
+        Index(None, "prefect_flow_run_id"),
+        Index(None, "stage", "started_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_run_id)
+    stage: Mapped[str] = mapped_column(String(128))
+    parent_id: Mapped[str | None] = mapped_column(ForeignKey("runs.id"))
+    mlflow_run_id: Mapped[str | None] = mapped_column(String(64))
+    prefect_flow_run_id: Mapped[str | None] = mapped_column(String(64))
+    config: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16), default="running")
+    error: Mapped[str | None] = mapped_column(Text)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    ended_at: Mapped[datetime | None] = mapped_column()
+
+    parent: Mapped[Run | None] = relationship(remote_side=[id], back_populates="children")
+    children: Mapped[list[Run]] = relationship(back_populates="parent")
+
+    def __repr__(self) -> str:
+        return f"Run(id={self.id!r}, stage={self.stage!r}, status={self.status!r})"
+
+
+class LineageEdge(Base):
+    """``run`` read or wrote ``artifact``."""
+
+    __tablename__ = "lineage_edges"
+    __table_args__ = (
+        UniqueConstraint("run_id", "artifact_id", "direction"),
+        CheckConstraint(_one_of("direction", DIRECTIONS), name="direction"),
+        # Walking lineage backwards asks "who wrote artifact X" and "what did run R read".
+        Index(None, "artifact_id", "direction"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"))
+    artifact_id: Mapped[int] = mapped_column(ForeignKey("artifacts.id"))
+    direction: Mapped[str] = mapped_column(String(8))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    run: Mapped[Run] = relationship()
+    artifact: Mapped[Artifact] = relationship()
+
+
+class Deployment(Base):
+    """A model served at an endpoint; ``status`` is free text such as 'active' or 'retired'."""
+
+    __tablename__ = "deployments"
+    __table_args__ = (Index(None, "model_artifact_id"), Index(None, "status", "created_at"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    model_artifact_id: Mapped[int] = mapped_column(ForeignKey("artifacts.id"))
+    registry_name: Mapped[str | None] = mapped_column(String(255))
+    registry_version: Mapped[str | None] = mapped_column(String(64))
+    alias: Mapped[str | None] = mapped_column(String(64))
+    endpoint: Mapped[str | None] = mapped_column(String(1024))
+    status: Mapped[str] = mapped_column(String(32), default="active")
+    created_by: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    retired_at: Mapped[datetime | None] = mapped_column()
+
+    model_artifact: Mapped[Artifact] = relationship()
+
+
+class Completion(Base):
+    """One served request and its response, linked to the exact model artifact that answered."""
+
+    __tablename__ = "completions"
+    __table_args__ = (
+        CheckConstraint(_one_of("endpoint", COMPLETION_ENDPOINTS), name="endpoint"),
+        Index(None, "model_artifact_id"),
+        Index(None, "deployment_id"),
+        Index(None, "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    deployment_id: Mapped[int | None] = mapped_column(ForeignKey("deployments.id"))
+    model_artifact_id: Mapped[int] = mapped_column(ForeignKey("artifacts.id"))
+    endpoint: Mapped[str] = mapped_column(String(16))
+    prompt: Mapped[str] = mapped_column(Text)
+    response: Mapped[str] = mapped_column(Text)
+    params: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    user: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    deployment: Mapped[Deployment | None] = relationship()
+    model_artifact: Mapped[Artifact] = relationship()
+
+
+class Feedback(Base):
+    """A rating of one completion, or a preference between two (``preferred`` is 'a' or 'b')."""
+
+    __tablename__ = "feedback"
+    __table_args__ = (
+        CheckConstraint(_one_of("kind", FEEDBACK_KINDS), name="kind"),
+        CheckConstraint(_one_of("source", FEEDBACK_SOURCES), name="source"),
+        CheckConstraint("preferred IS NULL OR preferred IN ('a', 'b')", name="preferred"),
+        Index(None, "completion_id"),
+        Index(None, "other_completion_id"),
+        Index(None, "kind", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    completion_id: Mapped[str] = mapped_column(ForeignKey("completions.id"))
+    other_completion_id: Mapped[str | None] = mapped_column(ForeignKey("completions.id"))
+    rating: Mapped[int | None] = mapped_column(Integer)
+    preferred: Mapped[str | None] = mapped_column(String(1))
+    unsafe: Mapped[bool] = mapped_column(Boolean, default=False)
+    note: Mapped[str | None] = mapped_column(Text)
+    labeller: Mapped[str | None] = mapped_column(String(255))
+    source: Mapped[str] = mapped_column(String(16), default="api")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    completion: Mapped[Completion] = relationship(foreign_keys=[completion_id])
+    other_completion: Mapped[Completion | None] = relationship(foreign_keys=[other_completion_id])

@@ -1,0 +1,200 @@
+"""Fixtures shared by the whole suite: real servers on loopback, fresh databases.
+
+* ``free_port()`` — a free TCP port on 127.0.0.1 (plain function; import it from ``tests.conftest``).
+* ``mlflow_server`` (session) — a real ``mlflow server`` with a SQLite backend and proxied
+  artifacts in a temp dir; yields its ``http://127.0.0.1:<port>`` URI.
+* ``postgres_url`` (session) — a real PostgreSQL 15 from Debian's binaries; yields
+  ``postgresql+psycopg://postgres@127.0.0.1:<port>/nightshift``. Mark tests ``@pytest.mark.postgres``.
+* ``postgres_db`` — a fresh, empty database on that server for one test.
+* ``catalog_url`` — a fresh SQLite catalog URL under ``tmp_path`` (not migrated).
+* ``any_db_url`` — parametrized: the test runs on a fresh SQLite URL and on a fresh Postgres DB.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+SERVER_START_TIMEOUT_S = 90
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _tail(path: Path, n: int = 60) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return "(no log)"
+
+
+def _stop_group(proc: subprocess.Popen[bytes], timeout: float = 15) -> None:
+    # The server forks workers (and MLflow a job runner): signal the whole process group.
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=timeout)
+    except ProcessLookupError:
+        return
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real MLflow tracking server on loopback; yields its URI."""
+    root = tmp_path_factory.mktemp("mlflow")
+    port = free_port()
+    log_path = root / "server.log"
+    mlflow_bin = Path(sys.executable).with_name("mlflow")
+    cmd = [
+        str(mlflow_bin) if mlflow_bin.exists() else "mlflow",
+        "server",
+        "--host", "127.0.0.1",
+        "--port", str(port),
+        "--workers", "1",
+        "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
+        "--artifacts-destination", str(root / "artifacts"),
+    ]  # fmt: skip
+    # No background job runner (huey consumers): tests do not use MLflow server jobs, and it halves startup.
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, cwd=root, env=env, start_new_session=True
+        )
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        _wait_http(f"{uri}/health", proc, log_path, "mlflow server")
+        yield uri
+    finally:
+        _stop_group(proc)
+
+
+def _wait_http(url: str, proc: subprocess.Popen[bytes], log_path: Path, what: str) -> None:
+    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"{what} exited with {proc.returncode}; log {log_path}:\n{_tail(log_path)}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.25)
+    _stop_group(proc)
+    pytest.fail(
+        f"{what} not healthy at {url} after {SERVER_START_TIMEOUT_S}s; log {log_path}:\n{_tail(log_path)}"
+    )
+
+
+def _as_postgres(cmd: list[str]) -> list[str]:
+    # Postgres refuses to run as root; as a normal user we already are an acceptable owner.
+    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A real PostgreSQL 15 on loopback (trust auth); yields a SQLAlchemy URL to database ``nightshift``."""
+    if not (PG_BIN / "initdb").exists():
+        pytest.fail(
+            f"PostgreSQL 15 binaries not found under {PG_BIN}; `.ci/run` installs Debian's `postgresql` "
+            "package (apt-get install postgresql)."
+        )
+    # Not under pytest's tmp dir: that is root-only (0700) and the postgres user must reach the data dir.
+    root = Path(tempfile.mkdtemp(prefix="nightshift-pg-"))
+    data, sock, log_path = root / "data", root / "sock", root / "postgres.log"
+    sock.mkdir()
+    if os.geteuid() == 0:
+        shutil.chown(root, "postgres", "postgres")
+        shutil.chown(sock, "postgres", "postgres")
+    port = free_port()
+    run = subprocess.run
+    out = run(
+        _as_postgres([str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
+                      "-E", "UTF8", "--no-sync", "--locale=C"]),
+        capture_output=True, text=True,
+    )  # fmt: skip
+    if out.returncode != 0:
+        shutil.rmtree(root, ignore_errors=True)
+        pytest.fail(f"initdb failed:\n{out.stdout}\n{out.stderr}")
+    # Durability off: a throwaway test cluster, and fsync dominates DDL-heavy migration tests.
+    opts = (
+        f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={sock} "
+        "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+    )
+    pg_ctl = str(PG_BIN / "pg_ctl")
+    out = run(
+        _as_postgres([pg_ctl, "start", "-D", str(data), "-l", str(log_path), "-w", "-t", "60", "-o", opts]),
+        capture_output=True, text=True,
+    )  # fmt: skip
+    if out.returncode != 0:
+        log = _tail(log_path)
+        shutil.rmtree(root, ignore_errors=True)
+        pytest.fail(f"pg_ctl start failed:\n{out.stdout}\n{out.stderr}\n{log}")
+    try:
+        _create_database(port, "nightshift")
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/nightshift"
+    finally:
+        try:
+            from catalog.db import dispose_engines
+
+            dispose_engines()
+        finally:
+            run(_as_postgres([pg_ctl, "stop", "-D", str(data), "-m", "fast", "-w"]), capture_output=True)
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def _create_database(port: int, name: str) -> None:
+    import psycopg
+
+    with psycopg.connect(
+        host="127.0.0.1", port=port, user="postgres", dbname="postgres", autocommit=True
+    ) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+
+
+@pytest.fixture
+def postgres_db(postgres_url: str) -> str:
+    """A fresh, empty database on the session's Postgres server, for one test; yields its URL."""
+    from sqlalchemy import make_url
+
+    url = make_url(postgres_url)
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    assert url.port is not None
+    _create_database(url.port, name)
+    return url.set(database=name).render_as_string(hide_password=False)
+
+
+@pytest.fixture
+def catalog_url(tmp_path: Path) -> str:
+    """A fresh SQLite catalog URL in this test's tmp dir (call ``catalog.db.migrate`` to create tables)."""
+    return f"sqlite:///{tmp_path}/catalog.db"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def any_db_url(request: pytest.FixtureRequest) -> str:
+    """Run a test twice: on a fresh SQLite catalog and on a fresh Postgres database (not migrated)."""
+    if request.param == "sqlite":
+        return request.getfixturevalue("catalog_url")
+    return request.getfixturevalue("postgres_db")
