@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# MLflow tracking server: SQLite backend, artifacts proxied by the server (clients upload and download
+# through HTTP, so they need no access to the artifact directory).
+set -euo pipefail
+
+: "${NIGHTSHIFT_HOME:?set NIGHTSHIFT_HOME to the stack state directory}"
+HOST="${NIGHTSHIFT_HOST:-127.0.0.1}"
+PORT="${MLFLOW_PORT:-5000}"
+WORKERS="${MLFLOW_WORKERS:-2}"
+DIR="$NIGHTSHIFT_HOME/mlflow"
+mkdir -p "$DIR/artifacts"
+
+# MLflow 3's security middleware rejects unknown Host headers (DNS-rebinding guard); the defaults
+# already admit localhost and 127.0.0.1, so only list the bound address when it is something else.
+EXTRA=()
+case "$HOST" in
+  127.0.0.1 | localhost) ;;
+  *) EXTRA+=(--allowed-hosts "${MLFLOW_ALLOWED_HOSTS:-$HOST:$PORT}") ;;
+esac
+
+exec mlflow server \
+  --host "$HOST" --port "$PORT" --workers "$WORKERS" \
+  --backend-store-uri "sqlite:///$DIR/mlflow.db" \
+  --serve-artifacts --artifacts-destination "$DIR/artifacts" \
+  "${EXTRA[@]}"

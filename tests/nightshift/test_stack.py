@@ -1,0 +1,199 @@
+"""The local stack against real processes: Prefect server + worker, MLflow, Ray head.
+
+Every service gets a free port and all state lives in tmp dirs (``NIGHTSHIFT_HOME``, ``PREFECT_HOME``),
+so these tests never touch a stack or a Prefect profile a developer runs on the default ports.
+One stack is brought up per module and shared by the tests, in order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from nightshift import stack
+from nightshift.services import process_start_time, read_state, state_path, stop
+from training.config import Config, load_config
+
+pytestmark = [pytest.mark.stack, pytest.mark.slow]
+
+SERVICES = ["prefect-server", "mlflow", "ray-head", "prefect-worker"]
+PORT_KEYS = [
+    "prefect_port",
+    "mlflow_port",
+    "ray_port",
+    "ray_dashboard_port",
+    "ray_client_port",
+    "ray_dashboard_agent_port",
+]
+
+
+def _free_ports(n: int) -> list[int]:
+    """Ports the OS considers free now, outside Ray's worker port range (10002-19999)."""
+    socks, ports = [], []
+    while len(ports) < n:
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        socks.append(s)
+        if not 10002 <= port <= 19999:
+            ports.append(port)
+    for s in socks:
+        s.close()
+    return ports
+
+
+@pytest.fixture(scope="module")
+def cfg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Config]:
+    home = tmp_path_factory.mktemp("nightshift_home")
+    prefect_home = tmp_path_factory.mktemp("prefect_home")
+    saved = {k: os.environ.get(k) for k in ("NIGHTSHIFT_HOME", "PREFECT_HOME")}
+    os.environ["NIGHTSHIFT_HOME"] = str(home)
+    # The profile `up` activates goes to this tmp PREFECT_HOME, never the developer's ~/.prefect.
+    os.environ["PREFECT_HOME"] = str(prefect_home)
+    overrides = dict(zip((f"stack.{k}" for k in PORT_KEYS), _free_ports(len(PORT_KEYS)), strict=True))
+    overrides.update({"stack.ray_num_cpus": 1, "stack.ray_object_store_bytes": 100_000_000})
+    config = load_config("tiny", overrides)
+    yield config
+    stack.down(config)
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def started(cfg: Config) -> dict[str, object]:
+    t0 = time.monotonic()
+    services = stack.up(cfg, deploy=True)
+    return {"services": services, "seconds": time.monotonic() - t0}
+
+
+def test_up_brings_every_service_up_healthy(cfg: Config, started: dict[str, object]) -> None:
+    services = started["services"]
+    assert [s.name for s in services] == SERVICES
+    for s in services:
+        assert s.running and s.healthy, f"{s.name}: {s.detail}"
+        assert s.pid is not None and process_start_time(s.pid) is not None
+        assert s.log.is_file()
+    env_file = Path(os.environ["NIGHTSHIFT_HOME"]) / "env"
+    assert f"export PREFECT_API_URL=http://127.0.0.1:{cfg.stack.prefect_port}/api" in env_file.read_text()
+
+
+def test_second_up_keeps_the_same_processes(cfg: Config, started: dict[str, object]) -> None:
+    before = {s.name: s.pid for s in started["services"]}
+    t0 = time.monotonic()
+    again = stack.up(cfg, deploy=False)
+    assert {s.name: s.pid for s in again} == before
+    assert time.monotonic() - t0 < 15
+
+
+def test_status_reports_urls(cfg: Config, started: dict[str, object]) -> None:
+    by_name = {s.name: s for s in stack.status(cfg)}
+    assert all(s.healthy for s in by_name.values())
+    assert by_name["prefect-server"].url == f"http://127.0.0.1:{cfg.stack.prefect_port}"
+    assert by_name["mlflow"].url == f"http://127.0.0.1:{cfg.stack.mlflow_port}"
+    assert by_name["ray-head"].url == f"http://127.0.0.1:{cfg.stack.ray_dashboard_port}"
+    env = stack.stack_env(cfg)
+    assert env["RAY_ADDRESS"] == f"127.0.0.1:{cfg.stack.ray_port}"
+    assert env["MLFLOW_TRACKING_URI"] == by_name["mlflow"].url
+
+
+def test_deployments_exist_on_our_server(cfg: Config, started: dict[str, object]) -> None:
+    # A fresh interpreter, so the Prefect client reads PREFECT_API_URL rather than settings cached here.
+    code = """
+import asyncio, json
+from prefect.client.orchestration import get_client
+async def main():
+    async with get_client() as c:
+        out = {}
+        for name in ("pretrain/nightly", "ingest/adhoc"):
+            d = await c.read_deployment_by_name(name)
+            limit = d.global_concurrency_limit.limit if d.global_concurrency_limit else d.concurrency_limit
+            out[name] = {
+                "crons": [s.schedule.cron for s in d.schedules],
+                "tz": [s.schedule.timezone for s in d.schedules],
+                "limit": limit, "pool": d.work_pool_name, "params": d.parameters, "pull": d.pull_steps,
+            }
+        print(json.dumps(out))
+asyncio.run(main())
+"""
+    env = {**os.environ, **stack.stack_env(cfg)}
+    done = subprocess.run(["python", "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    found = json.loads(done.stdout.strip().splitlines()[-1])
+    nightly, adhoc = found["pretrain/nightly"], found["ingest/adhoc"]
+    assert nightly["crons"] == ["0 2 * * *"] and nightly["tz"] == ["UTC"]
+    assert nightly["limit"] == 1
+    assert nightly["params"] == {"preset": "small"}
+    assert nightly["pool"] == adhoc["pool"] == cfg.stack.work_pool
+    # Resolved at run time from the worker's environment, so no checkout path is baked in.
+    assert "{{ $NIGHTSHIFT_REPO }}" in json.dumps(nightly["pull"])
+    assert adhoc["crons"] == []
+
+
+def test_the_profile_points_prefect_at_our_server(cfg: Config, started: dict[str, object]) -> None:
+    profiles = (Path(os.environ["PREFECT_HOME"]) / "profiles.toml").read_text()
+    assert 'active = "nightshift"' in profiles
+    assert f"http://127.0.0.1:{cfg.stack.prefect_port}/api" in profiles
+
+
+def test_port_held_by_a_foreign_socket_is_a_clear_error(cfg: Config, tmp_path: Path) -> None:
+    (port,) = _free_ports(1)
+    foreign = socket.socket()
+    foreign.bind(("127.0.0.1", port))
+    foreign.listen()
+    other = cfg.model_copy(deep=True)
+    other.stack.mlflow_port = port
+    saved = os.environ["NIGHTSHIFT_HOME"]
+    os.environ["NIGHTSHIFT_HOME"] = str(tmp_path / "other")  # a second stack with nothing running
+    try:
+        with pytest.raises(stack.StackError, match=rf"port {port} .*--stack\.mlflow_port"):
+            stack.up(other, deploy=False)
+        # The check runs before anything is launched, so nothing was left half-started.
+        assert not any(s.running for s in stack.status(other))
+    finally:
+        os.environ["NIGHTSHIFT_HOME"] = saved
+        foreign.close()
+
+
+def test_stale_pid_file_is_restarted(cfg: Config, started: dict[str, object]) -> None:
+    home = Path(os.environ["NIGHTSHIFT_HOME"])
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stop(home, "mlflow")  # so the next `up` must start mlflow again, from a stale pid file
+    state_path(home, "mlflow").write_text(json.dumps({"pid": dead.pid, "start_time": "1"}))
+    services = {s.name: s for s in stack.up(cfg, deploy=False)}
+    assert services["mlflow"].healthy and services["mlflow"].pid != dead.pid
+    assert read_state(home, "mlflow")["pid"] == services["mlflow"].pid
+
+
+def test_down_stops_exactly_our_processes(cfg: Config, started: dict[str, object]) -> None:
+    home = Path(os.environ["NIGHTSHIFT_HOME"])
+    bystander = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    try:
+        ours = [s.pid for s in stack.status(cfg) if s.pid]
+        assert len(ours) == len(SERVICES)
+        after = stack.down(cfg)
+        assert not any(s.running for s in after)
+        for pid in ours:
+            assert process_start_time(pid) is None
+            with pytest.raises(ProcessLookupError):
+                os.killpg(pid, 0)  # the whole group (Ray's GCS, raylet, workers) is gone
+        assert bystander.poll() is None, "down must not touch processes it did not start"
+        assert not list((home / "stack").glob("*.json"))
+        assert 'active = "nightshift"' not in (Path(os.environ["PREFECT_HOME"]) / "profiles.toml").read_text()
+        # A recorded pid that now belongs to another process (start time differs) is never signalled.
+        state_path(home, "mlflow").write_text(json.dumps({"pid": bystander.pid, "start_time": "1"}))
+        assert stack.down(cfg) == after
+        assert bystander.poll() is None
+    finally:
+        bystander.kill()
+        bystander.wait()
