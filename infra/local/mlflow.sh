@@ -9,6 +9,9 @@ PORT="${MLFLOW_PORT:-5000}"
 WORKERS="${MLFLOW_WORKERS:-2}"
 DIR="$NIGHTSHIFT_HOME/mlflow"
 mkdir -p "$DIR/artifacts"
+# MLflow 3 starts background job workers (huey) by default; nothing here submits jobs, and on a small
+# machine they double the start-up time.
+export MLFLOW_SERVER_ENABLE_JOB_EXECUTION="${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false}"
 
 # MLflow 3's security middleware rejects unknown Host headers (DNS-rebinding guard); the defaults
 # already admit localhost and 127.0.0.1, so only list the bound address when it is something else.

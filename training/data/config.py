@@ -23,14 +23,18 @@ class DataConfig(Section):
     )
     # --- cleaning ---
     normalize: Literal["NFC", "NFKC", "none"] = Field("NFC", description="Unicode normalisation form.")
-    clean_whitespace: bool = Field(True, description="Strip trailing spaces, unify newlines, squeeze blank runs.")
+    clean_whitespace: bool = Field(
+        True, description="Strip trailing spaces, unify newlines, squeeze blank runs."
+    )
     strip_gutenberg: bool = Field(True, description="Remove Project Gutenberg headers and licence text.")
     scrub_pii: bool = Field(True, description="Replace e-mail addresses, phone numbers and IP addresses.")
     # --- dedup ---
     exact_dedup: bool = Field(True, description="Drop documents whose cleaned text hash was already seen.")
     near_dedup: bool = Field(True, description="Drop near duplicates found by MinHash LSH.")
     minhash_num_perm: int = Field(128, ge=16, le=1024, description="MinHash permutations per signature.")
-    minhash_threshold: float = Field(0.8, gt=0, lt=1, description="Jaccard similarity that counts as near duplicate.")
+    minhash_threshold: float = Field(
+        0.8, gt=0, lt=1, description="Jaccard similarity that counts as near duplicate."
+    )
     shingle_words: int = Field(5, ge=1, le=32, description="Words per shingle for MinHash.")
     # --- quality and safety filters ---
     min_chars: int = Field(200, ge=0, description="Drop documents shorter than this after cleaning.")
@@ -38,10 +42,18 @@ class DataConfig(Section):
         64 * 2**20, ge=1024, description="Quarantine documents (or JSONL lines) larger than this many bytes."
     )
     max_symbol_ratio: float = Field(
-        0.25, gt=0, le=1, description="Drop documents whose share of non-alphanumeric, non-space characters is higher."
+        0.25,
+        gt=0,
+        le=1,
+        description="Drop documents whose share of non-alphanumeric, non-space characters is higher.",
     )
     max_repeated_line_fraction: float = Field(
-        0.3, gt=0, le=1, description="Drop documents in which more than this share of non-blank lines repeat."
+        0.3,
+        gt=0,
+        le=1,
+        description="Drop documents in which more than this share of the characters of non-blank lines "
+        "sits in lines that repeat an earlier line (by characters, so short repeated speaker names in "
+        "plays weigh little).",
     )
     toxicity_filter: bool = Field(True, description="Drop documents that hit the blocklist too often.")
     toxicity_blocklist: str | None = Field(

@@ -1,0 +1,52 @@
+"""What every flow does first and last: load the config, open the tracker, publish a summary."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import get_run_logger
+from prefect.artifacts import create_markdown_artifact
+from prefect.context import get_run_context
+
+from catalog.tracking import PipelineRun, Tracker
+from training.config import Config, load_config
+
+
+def flow_config(preset: str, overrides: dict[str, Any] | None) -> Config:
+    """Load and validate the config before any compute; a bad one fails the flow run with every problem."""
+    cfg = load_config(preset, overrides or {})
+    get_run_logger().info("config: preset %s, %d override(s)", cfg.preset, len(overrides or {}))
+    return cfg
+
+
+def flow_run_id() -> str | None:
+    ctx = get_run_context()
+    flow_run = getattr(ctx, "flow_run", None)
+    return str(flow_run.id) if flow_run is not None else None
+
+
+def tracker_for(cfg: Config) -> Tracker:
+    return Tracker(
+        tracking_uri=cfg.tracking.mlflow_uri,
+        experiment=cfg.tracking.experiment,
+        catalog_url=cfg.tracking.catalog_url,
+    )
+
+
+def prefect_flow_run_url(cfg: Config) -> str | None:
+    run_id = flow_run_id()
+    return f"{cfg.tracking.prefect_ui.rstrip('/')}/runs/flow-run/{run_id}" if run_id else None
+
+
+def publish_summary(key: str, title: str, pipeline: PipelineRun, rows: list[tuple[str, str, str]]) -> None:
+    """A Markdown artifact on the flow run linking the MLflow runs: rows of (stage, MLflow URL, detail)."""
+    lines = [
+        f"# {title}",
+        "",
+        f"MLflow pipeline run: [{pipeline.mlflow_run_id}]({pipeline.url})",
+        "",
+        "| stage | MLflow run | result |",
+        "| --- | --- | --- |",
+    ]
+    lines += [f"| {stage} | [open]({url}) | {detail} |" for stage, url, detail in rows]
+    create_markdown_artifact(markdown="\n".join(lines), key=key, description=title)

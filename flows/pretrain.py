@@ -1,0 +1,57 @@
+"""``pretrain/nightly``: the nightly programme, ingest → tokenize (later stages append here)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact
+
+from flows.common import flow_config, flow_run_id, publish_summary, tracker_for
+from flows.tasks import ingest_task, tokenize_task
+
+
+@flow(name="pretrain", log_prints=True)
+def pretrain(preset: str = "small", overrides: dict[str, Any] | None = None) -> dict[str, str]:
+    """Run the whole chain on a preset.
+
+    Args:
+        preset: a config preset (``tiny``, ``small``, ``gpt2-124m``) or a path to a YAML file.
+        overrides: dotted config overrides, e.g. ``{"data.vocab_size": 4096}``.
+
+    Returns:
+        The content hashes of the artifacts the run produced, by kind.
+    """
+    cfg = flow_config(preset, overrides)
+    tracker = tracker_for(cfg)
+    with tracker.pipeline(
+        "pretrain", config=cfg.to_dict(), prefect_flow_run_id=flow_run_id(), tags={"preset": cfg.preset}
+    ) as pipeline:
+        corpus = ingest_task(cfg, pipeline)
+        create_markdown_artifact(markdown=corpus.datacard, key="data-card", description="Corpus data card")
+        tokens = tokenize_task(cfg, pipeline, corpus)
+        m = corpus.manifest
+        publish_summary(
+            "pretrain-summary",
+            f"pretrain/nightly — preset {cfg.preset}",
+            pipeline,
+            [
+                (
+                    "ingest",
+                    pipeline.stage_url("ingest"),
+                    f"corpus `{corpus.artifact.sha256[:16]}`: {m['documents_kept']} of {m['documents_in']} "
+                    f"documents kept, {len(m['quarantined'])} quarantined",
+                ),
+                (
+                    "tokenize",
+                    pipeline.stage_url("tokenize"),
+                    f"tokens `{tokens.tokens.sha256[:16]}`: {tokens.stats.get('train_tokens', 0):,} train / "
+                    f"{tokens.stats.get('val_tokens', 0):,} val tokens",
+                ),
+            ],
+        )
+    return {
+        "corpus": corpus.artifact.sha256,
+        "tokenizer": tokens.tokenizer.sha256,
+        "tokens": tokens.tokens.sha256,
+    }

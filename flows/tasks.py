@@ -1,0 +1,29 @@
+"""Prefect tasks: thin wrappers over the tracked stage functions in :mod:`training.stages`.
+
+Retries are declared here; each retry opens a fresh MLflow child run (the failed attempt stays
+visible as FAILED). Inputs are config objects and tracker handles, not data, so caching by
+inputs is off.
+"""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.cache_policies import NONE
+
+from catalog.tracking import PipelineRun
+from training import stages
+from training.config import Config
+from training.data.ingest import IngestResult
+from training.data.tokenize import TokenizeResult
+
+
+@task(name="ingest", retries=2, retry_delay_seconds=5, cache_policy=NONE)
+def ingest_task(cfg: Config, pipeline: PipelineRun, sources: list[str] | None = None) -> IngestResult:
+    with pipeline.stage("ingest", config=cfg.to_dict()) as run:
+        return stages.ingest_stage(cfg, run, sources=sources)
+
+
+@task(name="tokenize", retries=2, retry_delay_seconds=5, cache_policy=NONE)
+def tokenize_task(cfg: Config, pipeline: PipelineRun, corpus: IngestResult) -> TokenizeResult:
+    with pipeline.stage("tokenize", config=cfg.to_dict()) as run:
+        return stages.tokenize_stage(cfg, run, corpus.artifact)

@@ -1,0 +1,55 @@
+"""The pretrain flow on a real Prefect server, a real MLflow server and a real catalog."""
+
+from __future__ import annotations
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from catalog.db import session_scope
+from catalog.models import Artifact, LineageEdge, Run
+from flows.pretrain import pretrain
+from tests.flows.conftest import write_corpus
+
+pytestmark = pytest.mark.slow
+
+
+def test_pretrain_flow_tracks_every_stage(tmp_path, mlflow_server, prefect_server):
+    src = write_corpus(tmp_path / "src")
+    catalog_url = f"sqlite:///{tmp_path / 'catalog.db'}"
+    overrides = {
+        "data.sources": [str(src)],
+        "tracking.mlflow_uri": mlflow_server,
+        "tracking.experiment": "flow-test",
+        "tracking.catalog_url": catalog_url,
+        "tracking.artifact_root": str(tmp_path / "artifacts"),
+        "ray.num_cpus": 2,
+    }
+    state = pretrain(preset="tiny", overrides=overrides, return_state=True)
+    assert state.is_completed(), state.message
+    hashes = state.result()
+    assert set(hashes) == {"corpus", "tokenizer", "tokens"}
+
+    client = MlflowClient(mlflow_server)
+    exp = client.get_experiment_by_name("flow-test")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1
+    parent = parents[0]
+    assert parent.data.tags["nightshift.prefect_flow_run_id"] == str(state.state_details.flow_run_id)
+    children = {r.data.tags["mlflow.runName"]: r for r in runs if r.data.tags.get("mlflow.parentRunId")}
+    assert set(children) == {"ingest", "tokenize"}
+    assert all(c.data.tags["mlflow.parentRunId"] == parent.info.run_id for c in children.values())
+    ingest_run = children["ingest"]
+    assert ingest_run.data.metrics["documents_kept"] == 40  # 41 in, the exact duplicate dropped
+    assert ingest_run.data.metrics["dropped.exact_duplicate"] == 1
+    assert "DATACARD.md" in {a.path for a in client.list_artifacts(ingest_run.info.run_id)}
+    assert children["tokenize"].inputs.dataset_inputs, "tokenize logs its corpus as an input dataset"
+
+    with session_scope(catalog_url) as s:
+        kinds = {a.kind for a in s.query(Artifact)}
+        assert {"source", "corpus", "tokenizer", "tokens"} <= kinds
+        stages = {r.stage for r in s.query(Run)}
+        assert {"ingest", "tokenize"} <= stages
+        tokens = s.query(Artifact).filter_by(kind="tokens").one()
+        assert tokens.sha256 == hashes["tokens"]
+        assert s.query(LineageEdge).count() >= 4

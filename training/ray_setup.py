@@ -1,0 +1,65 @@
+"""Start or join Ray the same way everywhere (CLI, Prefect tasks, tests, benchmarks)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from training.config import RayConfig
+
+log = logging.getLogger(__name__)
+
+# A local Ray's shared-memory object store: enough for streaming ingestion, small enough to share
+# a laptop or CI machine with other processes.
+LOCAL_OBJECT_STORE_BYTES = 768 * 2**20
+_REPO_ROOT = str(Path(__file__).resolve().parent.parent)
+
+
+def quiet_ray_data() -> None:
+    """Turn off Ray Data's progress bars and per-run banners; errors are still raised and logged."""
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.enable_operator_progress_bars = False
+    ctx.print_on_execution_start = False
+    ctx.enable_auto_log_stats = False
+    ctx.verbose_stats_logs = False
+
+
+def init_ray(cfg: RayConfig | None = None) -> None:
+    """Initialise Ray once per process; later calls are no-ops.
+
+    ``address='local'`` starts an in-process Ray with ``cfg.num_cpus`` CPUs, no dashboard, a
+    768 MB object store and worker logs kept out of the driver's output. ``'auto'`` or a cluster
+    address (``ray://head:10001``) joins an existing cluster.
+
+    Args:
+        cfg: where Ray runs; default ``RayConfig()`` (``$RAY_ADDRESS`` or local).
+    """
+    import ray
+
+    cfg = cfg or RayConfig()
+    if not ray.is_initialized():
+        # Workers must import this repository's packages even when it is not pip-installed.
+        runtime_env = {"env_vars": {"PYTHONPATH": _REPO_ROOT}}
+        if cfg.address == "local":
+            log.info("starting a local Ray (num_cpus=%s)", cfg.num_cpus)
+            ray.init(
+                num_cpus=cfg.num_cpus,
+                include_dashboard=False,
+                object_store_memory=LOCAL_OBJECT_STORE_BYTES,
+                log_to_driver=False,
+                configure_logging=True,
+                logging_level=logging.WARNING,
+                runtime_env=runtime_env,
+            )
+        else:
+            log.info("joining Ray at %s", cfg.address)
+            ray.init(
+                address=cfg.address,
+                log_to_driver=False,
+                logging_level=logging.WARNING,
+                runtime_env=runtime_env,
+            )
+    quiet_ray_data()
