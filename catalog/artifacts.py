@@ -37,14 +37,17 @@ class ArtifactRef:
     sha256: str
     metadata: dict[str, Any] = field(default_factory=dict)
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
+    location: str | None = None  # where it lives when that is not a local directory (e.g. a source URL)
 
     @property
     def uri(self) -> str:
-        return self.path.as_uri()
+        return self.location or self.path.resolve().as_uri()
 
     @property
     def size_bytes(self) -> int:
-        return sum(f["size"] for f in self.files.values())
+        if self.files:
+            return sum(f["size"] for f in self.files.values())
+        return int(self.metadata.get("bytes") or 0)
 
 
 def file_sha256(path: Path) -> str:

@@ -21,18 +21,17 @@ log = logging.getLogger(__name__)
 
 
 def source_refs(manifest: dict) -> list[ArtifactRef]:
-    """One ``source`` artifact per input the manifest lists, so lineage starts at the raw data."""
-    refs = []
-    for src in manifest.get("sources", []):
-        refs.append(
-            ArtifactRef(
-                kind="source",
-                path=Path(src.get("path", src["source"])),
-                sha256=src["sha256"],
-                metadata={k: v for k, v in src.items() if k not in ("sha256",)},
-            )
+    """One ``source`` artifact per input item the manifest lists, so lineage starts at the raw data."""
+    return [
+        ArtifactRef(
+            kind="source",
+            path=Path(src["item"]),
+            sha256=src["sha256"],
+            metadata={"source": src["source"], "bytes": src.get("bytes")},
+            location=src["item"],
         )
-    return refs
+        for src in manifest.get("sources", [])
+    ]
 
 
 def ingest_stage(

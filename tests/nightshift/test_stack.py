@@ -145,6 +145,42 @@ def test_the_profile_points_prefect_at_our_server(cfg: Config, started: dict[str
     assert f"http://127.0.0.1:{cfg.stack.prefect_port}/api" in profiles
 
 
+def test_nightly_deployment_runs_to_completed(
+    cfg: Config, started: dict[str, object], tmp_path: Path
+) -> None:
+    """`prefect deployment run pretrain/nightly --watch`, as a user types it, through our worker."""
+    from mlflow.tracking import MlflowClient
+
+    from catalog.db import session_scope
+    from catalog.models import Artifact, Run
+    from tests.flows.conftest import write_corpus
+
+    src = write_corpus(tmp_path / "src", n_docs=30)
+    params = {"preset": "tiny", "overrides": {"data.sources": [str(src)], "ray.num_cpus": 1}}
+    env = {**os.environ, **stack.stack_env(cfg)}
+    done = subprocess.run(
+        ["prefect", "deployment", "run", "pretrain/nightly", "--params", json.dumps(params), "--watch"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "Completed" in done.stdout
+
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    exp = client.get_experiment_by_name("nightshift")
+    runs = client.search_runs([exp.experiment_id])
+    parent = next(r for r in runs if r.data.tags.get("nightshift.prefect_flow_run_id"))
+    children = {r.data.tags["mlflow.runName"] for r in runs if r.data.tags.get("mlflow.parentRunId")}
+    assert {"ingest", "tokenize"} <= children
+    with session_scope(cfg.tracking.catalog_url) as s:
+        assert {"source", "corpus", "tokenizer", "tokens"} <= {a.kind for a in s.query(Artifact)}
+        run = s.query(Run).filter_by(mlflow_run_id=parent.info.run_id).one()
+        assert run.status == "completed"
+        assert run.prefect_flow_run_id == parent.data.tags["nightshift.prefect_flow_run_id"]
+
+
 def test_port_held_by_a_foreign_socket_is_a_clear_error(cfg: Config, tmp_path: Path) -> None:
     (port,) = _free_ports(1)
     foreign = socket.socket()
