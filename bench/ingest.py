@@ -19,10 +19,18 @@ from pathlib import Path
 import numpy as np
 
 
+WORDS = (
+    "the of and to in a is that for it as was with be by on not he this are or his from at which but have "
+    "an they you were her she there been one all we their has would when if so no will more can said who "
+    "river mountain garden letter morning window kitchen harbour village engine silver winter market "
+    "lantern meadow bridge forest candle station orchard library pebble thunder compass ribbon saddle "
+    "quietly slowly bright ancient gentle hollow golden narrow distant crooked patient restless humble "
+    "walked carried opened watched followed gathered painted whispered counted borrowed folded wandered"
+).split()
+
+
 def generate(root: Path, mb: float, files: int = 8, seed: int = 0) -> Path:
     """Write ``mb`` MB of generated documents as ``files`` JSONL files under ``root``."""
-    from tests.training.data.conftest import WORDS  # the same vocabulary as the tests
-
     rng = np.random.default_rng(seed)
     extra = [f"{a}{b}" for a in WORDS[:60] for b in ("ing", "ed", "ly", "ness", "er")]
     vocab = np.array(list(WORDS) + extra)
