@@ -4,6 +4,8 @@ PY ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 export NIGHTSHIFT_HOME ?= $(CURDIR)/.nightshift
+# The venv's tools (prefect, mlflow, ray) come first for every recipe and the processes it starts.
+export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: setup up down status demo test lint clean
 

@@ -11,6 +11,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -126,7 +127,7 @@ async def main():
 asyncio.run(main())
 """
     env = {**os.environ, **stack.stack_env(cfg)}
-    done = subprocess.run(["python", "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     found = json.loads(done.stdout.strip().splitlines()[-1])
     nightly, adhoc = found["pretrain/nightly"], found["ingest/adhoc"]
@@ -159,7 +160,15 @@ def test_nightly_deployment_runs_to_completed(
     params = {"preset": "tiny", "overrides": {"data.sources": [str(src)], "ray.num_cpus": 1}}
     env = {**os.environ, **stack.stack_env(cfg)}
     done = subprocess.run(
-        ["prefect", "deployment", "run", "pretrain/nightly", "--params", json.dumps(params), "--watch"],
+        [
+            str(Path(sys.executable).with_name("prefect")),
+            "deployment",
+            "run",
+            "pretrain/nightly",
+            "--params",
+            json.dumps(params),
+            "--watch",
+        ],
         env=env,
         capture_output=True,
         text=True,
