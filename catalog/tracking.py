@@ -56,6 +56,8 @@ MAX_PARAMS_PER_BATCH = 100
 MAX_METRICS_PER_BATCH = 1000
 MAX_ERROR_CHARS = 20_000
 
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+
 
 def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     """Flatten nested mappings to dotted keys and stringify values within MLflow's limits.
@@ -313,9 +315,15 @@ class Tracker:
 
         found = self.client.get_experiment_by_name(name)
         if found is not None:
+            if EXPERIMENT_KIND_TAG not in found.tags:
+                self.client.set_experiment_tag(
+                    found.experiment_id, EXPERIMENT_KIND_TAG, "custom_model_development"
+                )
             return found.experiment_id
         try:
-            return self.client.create_experiment(name)
+            # MLflow 3's UI opens an experiment on its GenAI (traces) view unless told it holds model
+            # training runs; the tag makes the runs table with its nested stages the landing page.
+            return self.client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: "custom_model_development"})
         except MlflowException:
             # Another process created it between our lookup and create.
             found = self.client.get_experiment_by_name(name)
