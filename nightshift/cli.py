@@ -115,6 +115,69 @@ def cmd_tokenize(args: argparse.Namespace, extra: Sequence[str]) -> int:
     return 0
 
 
+def cmd_pretrain(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from training.stages import pretrain_stage
+
+    cfg = _config(args, extra)
+    with _tracked_stage(cfg, "pretrain", args.track) as run:
+        result = pretrain_stage(cfg, run, args.tokens, args.tokenizer, out=args.out, workdir=args.workdir)
+    print(
+        json.dumps(
+            {
+                "model": str(result.model.path),
+                "sha256": result.model.sha256,
+                "metrics": result.metrics,
+                "mlflow_model": result.model_uri,
+                "sample": result.samples[0] if result.samples else "",
+            },
+            indent=2,
+        )
+    )
+    return 0
+
+
+def cmd_export(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from training.hf import export_hf
+
+    if args.format != "hf":
+        raise ValueError(f"--format {args.format}: only 'hf' (GPT2LMHeadModel) is supported")
+    print(export_hf(args.model, args.out))
+    return 0
+
+
+def cmd_import(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from training.hf import import_hf
+
+    if args.format != "hf":
+        raise ValueError(f"--format {args.format}: only 'hf' (GPT2LMHeadModel) is supported")
+    ref = import_hf(args.source, dest=args.out)
+    print(json.dumps({"model": str(ref.path), "sha256": ref.sha256}, indent=2))
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from training.generation import generate_text
+    from training.model_io import load_model
+
+    model, tokenizer, _ = load_model(args.model)
+    completions = generate_text(
+        model,
+        tokenizer,
+        args.prompt,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        stop=args.stop or (),
+        n=args.n,
+    )
+    for c in completions:
+        print(args.prompt + c.text)
+        print(f"--- finish_reason={c.finish_reason} tokens={c.completion_tokens}", file=sys.stderr)
+    return 0
+
+
 def _print_services(services: list[Any]) -> None:
     for s in services:
         state = "healthy" if s.healthy else ("running" if s.running else "stopped")
@@ -215,6 +278,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--corpus", required=True, help="a corpus artifact directory")
     p.add_argument("--out", required=True, help="directory for tokenizer/ and tokens/")
     p.add_argument("--no-track", dest="track", action="store_false", help="do not log to MLflow/catalog")
+
+    p = verb(
+        "pretrain", cmd_pretrain, "pretrain the GPT on token shards (Lightning; Ray Train when workers > 1)"
+    )
+    p.add_argument("--tokens", required=True, help="a tokens artifact directory")
+    p.add_argument("--tokenizer", required=True, help="a tokenizer artifact directory")
+    p.add_argument("--out", required=True, help="directory the model artifact is written to")
+    p.add_argument("--workdir", help="checkpoints and Ray storage; an existing one is resumed")
+    p.add_argument("--no-track", dest="track", action="store_false", help="do not log to MLflow/catalog")
+
+    p = verb("export", cmd_export, "export a model artifact (to Hugging Face GPT2LMHeadModel format)")
+    p.add_argument("--model", required=True, help="a model artifact directory")
+    p.add_argument("--format", default="hf", choices=["hf"], help="target format")
+    p.add_argument("--out", required=True, help="output directory (written atomically)")
+
+    p = verb("import", cmd_import, "import a GPT-2-format (Hugging Face) checkpoint as a model artifact")
+    p.add_argument(
+        "--from", dest="source", required=True, help="a GPT2LMHeadModel directory with tokenizer.json"
+    )
+    p.add_argument("--format", default="hf", choices=["hf"], help="source format")
+    p.add_argument("--out", required=True, help="directory the model artifact is written to")
+
+    p = verb("generate", cmd_generate, "generate text from a model artifact")
+    p.add_argument("--model", required=True, help="a model artifact directory")
+    p.add_argument("--prompt", default="", help="the prompt (empty: start of a document)")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--stop", nargs="*", help="stop strings")
+    p.add_argument("-n", type=int, default=1, help="number of samples")
 
     p = verb("up", cmd_up, "start Prefect server + worker, MLflow and a Ray head on 127.0.0.1")
     p.add_argument("--no-deploy", action="store_true", help="do not apply prefect.yaml")

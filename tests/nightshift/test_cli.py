@@ -1,0 +1,48 @@
+"""The `nightshift` console script: the same stage functions, without an orchestrator."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from nightshift.cli import main
+from tests.flows.conftest import write_corpus
+
+
+def test_config_fields_lists_every_key_with_help(capsys):
+    assert main(["config", "--fields"]) == 0
+    out = capsys.readouterr().out
+    assert "--data.vocab_size" in out and "BPE vocabulary size" in out
+
+
+def test_config_prints_overrides(capsys):
+    assert main(["config", "--preset", "small", "--data.vocab_size", "2048"]) == 0
+    assert "vocab_size: 2048" in capsys.readouterr().out
+
+
+def test_bad_config_exits_2_listing_every_problem(capsys):
+    assert main(["config", "--model.n_head", "3", "--data.bogus", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "model.n_embd" in err and "data.bogus" in err
+
+
+def test_missing_source_fails_at_once_naming_it(tmp_path, capsys):
+    missing = tmp_path / "nope.txt"
+    assert main(["ingest", "--source", str(missing), "--out", str(tmp_path / "c"), "--no-track"]) == 2
+    assert str(missing) in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
+
+
+@pytest.mark.slow
+def test_ingest_then_tokenize_without_tracking(tmp_path, capsys):
+    src = write_corpus(tmp_path / "src", n_docs=20)
+    corpus = tmp_path / "corpus"
+    assert main(["ingest", "--source", str(src), "--out", str(corpus), "--no-track", "--ray.num_cpus", "2"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["documents_in"] == 21 and report["documents_kept"] == 20
+    assert report["dropped"] == {"exact_duplicate": 1}
+    assert main(["tokenize", "--corpus", str(corpus), "--out", str(tmp_path / "tok"), "--no-track"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["stats"]["tokens"]["train"] > 0
+    assert (tmp_path / "tok" / "tokenizer" / "tokenizer.json").is_file()
