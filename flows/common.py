@@ -50,3 +50,11 @@ def publish_summary(key: str, title: str, pipeline: PipelineRun, rows: list[tupl
     ]
     lines += [f"| {stage} | [open]({url}) | {detail} |" for stage, url, detail in rows]
     create_markdown_artifact(markdown="\n".join(lines), key=key, description=title)
+
+
+def samples_markdown(samples: list[str]) -> str:
+    """Generated samples as a Markdown artifact (each in a fenced block, so verse keeps its lines)."""
+    parts = ["# Samples from the trained model", ""]
+    for i, text in enumerate(samples, 1):
+        parts += [f"## Sample {i}", "", "~~~text", text.replace("~~~", "---"), "~~~", ""]
+    return "\n".join(parts)

@@ -1,4 +1,4 @@
-"""``pretrain/nightly``: the nightly programme, ingest → tokenize (later stages append here)."""
+"""``pretrain/nightly``: the nightly programme, ingest → tokenize → pretrain (later stages append here)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from typing import Any
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
-from flows.common import flow_config, flow_run_id, publish_summary, tracker_for
-from flows.tasks import ingest_task, tokenize_task
+from flows.common import flow_config, flow_run_id, publish_summary, samples_markdown, tracker_for
+from flows.tasks import ingest_task, pretrain_task, tokenize_task
 
 
 @flow(name="pretrain", log_prints=True)
@@ -30,7 +30,11 @@ def pretrain(preset: str = "small", overrides: dict[str, Any] | None = None) -> 
         corpus = ingest_task(cfg, pipeline)
         create_markdown_artifact(markdown=corpus.datacard, key="data-card", description="Corpus data card")
         tokens = tokenize_task(cfg, pipeline, corpus)
-        m = corpus.manifest
+        model = pretrain_task(cfg, pipeline, tokens)
+        create_markdown_artifact(
+            markdown=samples_markdown(model.samples), key="pretrain-samples", description="Samples"
+        )
+        m, mm = corpus.manifest, model.metrics
         publish_summary(
             "pretrain-summary",
             f"pretrain/nightly — preset {cfg.preset}",
@@ -45,8 +49,15 @@ def pretrain(preset: str = "small", overrides: dict[str, Any] | None = None) -> 
                 (
                     "tokenize",
                     pipeline.stage_url("tokenize"),
-                    f"tokens `{tokens.tokens.sha256[:16]}`: {tokens.stats.get('train_tokens', 0):,} train / "
-                    f"{tokens.stats.get('val_tokens', 0):,} val tokens",
+                    f"tokens `{tokens.tokens.sha256[:16]}`: {tokens.stats['tokens']['train']:,} train / "
+                    f"{tokens.stats['tokens']['val']:,} val tokens",
+                ),
+                (
+                    "pretrain",
+                    pipeline.stage_url("pretrain"),
+                    f"model `{model.model.sha256[:16]}`: val loss {mm.get('val_loss', float('nan')):.3f} "
+                    f"(unigram entropy {mm['unigram_entropy']:.3f}), "
+                    f"{mm.get('tokens_per_s', 0):,.0f} tokens/s",
                 ),
             ],
         )
@@ -54,4 +65,5 @@ def pretrain(preset: str = "small", overrides: dict[str, Any] | None = None) -> 
         "corpus": corpus.artifact.sha256,
         "tokenizer": tokens.tokenizer.sha256,
         "tokens": tokens.tokens.sha256,
+        "model": model.model.sha256,
     }

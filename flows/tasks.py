@@ -27,3 +27,10 @@ def ingest_task(cfg: Config, pipeline: PipelineRun, sources: list[str] | None = 
 def tokenize_task(cfg: Config, pipeline: PipelineRun, corpus: IngestResult) -> TokenizeResult:
     with pipeline.stage("tokenize", config=cfg.to_dict()) as run:
         return stages.tokenize_stage(cfg, run, corpus.artifact)
+
+
+@task(name="pretrain", retries=1, retry_delay_seconds=5, cache_policy=NONE)
+def pretrain_task(cfg: Config, pipeline: PipelineRun, tokens: TokenizeResult) -> stages.PretrainStageResult:
+    # A retry resumes from the newest good checkpoint of the same inputs and config.
+    with pipeline.stage("pretrain", config=cfg.to_dict()) as run:
+        return stages.pretrain_stage(cfg, run, tokens.tokens, tokens.tokenizer)

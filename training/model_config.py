@@ -30,27 +30,66 @@ class ModelConfig(Section):
 class TrainConfig(Section):
     # --- schedule ---
     max_steps: int = Field(100, ge=1, description="Optimizer steps.")
-    batch_size: int = Field(8, ge=1, description="Sequences per micro-batch per worker.")
-    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    batch_size: int = Field(
+        8,
+        ge=1,
+        description="GLOBAL sequences per micro-batch, summed over all workers: each of N workers gets "
+        "batch_size / N, so 1 or N workers see the same batches.",
+    )
+    grad_accum: int = Field(
+        1, ge=1, description="Micro-batches per optimizer step (Lightning's accumulate_grad_batches)."
+    )
     lr: float = Field(1e-3, gt=0, description="Peak learning rate.")
     min_lr: float = Field(1e-4, ge=0, description="Learning rate at the end of the cosine decay.")
     warmup_steps: int = Field(10, ge=0, description="Linear warmup steps.")
     weight_decay: float = Field(
         0.1, ge=0, description="AdamW weight decay on matrices (not on biases or norms)."
     )
+    beta1: float = Field(0.9, gt=0, lt=1, description="AdamW beta1.")
+    beta2: float = Field(0.95, gt=0, lt=1, description="AdamW beta2.")
     grad_clip: float = Field(1.0, ge=0, description="Gradient norm clip; 0 disables.")
-    # --- evaluation and checkpoints ---
-    val_every: int = Field(50, ge=1, description="Steps between validation passes.")
-    val_batches: int = Field(8, ge=1, description="Batches per validation pass.")
-    checkpoint_every: int = Field(50, ge=1, description="Steps between checkpoints.")
-    keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept on disk.")
+    # --- evaluation, logging and checkpoints ---
+    val_every: int = Field(50, ge=1, description="Optimizer steps between validation passes.")
+    val_batches: int = Field(
+        8, ge=1, description="Batches (of batch_size fixed val windows) per validation pass."
+    )
+    log_every: int = Field(
+        10, ge=1, description="Optimizer steps between logged train loss, lr and throughput."
+    )
+    checkpoint_every: int = Field(
+        50, ge=1, description="Optimizer steps between checkpoints (and at the end)."
+    )
+    keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept on disk (the newest ones).")
+    progress_bar: bool = Field(True, description="Lightning's progress bar when training in one process.")
     # --- hardware ---
-    precision: Literal["32-true", "bf16-mixed", "16-mixed"] = Field(
-        "32-true", description="Lightning precision."
+    precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = Field(
+        "auto", description="Lightning precision; 'auto' is bf16-mixed with GPUs and 32-true on CPU."
     )
     compile: bool = Field(False, description="torch.compile the model.")
-    num_workers: int = Field(1, ge=1, description="Ray Train workers (1 runs without Ray).")
+    num_workers: int = Field(
+        1, ge=1, description="Ray Train workers (1 trains in this process, without Ray)."
+    )
+    cpus_per_worker: int | None = Field(
+        None, ge=1, description="CPUs (and torch threads) per worker; default: the local CPUs / num_workers."
+    )
     use_gpu: bool = Field(False, description="Ray Train workers use GPUs.")
+    strategy: Literal["ddp", "fsdp"] = Field("ddp", description="Data parallelism of the Ray Train workers.")
+    max_failures: int = Field(
+        2,
+        ge=-1,
+        description="Worker-group restarts from the last checkpoint after a failure (-1: unlimited).",
+    )
+    peak_flops: float | None = Field(
+        None,
+        gt=0,
+        description="Peak FLOP/s of one worker's device for MFU; default: a matmul measured at start.",
+    )
+
+    def resolved_precision(self) -> str:
+        """The Lightning precision string: ``auto`` becomes bf16-mixed on GPU and 32-true on CPU."""
+        if self.precision == "auto":
+            return "bf16-mixed" if self.use_gpu else "32-true"
+        return self.precision
 
     def problems(self) -> list[str]:
         out = []
@@ -58,4 +97,14 @@ class TrainConfig(Section):
             out.append(f"min_lr: {self.min_lr} is above lr {self.lr}")
         if self.warmup_steps > self.max_steps:
             out.append(f"warmup_steps: {self.warmup_steps} is more than max_steps {self.max_steps}")
+        if self.batch_size % self.num_workers:
+            out.append(
+                f"batch_size: {self.batch_size} (global) is not divisible by num_workers {self.num_workers}; "
+                "each worker takes an equal share"
+            )
+        if self.strategy == "fsdp" and self.num_workers == 1:
+            out.append("strategy: 'fsdp' needs num_workers > 1 (one process trains without sharding)")
+        if self.strategy == "fsdp" and not self.use_gpu:
+            # torch's FSDP refuses to wrap a module without an accelerator device.
+            out.append("strategy: 'fsdp' needs use_gpu: true (PyTorch FSDP has no CPU backend); use 'ddp'")
         return out

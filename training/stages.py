@@ -8,7 +8,10 @@ catalog through the same ``StageRun``. Nothing here knows about Prefect.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 from catalog.artifacts import ArtifactRef, open_artifact
@@ -18,6 +21,17 @@ from training.data.ingest import IngestResult, ingest
 from training.data.tokenize import TokenizeResult, tokenize
 
 log = logging.getLogger(__name__)
+
+
+def numeric_leaves(d: dict, prefix: str = "") -> dict[str, float]:
+    """``{"tokens": {"train": 5}}`` → ``{"tokens.train": 5.0}``: every number of a nested dict, as metrics."""
+    out: dict[str, float] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(numeric_leaves(v, f"{prefix}{k}."))
+        elif isinstance(v, int | float) and not isinstance(v, bool):
+            out[f"{prefix}{k}"] = float(v)
+    return out
 
 
 def source_refs(manifest: dict) -> list[ArtifactRef]:
@@ -84,7 +98,119 @@ def tokenize_stage(
         out=out,
         seed=cfg.seed,
     )
-    run.log_metrics({k: float(v) for k, v in result.stats.items() if isinstance(v, int | float)})
+    run.log_metrics(numeric_leaves(result.stats))
     run.produce(result.tokenizer)
     run.produce(result.tokens, log_files=False)
     return result
+
+
+@dataclass
+class PretrainStageResult:
+    model: ArtifactRef
+    metrics: dict[str, float]
+    samples: list[str]
+    model_uri: str | None  # the MLflow model logged with the stage run
+
+
+SAMPLE_PROMPTS = ("", "ROMEO:", "To be, or not")
+
+
+def unigram_entropy(tokens: ArtifactRef | str | Path, split: str = "train") -> float:
+    """Entropy (nats/token) of the unigram distribution of a split: the loss of a model that
+    ignores context, the bar a trained model's validation loss must clear."""
+    import numpy as np
+
+    from training.data.shards import TokenShards
+
+    shards = TokenShards.open(tokens)
+    counts = np.zeros(shards.vocab_size, dtype=np.int64)
+    for part in shards.split(split):
+        counts += np.bincount(np.asarray(part), minlength=shards.vocab_size)[: shards.vocab_size]
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log(p)).sum())
+
+
+def pretrain_stage(
+    cfg: Config,
+    run: StageRun,
+    tokens: ArtifactRef | str | Path,
+    tokenizer: ArtifactRef | str | Path,
+    *,
+    out: str | Path | None = None,
+    workdir: str | Path | None = None,
+) -> PretrainStageResult:
+    """Pretrain the GPT on token shards; publish the ``model`` artifact and log it as an MLflow model.
+
+    Checkpoints live in ``workdir`` (default: ``$NIGHTSHIFT_HOME/runs/pretrain-<inputs+config hash>``),
+    so a retried task or a re-run of the same config resumes from the newest good checkpoint.
+    """
+    from training.config import nightshift_home
+    from training.generation import generate_text
+    from training.mlflow_model import log_model
+    from training.model_io import save_model
+    from training.pretrain.run import pretrain
+
+    tokens_ref = tokens if isinstance(tokens, ArtifactRef) else open_artifact(tokens, kind="tokens")
+    tok_ref = tokenizer if isinstance(tokenizer, ArtifactRef) else open_artifact(tokenizer, kind="tokenizer")
+    run.use(tokens_ref, context="training")
+    run.use(tok_ref, context="training")
+    run.log_params({"model": cfg.model.model_dump(mode="json"), "train": cfg.train.model_dump(mode="json")})
+    if workdir is None:
+        key = hashlib.sha256(
+            json.dumps(
+                [
+                    tokens_ref.sha256,
+                    cfg.model.model_dump(mode="json"),
+                    cfg.train.model_dump(mode="json"),
+                    cfg.seed,
+                ],
+                sort_keys=True,
+            ).encode()
+        ).hexdigest()[:16]
+        workdir = nightshift_home() / "runs" / f"pretrain-{key}"
+    entropy = unigram_entropy(tokens_ref)
+    result = pretrain(
+        cfg,
+        tokens_ref,
+        workdir=workdir,
+        mlflow_run_id=run.mlflow_run_id,
+        tracking_uri=cfg.tracking.mlflow_uri if run.mlflow_run_id else None,
+    )
+    metrics = {**result.metrics, "unigram_entropy": entropy}
+    run.log_metrics({"unigram_entropy": entropy})
+
+    from training.data.tokenizer import load_tokenizer
+
+    tokenizer_obj = load_tokenizer(tok_ref)
+    samples = []
+    for i, prompt in enumerate(SAMPLE_PROMPTS):
+        (c,) = generate_text(
+            result.model,
+            tokenizer_obj,
+            prompt,
+            max_new_tokens=96,
+            temperature=0.8,
+            top_k=50,
+            seed=cfg.seed + i,
+        )
+        samples.append(prompt + c.text)
+    run.log_text("\n\n---\n\n".join(samples), "samples.md")
+
+    ref = save_model(
+        result.model,
+        tok_ref.path / "tokenizer.json",
+        root=cfg.tracking.artifact_root if out is None else None,
+        dest=out,
+        metadata={"metrics": metrics, "tokens": tokens_ref.sha256, "tokenizer": tok_ref.sha256},
+    )
+    run.produce(ref)
+    model_uri = None
+    if run.mlflow_run_id:
+        model_uri = log_model(ref, run_id=run.mlflow_run_id, tracking_uri=cfg.tracking.mlflow_uri)
+    log.info(
+        "model %s: val_loss %.3f (unigram entropy %.3f)",
+        ref.sha256[:16],
+        metrics.get("val_loss", -1),
+        entropy,
+    )
+    return PretrainStageResult(model=ref, metrics=metrics, samples=samples, model_uri=model_uri)

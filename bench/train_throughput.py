@@ -1,0 +1,169 @@
+"""Pretraining throughput: plain PyTorch vs our Lightning path vs Lightning on Ray Train, with MFU.
+
+At one fixed config (4 layers, 256 dims, 4 heads, context 256, global batch 16, fp32, CPU) this
+measures, in the same run:
+
+a. the fp32 matmul peak of this machine (``torch.mm``, all threads) — the MFU denominator;
+b. a plain PyTorch loop over the same model, data windows and AdamW;
+c. ``pretrain()`` in one process (Lightning);
+d. Lightning through Ray Train on the local Ray: 1 worker with all CPUs (the fair overhead
+   comparison) and 2 workers with one CPU each.
+
+Steady state only: the first ``--warmup`` steps of each path are not timed. Run:
+``python bench/train_throughput.py [--steps 12] [--warmup 2] [--peak-flops F]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from catalog.artifacts import ArtifactRef, publish  # noqa: E402
+from training.config import Config, RayConfig  # noqa: E402
+from training.data.shards import TokenShards  # noqa: E402
+from training.model import GPT  # noqa: E402
+from training.model_config import ModelConfig, TrainConfig  # noqa: E402
+
+VOCAB = 4096
+
+
+def make_tokens(root: Path, n_train: int = 400_000, n_val: int = 20_000) -> ArtifactRef:
+    """A random ``tokens`` artifact (throughput does not depend on what the tokens say)."""
+    rng = np.random.default_rng(0)
+    with publish("tokens", root=root) as st:
+        splits = {}
+        for name, n in (("train", n_train), ("val", n_val)):
+            rng.integers(0, VOCAB, size=n, dtype=np.uint16).tofile(st.path / f"{name}-00000.bin")
+            splits[name] = {
+                "tokens": n,
+                "documents": 1,
+                "shards": [{"file": f"{name}-00000.bin", "tokens": n}],
+            }
+        meta = {"format": "nightshift.tokens/1", "dtype": "uint16", "vocab_size": VOCAB, "eot_id": VOCAB - 1}
+        (st.path / "meta.json").write_text(json.dumps({**meta, "splits": splits}))
+    assert st.ref is not None
+    return st.ref
+
+
+def bench_config(steps: int, **train: object) -> Config:
+    t = dict(
+        max_steps=steps, batch_size=16, lr=3e-4, min_lr=3e-5, warmup_steps=1, val_every=steps,
+        val_batches=1, log_every=steps, checkpoint_every=steps, keep_checkpoints=1, progress_bar=False,
+        precision="32-true",
+    )  # fmt: skip
+    t.update(train)
+    return Config(
+        seed=0,
+        model=ModelConfig(n_layer=4, n_head=4, n_embd=256, block_size=256, vocab_size=VOCAB, dropout=0.0),
+        train=TrainConfig(**t),
+        ray=RayConfig(address="local", num_cpus=os.cpu_count()),
+    )
+
+
+def plain_loop(cfg: Config, tokens: ArtifactRef, steps: int, warmup: int) -> float:
+    """Tokens/s of a bare PyTorch loop: same windows, AdamW groups, clipping and schedule."""
+    from training.pretrain.data import TrainWindows
+    from training.pretrain.optim import build_adamw, lr_lambda
+
+    torch.manual_seed(0)
+    tc = cfg.train
+    model = GPT(cfg.model)
+    opt = build_adamw(model, tc.lr, tc.weight_decay, (tc.beta1, tc.beta2), torch.device("cpu"))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tc.warmup_steps, tc.max_steps, tc.lr, tc.min_lr))
+    data = TrainWindows(TokenShards.open(tokens).split("train"), cfg.model.block_size, tc.batch_size, 0, 1, 0)
+    t0 = 0.0
+    for step in range(steps):
+        if step == warmup:
+            t0 = time.perf_counter()
+        x, y = data[step]
+        _, loss = model(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sched.step()
+    return tc.batch_size * cfg.model.block_size * (steps - warmup) / (time.perf_counter() - t0)
+
+
+def lightning_path(
+    cfg: Config, tokens: ArtifactRef, workdir: Path, peak: float, ray_workers: int = 0
+) -> float:
+    """Steady tokens/s of our Lightning path, in this process or on ``ray_workers`` Ray Train workers."""
+    from training.pretrain import pretrain
+    from training.pretrain.launch import fit_with_ray
+
+    if not ray_workers:
+        return pretrain(cfg, tokens, workdir=workdir, peak_flops=peak, resume=False).metrics["tokens_per_s"]
+    cpus = os.cpu_count() or 1
+    cfg.train.num_workers = ray_workers
+    cfg.train.cpus_per_worker = max(1, cpus // ray_workers)
+    payload = {
+        "cfg": cfg.model_dump(mode="json"), "tokens": str(tokens.path), "workdir": str(workdir),
+        "threads": cfg.train.cpus_per_worker, "peak_flops": peak, "callbacks": [],
+    }  # fmt: skip
+    fit_with_ray(payload, cfg)
+    return json.loads((workdir / "summary.json").read_text())["tokens_per_s"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--steps", type=int, default=12, help="optimizer steps per path")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed steps of the plain loop (as StepMetrics)")
+    ap.add_argument("--peak-flops", type=float, default=None, help="skip the matmul measurement")
+    ap.add_argument("--no-ray", action="store_true", help="skip the Ray Train paths")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+
+    from training.pretrain.flops import measure_matmul_peak
+
+    root = Path(tempfile.mkdtemp(prefix="nightshift-bench-train-"))
+    try:
+        tokens = make_tokens(root / "art")
+        cfg = bench_config(args.steps)
+        fpt = GPT(cfg.model).flops_per_token(cfg.model.block_size)
+        peak = args.peak_flops or measure_matmul_peak(n=2048, seconds=3.0)
+        print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads")
+        print(
+            f"config: 4 layers, 256 dims, 4 heads, context 256, batch 16, fp32; {fpt / 1e6:.1f} MFLOP/token"
+        )
+        print(f"(a) fp32 matmul peak: {peak / 1e9:.1f} GFLOP/s")
+        rows = [("(b) plain PyTorch loop", plain_loop(cfg, tokens, args.steps, args.warmup))]
+        rows.append(
+            ("(c) Lightning, 1 process", lightning_path(bench_config(args.steps), tokens, root / "c", peak))
+        )
+        if not args.no_ray:
+            for n, label in (
+                (1, "(d) Lightning + Ray Train, 1 worker x all CPUs"),
+                (2, "(d') Ray Train, 2 workers"),
+            ):
+                rows.append(
+                    (label, lightning_path(bench_config(args.steps), tokens, root / f"d{n}", peak, n))
+                )
+        # The baseline runs again last and the faster of its two runs counts: on a shared machine
+        # a neighbour's burst of work would otherwise flatter the paths measured after it.
+        again = plain_loop(cfg, tokens, args.steps, args.warmup)
+        print(f"plain loop, first and last run: {rows[0][1]:.0f} and {again:.0f} tokens/s")
+        rows[0] = (rows[0][0], max(rows[0][1], again))
+        base = rows[0][1]
+        print(f"{'path':<50} {'tokens/s':>10} {'MFU':>7} {'vs (b)':>8}")
+        for label, tps in rows:
+            over = (base / tps - 1) * 100
+            print(f"{label:<50} {tps:>10.0f} {fpt * tps / peak:>7.1%} {over:>+7.1f}%")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,250 @@
+"""Where training runs: in this process (1 worker) or on N Ray Train workers (DDP or FSDP).
+
+Both paths run :func:`fit_worker` with the same plain-dict payload (the config as a
+``model_dump``, paths as strings, extra callbacks), so the Ray path differs only in the
+strategy, the cluster environment and the checkpoint reports.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from training.config import Config, RayConfig
+from training.pretrain import checkpoint as ckpt
+
+log = logging.getLogger(__name__)
+
+
+class _AttachedMLFlowLogger:
+    """Factory of Lightning's ``MLFlowLogger`` bound to the caller's existing MLflow run."""
+
+    @staticmethod
+    def make(run_id: str, tracking_uri: str | None) -> Any:
+        from lightning.pytorch.loggers import MLFlowLogger
+
+        class AttachedMLFlowLogger(MLFlowLogger):
+            # The caller owns the run (it logs the model and closes it); Lightning's finalize would
+            # mark it FINISHED as soon as fit returns.
+            def finalize(self, status: str = "success") -> None:
+                return None
+
+        return AttachedMLFlowLogger(run_id=run_id, tracking_uri=tracking_uri)
+
+
+def _resume_candidates(root: Path, in_ray: bool) -> list[Path]:
+    paths = [p for _, p in ckpt.list_steps(root)]
+    if in_ray:
+        import ray.train
+
+        reported = ray.train.get_checkpoint()
+        if reported is not None:
+            local = Path(reported.path)
+            # Storage on this filesystem is used in place; remote storage is downloaded.
+            paths.append(local if local.is_dir() else Path(reported.to_directory()))
+    return paths
+
+
+def _peak_flops(payload: dict[str, Any], cfg: Config) -> float:
+    from training.pretrain.flops import measure_matmul_peak
+
+    given = payload.get("peak_flops") or cfg.train.peak_flops
+    if given:
+        return float(given)
+    if cfg.train.use_gpu:
+        dtype = torch.bfloat16 if "bf16" in cfg.train.resolved_precision() else torch.float32
+        return measure_matmul_peak(n=8192, seconds=1.0, dtype=dtype, device="cuda")
+    return measure_matmul_peak(n=1024, seconds=0.3)
+
+
+def fit_worker(payload: dict[str, Any]) -> None:
+    """Train in this process: the whole run (one worker) or this rank's share (a Ray Train worker).
+
+    Resumes from the newest checkpoint that verifies — under ``workdir/checkpoints`` or the one
+    Ray Train hands back after a worker-group restart — so a lost worker costs at most
+    ``checkpoint_every`` steps.
+
+    Args:
+        payload: ``cfg`` (``Config.model_dump``), ``tokens`` and ``workdir`` (paths), ``threads``,
+            ``mlflow_run_id``, ``tracking_uri``, ``peak_flops``, ``callbacks`` (extra Lightning
+            callbacks) and ``ray`` (whether this is a Ray Train worker).
+    """
+    import lightning as L
+
+    from training.data.shards import TokenShards
+    from training.pretrain.callbacks import PeriodicCheckpoint, StepMetrics
+    from training.pretrain.data import TokenDataModule
+    from training.pretrain.module import GPTPretrainModule
+
+    cfg = Config.model_validate(payload["cfg"])
+    tc = cfg.train
+    in_ray = bool(payload.get("ray"))
+    rank, world = 0, 1
+    if in_ray:
+        import ray.train
+
+        ctx = ray.train.get_context()
+        rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    if payload.get("threads") and not tc.use_gpu:
+        torch.set_num_threads(int(payload["threads"]))
+    workdir = Path(payload["workdir"])
+    root = workdir / "checkpoints"
+    if rank == 0:
+        root.mkdir(parents=True, exist_ok=True)
+        ckpt.clean_staging(root)
+
+    # Same seed on every rank: identical initial weights (DDP would broadcast rank 0's anyway).
+    L.seed_everything(cfg.seed, workers=False, verbose=False)
+    shards = TokenShards.open(payload["tokens"], verify=False)  # the driver verified it
+    dm = TokenDataModule(
+        shards.split("train"),
+        shards.split("val"),
+        block_size=cfg.model.block_size,
+        batch_size=tc.batch_size,
+        grad_accum=tc.grad_accum,
+        max_steps=tc.max_steps,
+        val_batches=tc.val_batches,
+        seed=cfg.seed,
+        rank=rank,
+        world=world,
+        pin_memory=tc.use_gpu,
+    )
+    module = GPTPretrainModule(cfg.model, tc)
+    # Different dropout masks per rank from here on (a no-op with dropout 0).
+    torch.manual_seed(cfg.seed + 1000 + rank)
+    resume = ckpt.latest_good(_resume_candidates(root, in_ray), max_step=tc.max_steps)
+    if resume is not None:
+        log.info("rank %d resumes from %s (step %d)", rank, resume.path, resume.step)
+
+    tokens_per_step = tc.batch_size * tc.grad_accum * cfg.model.block_size
+    metrics = StepMetrics(
+        history_path=workdir / "history.jsonl",
+        summary_path=workdir / "summary.json",
+        log_every=tc.log_every,
+        val_every=tc.val_every,
+        max_steps=tc.max_steps,
+        tokens_per_step=tokens_per_step,
+        flops_per_token=module.model.flops_per_token(cfg.model.block_size),
+        peak_flops=_peak_flops(payload, cfg),
+        world=world,
+    )
+    saver = PeriodicCheckpoint(
+        root, tc.checkpoint_every, tc.keep_checkpoints, tc.max_steps, report_to_ray=in_ray
+    )
+    loggers = []
+    if payload.get("mlflow_run_id") and rank == 0:
+        loggers.append(_AttachedMLFlowLogger.make(payload["mlflow_run_id"], payload.get("tracking_uri")))
+
+    strategy: Any = "auto"
+    plugins: list[Any] = []
+    devices: Any = 1
+    if in_ray:
+        from ray.train.lightning import RayDDPStrategy, RayFSDPStrategy, RayLightningEnvironment
+
+        if tc.strategy == "fsdp":
+            strategy = RayFSDPStrategy(state_dict_type="full")
+        else:
+            strategy = RayDDPStrategy(find_unused_parameters=False)
+        plugins = [RayLightningEnvironment()]
+        devices = "auto"
+    trainer = L.Trainer(
+        accelerator="gpu" if tc.use_gpu else "cpu",
+        devices=devices,
+        strategy=strategy,
+        plugins=plugins,
+        precision=tc.resolved_precision(),
+        max_steps=tc.max_steps,
+        # One epoch spans the whole run; a data stream that ran out early ends training short,
+        # which the caller detects, instead of silently repeating batches.
+        max_epochs=1,
+        accumulate_grad_batches=tc.grad_accum,
+        gradient_clip_val=tc.grad_clip or None,
+        gradient_clip_algorithm="norm",
+        limit_val_batches=0,  # validation runs from StepMetrics on optimizer-step boundaries
+        num_sanity_val_steps=0,
+        enable_checkpointing=False,  # PeriodicCheckpoint writes atomic, hash-checked ones
+        logger=loggers or False,
+        enable_progress_bar=tc.progress_bar and not in_ray,
+        enable_model_summary=False,
+        log_every_n_steps=tc.log_every,
+        use_distributed_sampler=False,  # TokenDataModule shards the stream itself
+        callbacks=[metrics, saver, *payload.get("callbacks", [])],
+        default_root_dir=str(workdir),
+    )
+    if in_ray:
+        from ray.train.lightning import prepare_trainer
+
+        trainer = prepare_trainer(trainer)
+    with warnings.catch_warnings():
+        # Our loader is resumable through TokenDataModule.state_dict (the stream position), which
+        # Lightning's mid-epoch resume check does not know about.
+        warnings.filterwarnings("ignore", message=".*dataloader is not resumable.*")
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        trainer.fit(
+            module, datamodule=dm, ckpt_path=str(resume.lightning_ckpt) if resume else None, weights_only=True
+        )
+
+
+def local_cpus(ray_cfg: RayConfig) -> int:
+    """CPUs training may use: a local Ray's ``num_cpus`` (default all), else the running cluster's."""
+    if ray_cfg.address == "local":
+        import ray
+
+        if ray.is_initialized():
+            return int(ray.cluster_resources().get("CPU", 0))
+        return ray_cfg.num_cpus or os.cpu_count() or 1
+    return 0  # unknown until joined; Ray Train itself reports an unsatisfiable request
+
+
+def threads_per_worker(cfg: Config) -> int:
+    """torch threads (and Ray CPUs) of each worker."""
+    if cfg.train.cpus_per_worker:
+        return cfg.train.cpus_per_worker
+    return max(1, (local_cpus(cfg.ray) or cfg.train.num_workers) // cfg.train.num_workers)
+
+
+def fit_with_ray(payload: dict[str, Any], cfg: Config) -> None:
+    """Run :func:`fit_worker` on ``train.num_workers`` Ray Train workers; restarts follow FailureConfig.
+
+    Raises:
+        RuntimeError: when training fails more often than ``train.max_failures`` allows.
+    """
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from training.ray_setup import init_ray
+
+    tc = cfg.train
+    init_ray(cfg.ray)
+    resources: dict[str, float] = {"CPU": float(payload["threads"])}
+    if tc.use_gpu:
+        resources["GPU"] = 1.0
+    workdir = Path(payload["workdir"])
+    trainer = TorchTrainer(
+        fit_worker,
+        train_loop_config={**payload, "ray": True},
+        scaling_config=ScalingConfig(
+            num_workers=tc.num_workers, use_gpu=tc.use_gpu, resources_per_worker=resources
+        ),
+        torch_config=TorchConfig(backend="nccl" if tc.use_gpu else "gloo"),
+        run_config=RunConfig(
+            # A fresh name per call: resuming across calls goes through workdir/checkpoints, which
+            # `resume=False` can set aside; within a call Ray hands back its latest checkpoint.
+            name=f"pretrain-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
+            storage_path=str(workdir / "ray"),
+            failure_config=FailureConfig(max_failures=tc.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=tc.keep_checkpoints),
+        ),
+    )
+    try:
+        result = trainer.fit()
+    except Exception as e:
+        raise RuntimeError(f"pretraining on Ray Train failed: {e}") from e
+    if getattr(result, "error", None):
+        raise RuntimeError(f"pretraining on Ray Train failed: {result.error}") from result.error

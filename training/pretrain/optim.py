@@ -1,0 +1,51 @@
+"""AdamW with weight-decay groups and the warmup + cosine learning-rate schedule."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two AdamW groups: decay on matrices and embeddings (≥ 2-D), none on biases and norm gains.
+
+    Decaying gains and biases only pulls them towards zero without regularising anything
+    (nanoGPT, and "Decoupled Weight Decay Regularization", Loshchilov & Hutter 2019).
+    """
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}  # tied weights appear once
+    decay = [p for p in params.values() if p.dim() >= 2]
+    no_decay = [p for p in params.values() if p.dim() < 2]
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def build_adamw(
+    model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float], device: torch.device
+) -> torch.optim.AdamW:
+    """AdamW over :func:`param_groups`; the fused CUDA kernel when the parameters live on a GPU."""
+    fused = device.type == "cuda"
+    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas, fused=fused)
+
+
+def lr_lambda(warmup: int, max_steps: int, lr: float, min_lr: float) -> Callable[[int], float]:
+    """Multiplier of ``lr`` at optimizer step ``s``: linear warmup, then cosine decay to ``min_lr``.
+
+    A closure (not a callable object) so ``LambdaLR.state_dict()`` stays plain data and the
+    checkpoint loads with ``torch.load(weights_only=True)``.
+    """
+    floor = min_lr / lr
+
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        if max_steps <= warmup:
+            return 1.0
+        progress = min((step - warmup) / (max_steps - warmup), 1.0)
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return f
