@@ -18,7 +18,8 @@ _BLANK_RUNS = re.compile(r"\n{3,}")
 
 def normalize(text: str, form: str) -> str:
     """Unicode-normalise ``text`` (``NFC``/``NFKC``); ``none`` returns it unchanged."""
-    if form == "none" or unicodedata.is_normalized(form, text):
+    # ASCII is invariant under every normalisation form, and isascii() is O(1) on CPython strings.
+    if form == "none" or text.isascii() or unicodedata.is_normalized(form, text):
         return text
     return unicodedata.normalize(form, text)
 
@@ -27,8 +28,12 @@ def clean_whitespace(text: str) -> str:
     """Unify newlines, strip trailing spaces of each line, squeeze 3+ newlines into one blank line."""
     if "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
-    text = _TRAILING_WS.sub("", text)
-    text = _BLANK_RUNS.sub("\n\n", text)
+    # Substring searches (memchr-fast) skip the regex passes on text that has nothing to fix;
+    # trailing blanks at the very end are left to strip().
+    if " \n" in text or "\t" in text or "\f" in text or "\v" in text:
+        text = _TRAILING_WS.sub("", text)
+    if "\n\n\n" in text:
+        text = _BLANK_RUNS.sub("\n\n", text)
     return text.strip()
 
 
@@ -81,7 +86,12 @@ _PHONE = re.compile(
     r"|(?<![\w+])\+\d{7,14}(?!\w)"
 )
 PII_PLACEHOLDERS = {"email": "<EMAIL>", "ipv6": "<IP_ADDRESS>", "ipv4": "<IP_ADDRESS>", "phone": "<PHONE>"}
-_MAYBE_PII = re.compile(r"[@:]|\d")
+# Cheap gates, each a necessary condition of its pattern, so most text skips the expensive passes
+# (prose is full of colons and digits: act/scene numbers, line numbers, years): IPv6 needs two
+# colons at most four hex digits apart; a phone number ends in ``dd<sep>ddd`` or is ``+d...``; an
+# IPv4 address holds ``d.d``.
+_MAYBE_IPV6 = re.compile(r":[0-9A-Fa-f]{0,4}:")
+_MAYBE_PHONE_IPV4 = re.compile(r"\d(?:\d[\s.-]\d\d\d|\.\d)|\+\d")
 
 
 def _valid_ipv6(s: str) -> bool:
@@ -102,12 +112,10 @@ def scrub_pii(text: str) -> tuple[str, Counter[str]]:
         ``(text, counts)`` with the number of replacements by type (``email``, ``ipv6``, ``ipv4``, ``phone``).
     """
     counts: Counter[str] = Counter()
-    if not _MAYBE_PII.search(text):
-        return text, counts
     if "@" in text:
         text, n = _EMAIL.subn(PII_PLACEHOLDERS["email"], text)
         counts["email"] += n
-    if ":" in text:
+    if ":" in text and _MAYBE_IPV6.search(text):
 
         def ipv6(m: re.Match[str]) -> str:
             if _valid_ipv6(m.group(0)):
@@ -116,8 +124,10 @@ def scrub_pii(text: str) -> tuple[str, Counter[str]]:
             return m.group(0)
 
         text = _IPV6.sub(ipv6, text)
-    text, n = _IPV4.subn(PII_PLACEHOLDERS["ipv4"], text)
-    counts["ipv4"] += n
-    text, n = _PHONE.subn(PII_PLACEHOLDERS["phone"], text)
-    counts["phone"] += n
+    # Eleven substring searches are ~20x faster than a regex scan for a digit.
+    if any(c in text for c in "0123456789+") and _MAYBE_PHONE_IPV4.search(text):
+        text, n = _IPV4.subn(PII_PLACEHOLDERS["ipv4"], text)
+        counts["ipv4"] += n
+        text, n = _PHONE.subn(PII_PLACEHOLDERS["phone"], text)
+        counts["phone"] += n
     return text, +counts

@@ -27,11 +27,15 @@ from training.data.config import DataConfig
 from training.data.dedup import Deduper, lsh_params
 from training.data.report import datacard
 from training.data.sources import SourceError, resolve_sources
-from training.data.transform import PII_TYPES, process_batch, read_rows
+from training.data.transform import PII_TYPES, read_rows
 
 log = logging.getLogger(__name__)
 
 FORMAT = "nightshift.corpus/1"
+_DRIVER_COLUMNS = (
+    *("kind", "source", "item", "reason", "sha256", "nbytes", "thash", "sig", "line", "gutenberg"),
+    *(f"pii_{t}" for t in PII_TYPES),
+)
 
 
 class EmptyCorpusError(ValueError):
@@ -58,8 +62,8 @@ class _ShardWriter:
         self._f: IO[bytes] | None = None
         self.bytes = 0
 
-    def write(self, doc: dict[str, str]) -> None:
-        line = (json.dumps(doc, ensure_ascii=False) + "\n").encode("utf-8", "surrogatepass")
+    def write(self, line: bytes) -> None:
+        """Append one finished JSONL line (see :func:`training.data.transform.corpus_line`)."""
         if (
             self._f is None
             or self.shards[-1]["bytes"] + len(line) > self.shard_bytes
@@ -82,12 +86,6 @@ class _ShardWriter:
         if self._f is not None:
             self._f.close()
             self._f = None
-
-
-def _doc_id(item: str, thash: bytes) -> str:
-    import xxhash
-
-    return xxhash.xxh3_64_hexdigest(item.encode("utf-8", "surrogatepass") + b"\0" + thash)
 
 
 def ingest(
@@ -154,45 +152,37 @@ def ingest(
         try:
             if units:
                 ds = ray_mod.data.from_items(units, override_num_blocks=len(units))
+                # Reading and all per-document work happen in one flat_map: each document is
+                # turned into Arrow once, with its finished corpus line instead of its text.
                 ds = ds.flat_map(partial(read_rows, cfg=cfg))
-                ds = ds.map_batches(
-                    partial(process_batch, cfg=cfg), batch_size=cfg.batch_docs, batch_format="pyarrow"
-                )
-                for batch in ds.iter_batches(
-                    batch_size=cfg.batch_docs, batch_format="pyarrow", prefetch_batches=2
-                ):
-                    cols = batch.to_pydict()
-                    for i, kind in enumerate(cols["kind"]):
-                        source, item = cols["source"][i], cols["item"][i]
-                        if kind == "input":
+                for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=2):
+                    # Column-wise conversion of only what the driver reads; no per-row dicts.
+                    col = {k: batch.column(k).to_pylist() for k in _DRIVER_COLUMNS}
+                    for i, kind in enumerate(col["kind"]):
+                        if kind == "doc":
+                            docs_read += 1
+                            item, reason = col["item"][i], col["reason"][i]
+                            if not reason:
+                                sig = col["sig"][i]
+                                sig_arr = np.frombuffer(sig, dtype=np.uint32) if sig else None
+                                reason = deduper.check(item, col["thash"][i], sig_arr)
+                            if reason:
+                                dropped[reason] += 1
+                                continue
+                            kept += 1
+                            writer.write(col["line"][i])
+                            gutenberg += col["gutenberg"][i]
+                            for t in PII_TYPES:
+                                pii[t] += col[f"pii_{t}"][i]
+                        elif kind == "input":
+                            source, item, nbytes = col["source"][i], col["item"][i], col["nbytes"][i]
                             inputs.append(
-                                {
-                                    "source": source,
-                                    "item": item,
-                                    "sha256": cols["sha256"][i],
-                                    "bytes": cols["nbytes"][i],
-                                }
+                                {"source": source, "item": item, "sha256": col["sha256"][i], "bytes": nbytes}
                             )
-                            bytes_in += cols["nbytes"][i]
-                            continue
-                        if kind == "quarantine":
-                            quarantined.append({"source": source, "item": item, "reason": cols["reason"][i]})
-                            continue
-                        docs_read += 1
-                        reason = cols["reason"][i]
-                        if not reason:
-                            sig = np.frombuffer(cols["sig"][i], dtype=np.uint32) if cols["sig"][i] else None
-                            reason = deduper.check(item, cols["thash"][i], sig)
-                        if reason:
-                            dropped[reason] += 1
-                            continue
-                        kept += 1
-                        gutenberg += bool(cols["gutenberg"][i])
-                        for t in PII_TYPES:
-                            pii[t] += cols[f"pii_{t}"][i]
-                        writer.write(
-                            {"id": _doc_id(item, cols["thash"][i]), "source": item, "text": cols["text"][i]}
-                        )
+                            bytes_in += nbytes
+                        elif kind == "quarantine":
+                            source, item, reason = col["source"][i], col["item"][i], col["reason"][i]
+                            quarantined.append({"source": source, "item": item, "reason": reason})
         finally:
             writer.close()
         t_done = time.perf_counter()

@@ -246,6 +246,8 @@ def _read_jsonl(source: str, item: str, f: IO[bytes], cfg: DataConfig) -> Iterat
     Lines are read with a bounded ``readline`` so a single 200 MB line is skipped in chunks,
     never held in memory.
     """
+    import orjson  # installed with Prefect; several times faster than json on long strings
+
     h = hashlib.sha256()
     total = 0
     limit = cfg.max_doc_bytes
@@ -272,7 +274,10 @@ def _read_jsonl(source: str, item: str, f: IO[bytes], cfg: DataConfig) -> Iterat
             if not line.strip():
                 continue
             try:
-                obj = json.loads(line)
+                try:
+                    obj = orjson.loads(line)
+                except orjson.JSONDecodeError:  # json is the judge: it accepts lone surrogates
+                    obj = json.loads(line)
             except (UnicodeDecodeError, ValueError) as e:
                 yield quarantine(source, where, f"invalid_json: {str(e)[:80]}")
                 continue

@@ -81,3 +81,31 @@ def test_toxicity_blocklist(tmp_path):
     cfg2 = DataConfig(toxicity_blocklist=str(custom), toxicity_max_hits_per_1k_words=0.0)
     assert toxicity_reason("the river runs " * 10, cfg2) == "toxicity"
     assert toxicity_reason("the river runs " * 10, DataConfig(toxicity_filter=False)) is None
+
+
+def test_toxicity_gate_matches_full_regex():
+    from training.data.dedup import lower_words
+    from training.data.filters import load_blocklist, toxicity_hits
+
+    cfg = DataConfig(toxicity_max_hits_per_1k_words=0.0)
+    pattern = load_blocklist(None)
+    texts = [
+        make_text(1),
+        make_text(2) + " You IDIOT, shut\n up! I  hate you.",
+        "stupid idiot " * 5,
+        "idiots and shut-up and i hate, you",
+        "Café idiot\u00e9 go to hell",
+        "lo\u017fer",  # long s: IGNORECASE matches it to "s", so the regex decides
+    ]
+    for text in texts:
+        hits, _ = toxicity_hits(text, pattern)
+        expected = "toxicity" if hits else None
+        assert toxicity_reason(text, cfg) == expected, text
+        assert toxicity_reason(text, cfg, lower_words(text)) == expected, text
+
+
+def test_pii_gate_keeps_numbers_that_are_not_pii():
+    text = "Act 3, Scene 2. In 1599 the 12:30 show; line 4.5 and 3.14."
+    assert scrub_pii(text) == (text, {})
+    out, counts = scrub_pii("call 555-123-4567 or +4915112345678 or 10.0.0.1")
+    assert counts == {"phone": 2, "ipv4": 1}, (out, counts)
