@@ -188,7 +188,7 @@ def pretrain_stage(
             result.model,
             tokenizer_obj,
             prompt,
-            max_new_tokens=96,
+            max_new_tokens=min(96, cfg.model.block_size // 2),
             temperature=0.8,
             top_k=50,
             seed=cfg.seed + i,

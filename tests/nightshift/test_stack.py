@@ -182,9 +182,9 @@ def test_nightly_deployment_runs_to_completed(
     runs = client.search_runs([exp.experiment_id])
     parent = next(r for r in runs if r.data.tags.get("nightshift.prefect_flow_run_id"))
     children = {r.data.tags["mlflow.runName"] for r in runs if r.data.tags.get("mlflow.parentRunId")}
-    assert {"ingest", "tokenize"} <= children
+    assert {"ingest", "tokenize", "pretrain"} <= children
     with session_scope(cfg.tracking.catalog_url) as s:
-        assert {"source", "corpus", "tokenizer", "tokens"} <= {a.kind for a in s.query(Artifact)}
+        assert {"source", "corpus", "tokenizer", "tokens", "model"} <= {a.kind for a in s.query(Artifact)}
         run = s.query(Run).filter_by(mlflow_run_id=parent.info.run_id).one()
         assert run.status == "completed"
         assert run.prefect_flow_run_id == parent.data.tags["nightshift.prefect_flow_run_id"]
