@@ -127,10 +127,17 @@ def run(source: str, title: str, args: argparse.Namespace, tmp_path: Path) -> fl
     for i in range(0, len(texts), 256):
         tok.encode_batch(texts[i : i + 256], add_special_tokens=False)
     raw_s = time.perf_counter() - t3
+    # The pipeline encodes with encode_batch_fast (no character offsets); time that too, so the
+    # ratio against the fastest raw call is on the table as well.
+    t4 = time.perf_counter()
+    for i in range(0, len(texts), 256):
+        tok.encode_batch_fast(texts[i : i + 256], add_special_tokens=False)
+    fast_s = time.perf_counter() - t4
 
     mb_in = res.manifest["bytes_in"] / 1e6
     pipe_mbps = mb_in / (t2 - t0)
     raw_mbps = kept_bytes / 1e6 / raw_s
+    fast_mbps = kept_bytes / 1e6 / fast_s
     m = res.manifest
     table = Table(title=f"{title}: ingest + tokenize, {mb_in:.1f} MB in, {args.num_cpus} CPUs")
     for col in ("stage", "seconds", "MB/s"):
@@ -139,7 +146,9 @@ def run(source: str, title: str, args: argparse.Namespace, tmp_path: Path) -> fl
     table.add_row("tokenize (train + encode)", f"{t2 - t1:.2f}", f"{kept_bytes / 1e6 / (t2 - t1):.2f}")
     table.add_row("pipeline total", f"{t2 - t0:.2f}", f"{pipe_mbps:.2f}")
     table.add_row("raw encode_batch", f"{raw_s:.2f}", f"{raw_mbps:.2f}")
-    table.add_row("ratio pipeline / raw", "", f"{pipe_mbps / raw_mbps:.2f} (goal >= 0.5)")
+    table.add_row("raw encode_batch_fast", f"{fast_s:.2f}", f"{fast_mbps:.2f}")
+    table.add_row("ratio pipeline / encode_batch", "", f"{pipe_mbps / raw_mbps:.2f} (goal >= 0.5)")
+    table.add_row("ratio pipeline / encode_batch_fast", "", f"{pipe_mbps / fast_mbps:.2f}")
     console = Console()
     console.print(table)
     console.print(
