@@ -86,12 +86,29 @@ class Staging:
     ref: ArtifactRef | None = None
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """fsync a file or a directory (a directory's entry list, after a rename into it)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def replace_dir(staged: Path, final: Path) -> None:
+    """Move a complete ``staged`` directory to ``final``, replacing what is there only at the end.
+
+    ``os.rename`` cannot replace a non-empty directory, so an existing ``final`` is first renamed
+    aside; a reader sees the old directory or the new one, never a half-written mix.
+    """
+    if final.exists():
+        old = final.parent / f".replaced-{uuid.uuid4().hex[:12]}"
+        os.rename(final, old)
+        os.rename(staged, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(staged, final)
+    fsync_path(final.parent)
 
 
 @contextmanager
@@ -125,19 +142,12 @@ def publish(kind: str, root: str | Path | None = None, dest: str | Path | None =
             f.flush()
             os.fsync(f.fileno())
         final = parent / sha[:16] if root is not None else Path(dest).resolve()
-        if final.exists():
-            if root is not None:
-                # Same content already published: keep the existing copy after checking it.
-                shutil.rmtree(tmp)
-                staging.ref = open_artifact(final, kind=kind)
-                return
-            old = parent / f".replaced-{uuid.uuid4().hex[:12]}"
-            os.rename(final, old)
-            os.rename(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, final)
-        _fsync_dir(parent)
+        if final.exists() and root is not None:
+            # Same content already published: keep the existing copy after checking it.
+            shutil.rmtree(tmp)
+            staging.ref = open_artifact(final, kind=kind)
+            return
+        replace_dir(tmp, final)
         staging.ref = ArtifactRef(kind=kind, path=final, sha256=sha, metadata=staging.metadata, files=files)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

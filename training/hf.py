@@ -10,13 +10,12 @@ Weights are read and written as safetensors only; ``pytorch_model.bin`` is refus
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from catalog.artifacts import ArtifactRef
+from catalog.artifacts import ArtifactRef, replace_dir
 from training.data.tokenizer import EOT, TOKENIZER_FILE
 from training.model_config import ModelConfig
 from training.model_io import ModelArtifactError, build_model, check_vocab, load_model, save_model
@@ -95,16 +94,6 @@ def _atomic_dir(out_dir: Path) -> tuple[Path, Path]:
     return out_dir, tmp
 
 
-def _swap_in(tmp: Path, out_dir: Path) -> None:
-    if out_dir.exists():
-        old = out_dir.parent / f".{out_dir.name}.replaced-{uuid.uuid4().hex[:12]}"
-        os.rename(out_dir, old)
-        os.rename(tmp, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, out_dir)
-
-
 def export_hf(model_dir_or_ref: str | Path | ArtifactRef, out_dir: str | Path) -> Path:
     """Write a ``model`` artifact as a ``GPT2LMHeadModel`` checkpoint with tokenizer files.
 
@@ -163,7 +152,7 @@ def export_hf(model_dir_or_ref: str | Path | ArtifactRef, out_dir: str | Path) -
     try:
         hf_model.save_pretrained(tmp)
         hf_tok.save_pretrained(tmp)
-        _swap_in(tmp, out_dir)
+        replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
