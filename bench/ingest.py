@@ -113,7 +113,7 @@ def run(source: str, title: str, args: argparse.Namespace, tmp_path: Path) -> fl
     from training.data.tokenizer import load_tokenizer
 
     ray_cfg = RayConfig(address="local", num_cpus=args.num_cpus)
-    cfg = DataConfig(vocab_size=args.vocab_size, min_chars=50, batch_docs=256)
+    cfg = DataConfig(vocab_size=args.vocab_size, min_chars=50)
     t0 = time.perf_counter()
     res = ingest(cfg, sources=[source], out=tmp_path / "corpus", ray=ray_cfg)
     t1 = time.perf_counter()

@@ -38,7 +38,9 @@ def test_missing_source_fails_at_once_naming_it(tmp_path, capsys):
 def test_ingest_then_tokenize_without_tracking(tmp_path, capsys):
     src = write_corpus(tmp_path / "src", n_docs=20)
     corpus = tmp_path / "corpus"
-    assert main(["ingest", "--source", str(src), "--out", str(corpus), "--no-track", "--ray.num_cpus", "2"]) == 0
+    assert (
+        main(["ingest", "--source", str(src), "--out", str(corpus), "--no-track", "--ray.num_cpus", "2"]) == 0
+    )
     report = json.loads(capsys.readouterr().out)
     assert report["documents_in"] == 21 and report["documents_kept"] == 20
     assert report["dropped"] == {"exact_duplicate": 1}

@@ -31,7 +31,12 @@ class DataConfig(Section):
     # --- dedup ---
     exact_dedup: bool = Field(True, description="Drop documents whose cleaned text hash was already seen.")
     near_dedup: bool = Field(True, description="Drop near duplicates found by MinHash LSH.")
-    minhash_num_perm: int = Field(128, ge=16, le=1024, description="MinHash permutations per signature.")
+    minhash_num_perm: int = Field(
+        128,
+        ge=16,
+        le=1024,
+        description="MinHash signature size: bins of one-permutation hashing (the key keeps its old name).",
+    )
     minhash_threshold: float = Field(
         0.8, gt=0, lt=1, description="Jaccard similarity that counts as near duplicate."
     )
@@ -64,7 +69,6 @@ class DataConfig(Section):
     )
     # --- corpus shards and Ray Data ---
     shard_bytes: int = Field(64 * 2**20, ge=2**16, description="Target size of a corpus shard.")
-    batch_docs: int = Field(64, ge=1, description="Documents per Ray Data batch.")
     # --- tokenizer and token shards ---
     vocab_size: int = Field(4096, ge=260, description="BPE vocabulary size, special tokens included.")
     min_frequency: int = Field(2, ge=1, description="Minimum pair frequency for a BPE merge.")

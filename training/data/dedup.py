@@ -4,9 +4,17 @@ Signatures are computed in parallel inside Ray Data tasks (:func:`minhash_signat
 decisions are taken in the driver by :class:`Deduper` over the ordered stream, keeping the first
 document in source order. The driver keeps, per *kept* document, a 16-byte text hash, one 8-byte
 key per LSH band and one signature (``num_perm`` uint32s): memory grows by that fixed amount per
-document (about 1.7 KB at 128 permutations), never with document length.
+document (about 1.7 KB at 128 bins), never with document length.
 
-References: Broder 1997 (MinHash), Leskovec et al., *Mining of Massive Datasets* ch. 3 (banding).
+A signature is a *one-permutation* MinHash: every shingle is hashed once, the hash picks one of
+``num_perm`` bins and the bin keeps its smallest value; empty bins are filled by optimal
+densification. Two signatures agree in a slot with probability equal to the Jaccard similarity of
+the shingle sets, as with ``num_perm`` independent permutations, for a single hash per shingle
+instead of ``num_perm``.
+
+References: Broder 1997 (MinHash); Li, Owen & Zhang, *One Permutation Hashing*, NeurIPS 2012;
+Shrivastava, *Optimal Densification for Fast and Accurate Minwise Hashing*, ICML 2017;
+Leskovec et al., *Mining of Massive Datasets* ch. 3 (banding).
 """
 
 from __future__ import annotations
@@ -19,8 +27,7 @@ import numpy as np
 import xxhash
 
 _WORD = re.compile(r"\w+")
-_MERSENNE_61 = np.uint64((1 << 61) - 1)
-_SHINGLE_CHUNK = 4096
+_U64 = np.uint64
 
 
 class _WordHashes(dict):
@@ -31,6 +38,10 @@ class _WordHashes(dict):
 
 _WORD_HASHES = _WordHashes()
 _WORD_CACHE_MAX = 1 << 20
+# The densification probes come from a fixed seed: every process (every Ray worker) computes
+# the same signature for the same text.
+_SEED = 1
+_DENSIFY_PROBES = 4
 
 
 def text_hash(text: str) -> bytes:
@@ -38,12 +49,14 @@ def text_hash(text: str) -> bytes:
     return xxhash.xxh3_128_digest(text.encode("utf-8", "surrogatepass"))
 
 
-@lru_cache(maxsize=8)
-def _permutations(num_perm: int, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    a = rng.integers(1, int(_MERSENNE_61), size=num_perm, dtype=np.uint64)
-    b = rng.integers(0, int(_MERSENNE_61), size=num_perm, dtype=np.uint64)
-    return a, b
+def _fmix64(h: np.ndarray) -> np.ndarray:
+    """MurmurHash3's 64-bit finaliser (in place): every input bit affects every output bit."""
+    h ^= h >> _U64(33)
+    h *= _U64(0xFF51AFD7ED558CCD)
+    h ^= h >> _U64(33)
+    h *= _U64(0xC4CEB93FE53F4A63)
+    h ^= h >> _U64(33)
+    return h
 
 
 def lower_words(text: str) -> list[str]:
@@ -51,57 +64,84 @@ def lower_words(text: str) -> list[str]:
     return _WORD.findall(text.lower())
 
 
+def _shingles(words: list[str], shingle_words: int) -> np.ndarray:
+    """64-bit hashes of the word ``shingle_words``-grams (with repeats; a minimum ignores them)."""
+    if not words:
+        return np.zeros(0, dtype=_U64)
+    # Word hashes come from a per-process cache (words are Zipf-distributed, so almost every lookup
+    # hits and runs as a C-level dict access through map()); shingles are then combined with
+    # vectorised arithmetic instead of hashing each joined n-gram string. (Hashing the joined
+    # UTF-8 bytes in numpy, tabulation-style, measured no faster than this warm cache.)
+    if len(_WORD_HASHES) > _WORD_CACHE_MAX:
+        _WORD_HASHES.clear()
+    wh = np.fromiter(map(_WORD_HASHES.__getitem__, words), dtype=_U64, count=len(words))
+    k = min(shingle_words, len(words))
+    n = len(words) - k + 1
+    acc = wh[:n].copy()
+    mult = _U64(0x9E3779B97F4A7C15)
+    with np.errstate(over="ignore"):
+        for i in range(1, k):
+            acc *= mult
+            acc += wh[i : i + n]
+        return _fmix64(acc)
+
+
 def shingle_hashes(text: str, shingle_words: int, words: list[str] | None = None) -> np.ndarray:
     """Unique 64-bit hashes of the word ``shingle_words``-grams of ``text`` (lower-cased).
 
     ``words`` is ``lower_words(text)`` when the caller has it already.
     """
-    if words is None:
-        words = lower_words(text)
-    if not words:
-        return np.zeros(0, dtype=np.uint64)
-    # Word hashes come from a per-process cache (words are Zipf-distributed, so almost every lookup
-    # hits and runs as a C-level dict access through map()); shingles are then combined with
-    # vectorised arithmetic instead of hashing each joined n-gram string.
-    if len(_WORD_HASHES) > _WORD_CACHE_MAX:
-        _WORD_HASHES.clear()
-    wh = np.fromiter(map(_WORD_HASHES.__getitem__, words), dtype=np.uint64, count=len(words))
-    k = min(shingle_words, len(words))
-    n = len(words) - k + 1
-    acc = wh[:n].copy()
-    mult = np.uint64(0x9E3779B97F4A7C15)
-    with np.errstate(over="ignore"):
-        for i in range(1, k):
-            acc = acc * mult + wh[i : i + n]
-            acc ^= acc >> np.uint64(29)
-    return np.unique(acc)
+    return np.unique(_shingles(lower_words(text) if words is None else words, shingle_words))
+
+
+@lru_cache(maxsize=8)
+def _probes(num_bins: int) -> np.ndarray:
+    # Optimal densification (Shrivastava 2017): an empty bin i copies the value of the first
+    # non-empty bin among a fixed pseudo-random sequence of bins probe(i, 1), probe(i, 2), ... The
+    # sequence is the same for every document, so two documents copy from the same bin and the
+    # slot still collides with probability = Jaccard. 4*num_bins probes reach a non-empty bin
+    # unless fewer than ~1% are filled (documents of a few shingles); those fall back to the next
+    # non-empty bin to the right (Shrivastava & Li, ICML 2014), which is also deterministic.
+    rng = np.random.default_rng(_SEED + num_bins)
+    return rng.integers(0, num_bins, size=(num_bins, _DENSIFY_PROBES * num_bins), dtype=np.int64)
 
 
 def minhash_signature(
     text: str, num_perm: int, shingle_words: int, words: list[str] | None = None
 ) -> np.ndarray:
-    """MinHash signature (``num_perm`` uint32) of the word shingles of ``text``.
+    """One-permutation MinHash signature (``num_perm`` uint32 bins) of the word shingles of ``text``.
 
-    Hand-written with numpy instead of ``datasketch.MinHash.update`` (a Python call per shingle):
-    all shingles x permutations are hashed in one broadcast, in chunks of 4,096 shingles so the
-    work array stays ~4 MB for any document length. The permutation is ``(a*x + b) mod 2**64``
-    (multiply-shift family, wrapping uint64 arithmetic) and the top 32 bits are kept, which
-    halves the per-document memory of the driver at no measurable cost in accuracy.
+    Each shingle hash (64 bits) is split: the high 32 bits pick the bin (``hi * num_perm >> 32``,
+    Lemire's multiply-shift range reduction), the low 32 bits are the value, and a bin keeps
+    its minimum. Sorting ``bin << 32 | value`` puts each bin's minimum first, found with one
+    ``searchsorted``. Empty bins are densified (see :func:`_probes`). A text without words gets
+    the all-ones signature.
     ``words`` is ``lower_words(text)`` when the caller has it already.
     """
-    a, b = _permutations(num_perm)
-    sh = shingle_hashes(text, shingle_words, words)
-    sig = np.full(num_perm, np.iinfo(np.uint64).max, dtype=np.uint64)
-    # One work buffer reused in place: no temporary per operation and chunk.
-    buf = np.empty((min(len(sh), _SHINGLE_CHUNK), num_perm), dtype=np.uint64)
+    sh = _shingles(lower_words(text) if words is None else words, shingle_words)
+    sig = np.full(num_perm, 0xFFFFFFFF, dtype=np.uint32)
+    if not len(sh):
+        return sig
     with np.errstate(over="ignore"):
-        for start in range(0, len(sh), _SHINGLE_CHUNK):
-            x = sh[start : start + _SHINGLE_CHUNK, None]
-            work = buf[: len(x)]
-            np.multiply(x, a, out=work)
-            np.add(work, b, out=work)
-            np.minimum(sig, work.min(axis=0), out=sig)
-    return (sig >> np.uint64(32)).astype(np.uint32)
+        bins = ((sh >> _U64(32)) * _U64(num_perm)) >> _U64(32)
+    keys = np.sort((bins << _U64(32)) | (sh & _U64(0xFFFFFFFF)))
+    first = np.searchsorted(keys, np.arange(num_perm, dtype=_U64) << _U64(32))
+    filled = first < len(keys)
+    filled[filled] = (keys[first[filled]] >> _U64(32)) == np.flatnonzero(filled).astype(_U64)
+    sig[filled] = keys[first[filled]].astype(np.uint32)
+    if not filled.all():
+        empty = np.flatnonzero(~filled)
+        probes = _probes(num_perm)[empty]
+        hit = filled[probes]
+        found = hit.any(axis=1)
+        src = probes[np.arange(len(empty)), hit.argmax(axis=1)]
+        if not found.all():
+            # Next non-empty bin to the right, circularly.
+            full = np.flatnonzero(filled)
+            nxt = np.searchsorted(full, empty[~found]) % len(full)
+            src[~found] = full[nxt]
+        sig[empty] = sig[src]
+    return sig
 
 
 def jaccard_estimate(sig_a: np.ndarray, sig_b: np.ndarray) -> float:

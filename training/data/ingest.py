@@ -1,11 +1,13 @@
 """The ingest stage: sources -> Ray Data (read, clean, filter, fingerprint) -> dedup -> ``corpus`` artifact.
 
-Parallel work runs as Ray Data transforms over read units (a file or an archive each):
-``from_items(units) -> flat_map(read) -> map_batches(clean, filter, MinHash)``. The sequential
-part — exact and near dedup (first in source order wins) and writing the shards — runs in the
-driver while it iterates the output in order (``preserve_order``), so the result is
-deterministic and the corpus is never materialised: the driver holds one batch of documents,
-the open shard, and per kept document a fixed-size fingerprint (see :mod:`training.data.dedup`).
+Parallel work runs as a Ray Data transform over read units (a file or an archive each):
+``from_items(units) -> flat_map(read_rows)``, where each record is read, cleaned, filtered and
+fingerprinted in one pass (:mod:`training.data.transform`). The sequential part — exact and near
+dedup (first in source order wins) and writing the shards — runs in the driver while it
+iterates the output in order (``preserve_order``), so the result is deterministic and the corpus
+is never materialised: the driver holds one block of records, the open shard, and per kept
+document a fixed-size fingerprint (see :mod:`training.data.dedup`). On a cluster the same
+transform spreads over every node's CPUs.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import json
 import logging
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -27,15 +30,11 @@ from training.data.config import DataConfig
 from training.data.dedup import Deduper, lsh_params
 from training.data.report import datacard
 from training.data.sources import SourceError, resolve_sources
-from training.data.transform import PII_TYPES, read_rows
+from training.data.transform import OUT_FIELDS, PII_TYPES, read_rows
 
 log = logging.getLogger(__name__)
 
 FORMAT = "nightshift.corpus/1"
-_DRIVER_COLUMNS = (
-    *("kind", "source", "item", "reason", "sha256", "nbytes", "thash", "sig", "line", "gutenberg"),
-    *(f"pii_{t}" for t in PII_TYPES),
-)
 
 
 class EmptyCorpusError(ValueError):
@@ -49,6 +48,24 @@ class IngestResult:
     artifact: ArtifactRef  # kind "corpus"
     manifest: dict[str, Any]  # also the artifact's manifest.json
     datacard: str  # Markdown, also the artifact's DATACARD.md
+
+
+def _ordered_chunks(units: list[dict[str, Any]], cfg: DataConfig) -> Iterator[dict[str, list[Any]]]:
+    """Chunks of processed records of every unit, in unit order, computed by Ray Data.
+
+    One ``flat_map`` over the read units does all per-document work (:func:`read_rows`);
+    ``preserve_order`` keeps the source order that the dedup decisions depend on, and the
+    streaming executor bounds how much waits in the object store, so memory stays flat.
+    """
+    import ray
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_options.preserve_order = True
+    ds = ray.data.from_items(units, override_num_blocks=len(units))
+    ds = ds.flat_map(partial(read_rows, cfg=cfg))
+    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=2):
+        # Column-wise conversion of only what the driver reads; no per-row dicts.
+        yield {k: batch.column(k).to_pylist() for k in OUT_FIELDS}
 
 
 class _ShardWriter:
@@ -124,13 +141,9 @@ def ingest(
     units, quarantined = resolve_sources(source_list, cfg)
     log.info("ingest: %d sources -> %d read units", len(source_list), len(units))
 
-    import ray as ray_mod
-
     from training.ray_setup import init_ray
 
     init_ray(ray or RayConfig(num_cpus=2))
-    ctx = ray_mod.data.DataContext.get_current()
-    ctx.execution_options.preserve_order = True
     t_ray = time.perf_counter()
 
     deduper = Deduper(
@@ -151,13 +164,7 @@ def ingest(
         writer = _ShardWriter(staging.path, cfg.shard_bytes)
         try:
             if units:
-                ds = ray_mod.data.from_items(units, override_num_blocks=len(units))
-                # Reading and all per-document work happen in one flat_map: each document is
-                # turned into Arrow once, with its finished corpus line instead of its text.
-                ds = ds.flat_map(partial(read_rows, cfg=cfg))
-                for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=2):
-                    # Column-wise conversion of only what the driver reads; no per-row dicts.
-                    col = {k: batch.column(k).to_pylist() for k in _DRIVER_COLUMNS}
+                for col in _ordered_chunks(units, cfg):
                     for i, kind in enumerate(col["kind"]):
                         if kind == "doc":
                             docs_read += 1

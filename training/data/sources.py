@@ -202,7 +202,7 @@ def resolve_sources(sources: list[str], cfg: DataConfig) -> tuple[list[dict[str,
 
 
 # ---------------------------------------------------------------------------------------------
-# reading (Ray tasks)
+# reading (inside the Ray Data flat_map)
 # ---------------------------------------------------------------------------------------------
 
 

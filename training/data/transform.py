@@ -1,10 +1,10 @@
-"""The per-document work of ingestion, run in parallel inside Ray Data tasks.
+"""The per-document work of ingestion, run in parallel inside a Ray Data ``flat_map``.
 
 :func:`read_rows` turns a read unit (a file, an archive) into records and processes each
 document on the spot (:func:`process_doc`): cleaning, the filters, and everything the driver
 needs — the text hash and the MinHash signature to deduplicate, and the finished JSONL line of
 the corpus shard (id included). The driver then does no per-document Python beyond the dedup
-decision and a ``write`` of bytes, and the text never crosses the Arrow boundary twice.
+decision and a ``write`` of bytes, and the text crosses the process boundary once, as that line.
 Every record has the same columns (:data:`OUT_FIELDS`) so Ray Data keeps them in Arrow blocks.
 """
 

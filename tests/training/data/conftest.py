@@ -60,7 +60,6 @@ def data_cfg() -> DataConfig:
         min_frequency=2,
         tokenizer_train_bytes=2**16,
         val_fraction=0.2,
-        batch_docs=8,
         shard_bytes=2**16,
         minhash_num_perm=64,
         max_doc_bytes=2**20,
