@@ -3,14 +3,17 @@
 At one fixed config (4 layers, 256 dims, 4 heads, context 256, global batch 16, fp32, CPU) this
 measures, in the same run:
 
-a. the fp32 matmul peak of this machine (``torch.mm``, all threads) — the MFU denominator;
+a. the fp32 matmul peak of this machine (``torch.mm``, all threads) — the MFU denominator — and,
+   labelled separately, the matmul rate at the model's own GEMM shapes (what its matmuls can reach);
 b. a plain PyTorch loop over the same model, data windows and AdamW;
 c. ``pretrain()`` in one process (Lightning);
 d. Lightning through Ray Train on the local Ray: 1 worker with all CPUs (the fair overhead
    comparison) and 2 workers with one CPU each.
 
-Steady state only: the first ``--warmup`` steps of each path are not timed. Run:
-``python bench/train_throughput.py [--steps 12] [--warmup 2] [--peak-flops F]``.
+Steady state only: the first ``--warmup`` steps of each path are not timed. ``--compile`` adds (b)
+and (c) with ``torch.compile`` (the model; inductor's C++ backend on CPU) and prints the time of
+their untimed first steps, which include compiling. Run:
+``python bench/train_throughput.py [--steps 12] [--warmup 2] [--peak-flops F] [--compile]``.
 """
 
 from __future__ import annotations
@@ -72,7 +75,30 @@ def bench_config(steps: int, **train: object) -> Config:
     )
 
 
-def plain_loop(cfg: Config, tokens: ArtifactRef, steps: int, warmup: int) -> float:
+def gemm_shapes(cfg: Config) -> list[tuple[int, int, int]]:
+    """(m, k, n) of the forward matmuls of one micro-batch (the backward ones are transposes of these)."""
+    bt, c, v = cfg.train.batch_size * cfg.model.block_size, cfg.model.n_embd, cfg.model.vocab_size
+    per_layer = [(bt, c, 3 * c), (bt, c, c), (bt, c, 4 * c), (bt, 4 * c, c)]
+    return per_layer * cfg.model.n_layer + [(bt, c, v)]
+
+
+def gemm_rate(shapes: list[tuple[int, int, int]], reps: int = 5) -> float:
+    """FLOP/s of ``torch.mm`` over ``shapes`` (their total FLOPs over the best time of each)."""
+    flops = seconds = 0.0
+    for m, k, n in sorted(set(shapes)):
+        a, b, out = torch.randn(m, k), torch.randn(k, n), torch.empty(m, n)
+        torch.mm(a, b, out=out)
+        best = float("inf")
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            torch.mm(a, b, out=out)
+            best = min(best, time.perf_counter() - t0)
+        count = shapes.count((m, k, n))
+        flops, seconds = flops + count * 2 * m * k * n, seconds + count * best
+    return flops / seconds
+
+
+def plain_loop(cfg: Config, tokens: ArtifactRef, steps: int, warmup: int, compile: bool = False) -> float:
     """Tokens/s of a bare PyTorch loop: same windows, AdamW groups, clipping and schedule."""
     from training.pretrain.data import TrainWindows
     from training.pretrain.optim import build_adamw, lr_lambda
@@ -80,10 +106,13 @@ def plain_loop(cfg: Config, tokens: ArtifactRef, steps: int, warmup: int) -> flo
     torch.manual_seed(0)
     tc = cfg.train
     model = GPT(cfg.model)
+    if compile:
+        model.compile()
     opt = build_adamw(model, tc.lr, tc.weight_decay, (tc.beta1, tc.beta2), torch.device("cpu"))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tc.warmup_steps, tc.max_steps, tc.lr, tc.min_lr))
     data = TrainWindows(TokenShards.open(tokens).split("train"), cfg.model.block_size, tc.batch_size, 0, 1, 0)
     t0 = 0.0
+    t_start = time.perf_counter()
     for step in range(steps):
         if step == warmup:
             t0 = time.perf_counter()
@@ -94,6 +123,8 @@ def plain_loop(cfg: Config, tokens: ArtifactRef, steps: int, warmup: int) -> flo
         opt.step()
         opt.zero_grad(set_to_none=True)
         sched.step()
+        if compile and step == warmup - 1:
+            print(f"    plain loop: first {warmup} steps (compiling) {time.perf_counter() - t_start:.1f} s")
     return tc.batch_size * cfg.model.block_size * (steps - warmup) / (time.perf_counter() - t0)
 
 
@@ -105,7 +136,15 @@ def lightning_path(
     from training.pretrain.launch import fit_with_ray
 
     if not ray_workers:
-        return pretrain(cfg, tokens, workdir=workdir, peak_flops=peak, resume=False).metrics["tokens_per_s"]
+        t0 = time.perf_counter()
+        tps = pretrain(cfg, tokens, workdir=workdir, peak_flops=peak, resume=False).metrics["tokens_per_s"]
+        if cfg.train.compile:
+            steady = cfg.train.max_steps * cfg.train.batch_size * cfg.model.block_size / tps
+            whole = time.perf_counter() - t0
+            print(
+                f"    Lightning compiled: whole run {whole:.1f} s, its steps at steady speed {steady:.1f} s"
+            )
+        return tps
     cpus = os.cpu_count() or 1
     cfg.train.num_workers = ray_workers
     cfg.train.cpus_per_worker = max(1, cpus // ray_workers)
@@ -123,6 +162,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps of the plain loop (as StepMetrics)")
     ap.add_argument("--peak-flops", type=float, default=None, help="skip the matmul measurement")
     ap.add_argument("--no-ray", action="store_true", help="skip the Ray Train paths")
+    ap.add_argument("--compile", action="store_true", help="also (b) and (c) with torch.compile")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
@@ -139,6 +179,8 @@ def main() -> None:
             f"config: 4 layers, 256 dims, 4 heads, context 256, batch 16, fp32; {fpt / 1e6:.1f} MFLOP/token"
         )
         print(f"(a) fp32 matmul peak: {peak / 1e9:.1f} GFLOP/s")
+        shaped = gemm_rate(gemm_shapes(cfg))
+        print(f"(a') fp32 matmul at the model's GEMM shapes: {shaped / 1e9:.1f} GFLOP/s (not the MFU peak)")
         rows = [("(b) plain PyTorch loop", plain_loop(cfg, tokens, args.steps, args.warmup))]
         rows.append(
             ("(c) Lightning, 1 process", lightning_path(bench_config(args.steps), tokens, root / "c", peak))
@@ -151,16 +193,30 @@ def main() -> None:
                 rows.append(
                     (label, lightning_path(bench_config(args.steps), tokens, root / f"d{n}", peak, n))
                 )
+        compiled = []
+        if args.compile:
+            compiled.append(
+                ("(b*) plain PyTorch loop, compiled", plain_loop(cfg, tokens, args.steps, args.warmup, True))
+            )
+            cfg_c = bench_config(args.steps, compile=True)
+            compiled.append(
+                ("(c*) Lightning, 1 process, train.compile", lightning_path(cfg_c, tokens, root / "cc", peak))
+            )
         # The baseline runs again last and the faster of its two runs counts: on a shared machine
         # a neighbour's burst of work would otherwise flatter the paths measured after it.
         again = plain_loop(cfg, tokens, args.steps, args.warmup)
         print(f"plain loop, first and last run: {rows[0][1]:.0f} and {again:.0f} tokens/s")
         rows[0] = (rows[0][0], max(rows[0][1], again))
         base = rows[0][1]
-        print(f"{'path':<50} {'tokens/s':>10} {'MFU':>7} {'vs (b)':>8}")
-        for label, tps in rows:
-            over = (base / tps - 1) * 100
-            print(f"{label:<50} {tps:>10.0f} {fpt * tps / peak:>7.1%} {over:>+7.1f}%")
+        mfu_shaped = "MFU@a'"  # MFU against (a'), labelled apart from the honest one against (a)
+        print(f"{'path':<50} {'tokens/s':>10} {'MFU':>7} {'vs (b)':>8} {mfu_shaped:>7}")
+        # Compiled rows compare with the compiled plain loop (b*).
+        refs = [base] * len(rows) + [compiled[0][1] if compiled else base] * len(compiled)
+        for (label, tps), ref in zip(rows + compiled, refs, strict=True):
+            over = (ref / tps - 1) * 100
+            print(
+                f"{label:<50} {tps:>10.0f} {fpt * tps / peak:>7.1%} {over:>+7.1f}% {fpt * tps / shaped:>7.1%}"
+            )
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -65,7 +65,12 @@ class TrainConfig(Section):
     precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = Field(
         "auto", description="Lightning precision; 'auto' is bf16-mixed with GPUs and 32-true on CPU."
     )
-    compile: bool = Field(False, description="torch.compile the model.")
+    compile: bool = Field(
+        False,
+        description="torch.compile the model (inductor; C++ codegen on CPU, needs a compiler). The first "
+        "steps then take ~1 min on a 2-core CPU (~7 s with inductor's cache warm) and the steady step "
+        "was no faster for the small preset (bench/train_throughput.py --compile): off for CPU runs.",
+    )
     num_workers: int = Field(
         1, ge=1, description="Ray Train workers (1 trains in this process, without Ray)."
     )

@@ -27,8 +27,12 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 def build_adamw(
     model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float], device: torch.device
 ) -> torch.optim.AdamW:
-    """AdamW over :func:`param_groups`; the fused CUDA kernel when the parameters live on a GPU."""
-    fused = device.type == "cuda"
+    """AdamW over :func:`param_groups` with the fused kernel (CUDA, and CPU since torch 2.4).
+
+    On CPU the fused step is one vectorised pass per tensor instead of about ten elementwise ops
+    per parameter in the default for-loop implementation (~5% of a step of the bench model).
+    """
+    fused = device.type in ("cuda", "cpu")
     return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas, fused=fused)
 
 

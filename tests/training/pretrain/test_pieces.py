@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +19,7 @@ from training.model import GPT
 from training.model_config import ModelConfig
 from training.pretrain import checkpoint as ckpt
 from training.pretrain.data import TrainWindows, ValWindows
-from training.pretrain.optim import lr_lambda, param_groups
+from training.pretrain.optim import build_adamw, lr_lambda, param_groups
 
 
 def test_rank_shares_make_up_the_global_batch(tokens: ArtifactRef) -> None:
@@ -47,6 +50,37 @@ def test_weight_decay_only_on_matrices() -> None:
     assert all(p.dim() < 2 for p in no_decay["params"]) and no_decay["weight_decay"] == 0.0
     # The tied embedding / LM head appears once.
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def test_adamw_is_fused_on_cpu_and_steps() -> None:
+    model = GPT(ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=300))
+    opt = build_adamw(model, 1e-2, 0.1, (0.9, 0.95), torch.device("cpu"))
+    assert opt.defaults["fused"] is True
+    before = model.lm_head.weight.detach().clone()
+    _, loss = model(torch.randint(0, 300, (2, 16)), torch.randint(0, 300, (2, 16)))
+    loss.backward()
+    opt.step()
+    assert not torch.equal(before, model.lm_head.weight)
+
+
+@pytest.mark.skipif(not hasattr(os, "setpriority"), reason="no setpriority on this OS")
+def test_ray_worker_threads_get_the_driver_niceness() -> None:
+    # A worker started at Ray's niceness 15 with a running torch pool and an extra thread.
+    code = """
+import os, threading, torch
+from training.pretrain.launch import _match_driver_niceness
+os.nice(15)
+torch.set_num_threads(2); torch.mm(torch.randn(256, 256), torch.randn(256, 256))
+ev = threading.Event(); t = threading.Thread(target=ev.wait); t.start()
+_match_driver_niceness(0)
+print(sorted({os.getpriority(os.PRIO_PROCESS, int(i)) for i in os.listdir('/proc/self/task')}))
+ev.set()
+"""
+    root = Path(__file__).resolve().parents[3]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, check=True)
+    if "may not raise it" in out.stderr:
+        pytest.skip("no CAP_SYS_NICE: the worker only logs a hint")
+    assert out.stdout.strip() == "[0]"
 
 
 def test_lr_warms_up_then_decays_to_min_lr() -> None:
