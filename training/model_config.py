@@ -89,6 +89,10 @@ class TrainConfig(Section):
         gt=0,
         description="Peak FLOP/s of one worker's device for MFU; default: a matmul measured at start.",
     )
+    sample_prompts: list[str] = Field(
+        default_factory=lambda: ["", "The"],
+        description="Prompts the stage samples from after training (logged; '' starts a new document).",
+    )
 
     def resolved_precision(self) -> str:
         """The Lightning precision string: ``auto`` becomes bf16-mixed on GPU and 32-true on CPU."""

@@ -112,9 +112,6 @@ class PretrainStageResult:
     model_uri: str | None  # the MLflow model logged with the stage run
 
 
-SAMPLE_PROMPTS = ("", "ROMEO:", "To be, or not")
-
-
 def unigram_entropy(tokens: ArtifactRef | str | Path, split: str = "train") -> float:
     """Entropy (nats/token) of the unigram distribution of a split: the loss of a model that
     ignores context, the bar a trained model's validation loss must clear."""
@@ -183,7 +180,7 @@ def pretrain_stage(
 
     tokenizer_obj = load_tokenizer(tok_ref)
     samples = []
-    for i, prompt in enumerate(SAMPLE_PROMPTS):
+    for i, prompt in enumerate(cfg.train.sample_prompts):
         (c,) = generate_text(
             result.model,
             tokenizer_obj,
