@@ -30,7 +30,8 @@ def _config(args: argparse.Namespace, extra: Sequence[str]):
 
 def _tracked_stage(cfg, name: str, track: bool):
     """A stage run context: a standalone MLflow parent + child run, or a no-op when ``--no-track``."""
-    from catalog.tracking import NullStageRun, Tracker
+    from catalog.tracking import Tracker
+    from catalog.untracked import NullStageRun
 
     if not track:
         return NullStageRun()

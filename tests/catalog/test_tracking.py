@@ -16,10 +16,10 @@ from catalog.tracking import (
     TAG_CATALOG_RUN,
     TAG_FLOW_RUN,
     TAG_PARENT,
-    NullStageRun,
     Tracker,
     flatten_params,
 )
+from catalog.untracked import NullStageRun
 
 pytestmark = pytest.mark.slow
 

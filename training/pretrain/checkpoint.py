@@ -22,13 +22,12 @@ import os
 import re
 import shutil
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from catalog.artifacts import file_sha256
+from catalog.artifacts import file_sha256, fsync_path, replace_dir
 
 log = logging.getLogger(__name__)
 
@@ -67,14 +66,6 @@ def staging_dir(root: Path, step: int) -> Path:
     return root / f".tmp-{step_dir_name(step)}"
 
 
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def finalize(staging: Path, step: int, keep: int | None = None) -> CheckpointInfo:
     """Hash the files of ``staging``, write the manifest, fsync and rename it to ``step-NNNNNN``.
 
@@ -85,23 +76,16 @@ def finalize(staging: Path, step: int, keep: int | None = None) -> CheckpointInf
     files = {}
     for p in sorted(staging.iterdir()):
         if p.is_file() and p.name != MANIFEST:
-            _fsync_path(p)
+            fsync_path(p)
             files[p.name] = {"sha256": file_sha256(p), "size": p.stat().st_size}
     manifest = {"step": step, "files": files, "created": time.time()}
     with open(staging / MANIFEST, "w") as f:
         json.dump(manifest, f, indent=2, sort_keys=True)
         f.flush()
         os.fsync(f.fileno())
-    _fsync_path(staging)
+    fsync_path(staging)
     final = staging.parent / step_dir_name(step)
-    if final.exists():
-        old = staging.parent / f".replaced-{uuid.uuid4().hex[:12]}"
-        os.rename(final, old)
-        os.rename(staging, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(staging, final)
-    _fsync_path(staging.parent)
+    replace_dir(staging, final)
     if keep is not None:
         prune(staging.parent, keep)
     return CheckpointInfo(final, step)
