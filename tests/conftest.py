@@ -198,3 +198,18 @@ def any_db_url(request: pytest.FixtureRequest) -> str:
     if request.param == "sqlite":
         return request.getfixturevalue("catalog_url")
     return request.getfixturevalue("postgres_db")
+
+
+@pytest.fixture(scope="session")
+def ray_local() -> Iterator[None]:
+    """One small local Ray (2 CPUs) shared by every test of the session that needs Ray."""
+    import ray
+
+    from training.config import RayConfig
+    from training.ray_setup import init_ray
+
+    started = not ray.is_initialized()
+    init_ray(RayConfig(address="local", num_cpus=2))
+    yield
+    if started:
+        ray.shutdown()

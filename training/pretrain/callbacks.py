@@ -8,6 +8,7 @@ writes files and logs.
 
 from __future__ import annotations
 
+import abc
 import json
 import logging
 import math
@@ -25,7 +26,7 @@ from training.pretrain.module import GPTPretrainModule
 log = logging.getLogger(__name__)
 
 
-class _StepHook(L.Callback):
+class _StepHook(L.Callback, abc.ABC):
     """Calls :meth:`on_step` once after each optimizer step."""
 
     def __init__(self) -> None:
@@ -41,8 +42,9 @@ class _StepHook(L.Callback):
             self._last_step = trainer.global_step
             self.on_step(trainer, pl_module, trainer.global_step)
 
+    @abc.abstractmethod
     def on_step(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> None:
-        raise NotImplementedError
+        """Runs once per optimizer step (``step`` = steps done so far)."""
 
 
 class StepMetrics(_StepHook):

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from catalog.artifacts import ArtifactRef, publish
-from training.config import RayConfig
 from training.data.config import DataConfig
 
 WORDS = (
@@ -65,20 +63,6 @@ def data_cfg() -> DataConfig:
         max_doc_bytes=2**20,
         token_shard_tokens=2**12,
     )
-
-
-@pytest.fixture(scope="session")
-def ray_session() -> Iterator[None]:
-    """One small local Ray for every test of the session that needs it."""
-    import ray
-
-    from training.ray_setup import init_ray
-
-    started = not ray.is_initialized()
-    init_ray(RayConfig(address="local", num_cpus=2))
-    yield
-    if started:
-        ray.shutdown()
 
 
 def write_docs(root: Path, texts: dict[str, str]) -> Path:

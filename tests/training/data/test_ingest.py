@@ -31,7 +31,7 @@ def _balanced(m):
     return m["documents_in"] == m["documents_kept"] + sum(m["dropped"].values()) + len(m["quarantined"])
 
 
-def test_every_source_kind(tmp_path, data_cfg, ray_session):
+def test_every_source_kind(tmp_path, data_cfg, ray_local):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -71,7 +71,7 @@ def test_every_source_kind(tmp_path, data_cfg, ray_session):
     assert (tmp_path / "out" / "DATACARD.md").read_text() == res.datacard
 
 
-def test_bad_input_quarantined_with_exact_accounting(tmp_path, data_cfg, ray_session):
+def test_bad_input_quarantined_with_exact_accounting(tmp_path, data_cfg, ray_local):
     good = [make_text(200 + i) for i in range(3)]
     write_docs(tmp_path / "c", {"g0.txt": good[0], "g1.txt": good[1], "empty.txt": ""})
     c = tmp_path / "c"
@@ -108,7 +108,7 @@ def test_bad_input_quarantined_with_exact_accounting(tmp_path, data_cfg, ray_ses
     assert "## Quarantine" in res.datacard and "broken_archive" in res.datacard
 
 
-def test_cleaning_dedup_and_filters(tmp_path, data_cfg, ray_session):
+def test_cleaning_dedup_and_filters(tmp_path, data_cfg, ray_local):
     base = [make_text(300 + i) for i in range(4)]
     docs = {
         "00.txt": base[0],
@@ -145,7 +145,7 @@ def test_cleaning_dedup_and_filters(tmp_path, data_cfg, ray_session):
     assert "Near duplicates removed: **1**" in res.datacard
 
 
-def test_rerun_same_hash_and_artifact_root(tmp_path, data_cfg, ray_session):
+def test_rerun_same_hash_and_artifact_root(tmp_path, data_cfg, ray_local):
     write_docs(tmp_path / "c", {f"{i}.txt": make_text(400 + i) for i in range(6)})
     a = ingest(data_cfg, sources=[str(tmp_path / "c")], artifact_root=tmp_path / "arts", ray=RAY)
     b = ingest(data_cfg, sources=[str(tmp_path / "c")], artifact_root=tmp_path / "arts", ray=RAY)
@@ -154,7 +154,7 @@ def test_rerun_same_hash_and_artifact_root(tmp_path, data_cfg, ray_session):
     assert "seconds" in a.artifact.metadata
 
 
-def test_nothing_kept_and_missing_source_fail_clearly(tmp_path, data_cfg, ray_session):
+def test_nothing_kept_and_missing_source_fail_clearly(tmp_path, data_cfg, ray_local):
     write_docs(tmp_path / "c", {"a.txt": "tiny"})
     with pytest.raises(EmptyCorpusError, match="kept no document"):
         ingest(data_cfg, sources=[str(tmp_path / "c")], out=tmp_path / "out", ray=RAY)

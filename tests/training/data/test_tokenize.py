@@ -85,7 +85,7 @@ def test_corrupt_corpus_names_the_file(tmp_path, data_cfg):
 
 
 @pytest.mark.slow
-def test_ingest_then_tokenize_deterministic(tmp_path, data_cfg, ray_session):
+def test_ingest_then_tokenize_deterministic(tmp_path, data_cfg, ray_local):
     write_docs(tmp_path / "c", {f"{i}.txt": make_text(600 + i) for i in range(10)})
     hashes = []
     for run in ("r1", "r2"):

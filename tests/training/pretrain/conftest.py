@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -85,17 +84,3 @@ def tiny_config(**train: object) -> Config:
         train=TrainConfig(**base),
         ray=RayConfig(address="local", num_cpus=2),
     )
-
-
-@pytest.fixture(scope="session")
-def ray_local() -> Iterator[None]:
-    """One small local Ray (2 CPUs) for the tests that train on Ray Train workers."""
-    import ray
-
-    from training.ray_setup import init_ray
-
-    started = not ray.is_initialized()
-    init_ray(RayConfig(address="local", num_cpus=2))
-    yield
-    if started:
-        ray.shutdown()

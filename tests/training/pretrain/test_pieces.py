@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -63,7 +62,6 @@ def test_adamw_is_fused_on_cpu_and_steps() -> None:
     assert not torch.equal(before, model.lm_head.weight)
 
 
-@pytest.mark.skipif(not hasattr(os, "setpriority"), reason="no setpriority on this OS")
 def test_ray_worker_threads_get_the_driver_niceness() -> None:
     # A worker started at Ray's niceness 15 with a running torch pool and an extra thread.
     code = """
@@ -79,8 +77,10 @@ ev.set()
     root = Path(__file__).resolve().parents[3]
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, check=True)
     if "may not raise it" in out.stderr:
-        pytest.skip("no CAP_SYS_NICE: the worker only logs a hint")
-    assert out.stdout.strip() == "[0]"
+        # Without CAP_SYS_NICE the priority cannot be raised; the worker must say how to fix it.
+        assert "RAY_worker_niceness=0" in out.stderr
+    else:
+        assert out.stdout.strip() == "[0]"
 
 
 def test_lr_warms_up_then_decays_to_min_lr() -> None:
