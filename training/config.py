@@ -23,6 +23,9 @@ from pydantic import BaseModel, Field, ValidationError
 from training.config_base import ConfigError, Section
 from training.data.config import DataConfig
 from training.model_config import ModelConfig, TrainConfig
+from training.eval.config import EvalConfig
+from training.rlhf.config import RLHFConfig
+from training.serve_config import ServeConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 PRESETS = ("tiny", "small", "gpt2-124m")
@@ -131,10 +134,13 @@ class Config(Section):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="MLflow and the catalog.")
     ray: RayConfig = Field(default_factory=RayConfig, description="Where Ray work runs.")
     stack: StackConfig = Field(default_factory=StackConfig, description="The local stack of `nightshift up`.")
+    rlhf: RLHFConfig = Field(default_factory=RLHFConfig, description="SFT, reward model, PPO, DPO, GRPO.")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation and promotion gates.")
+    serve: ServeConfig = Field(default_factory=ServeConfig, description="Serving on Ray Serve.")
 
     def problems(self) -> list[str]:
         out: list[str] = []
-        for name in ("data", "model", "train", "tracking", "ray", "stack"):
+        for name in ("data", "model", "train", "tracking", "ray", "stack", "rlhf", "eval", "serve"):
             section: Section = getattr(self, name)
             out.extend(f"{name}.{p}" for p in section.problems())
         if self.model.vocab_size < self.data.vocab_size:

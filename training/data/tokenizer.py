@@ -16,6 +16,10 @@ if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
 EOT = "<|endoftext|>"
+# Role markers of the chat template (training/chat.py). They are special tokens, so ordinary text
+# (a user's message included) can never produce them: only the template inserts them.
+CHAT_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>")
+SPECIAL_TOKENS = (EOT, *CHAT_TOKENS)
 TOKENIZER_FILE = "tokenizer.json"
 
 
@@ -27,7 +31,7 @@ def _finish(tok: Tokenizer) -> Tokenizer:
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int = 2) -> Tokenizer:
-    """Train a byte-level BPE tokenizer with ``<|endoftext|>`` as its only special token (id 0).
+    """Train a byte-level BPE tokenizer; ``<|endoftext|>`` is id 0, the chat role markers ids 1-4.
 
     Args:
         texts: training texts (consumed once, in order; training is deterministic for the same input).
@@ -42,7 +46,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int = 
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         min_frequency=min_frequency,
-        special_tokens=[EOT],
+        special_tokens=list(SPECIAL_TOKENS),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
