@@ -1,9 +1,60 @@
-"""Config of serving: the Ray Serve application, its engine, auth and autoscaling."""
+"""Config of serving: the Ray Serve application, its engine, auth, limits and autoscaling."""
 
 from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
 
 from training.config_base import Section
 
 
 class ServeConfig(Section):
-    """Serving settings."""
+    # --- where ---
+    host: str = Field("127.0.0.1", description="Address the Serve HTTP proxy binds to.")
+    port: int = Field(8000, ge=1, le=65535, description="Port of the Serve HTTP proxy.")
+    app_name: str = Field("nightshift", description="Ray Serve application name.")
+    model_name: str = Field("nightshift-gpt", description="Model id clients pass as `model`.")
+    registered_model: str = Field("nightshift-gpt", description="MLflow registered model to serve from.")
+    # --- auth and limits ---
+    auth: Literal["api_key", "none"] = Field(
+        "api_key", description="'api_key': Bearer keys required; 'none': open (local demo only)."
+    )
+    api_key_hashes: list[str] = Field(
+        default_factory=list, description="sha256 hex digests of accepted API keys (never the keys)."
+    )
+    api_key_file: str | None = Field(
+        None,
+        description="File of sha256 digests, one per line (default $NIGHTSHIFT_HOME/api-keys.sha256); "
+        "`nightshift keys create` appends to it. Plain keys may also come from $NIGHTSHIFT_API_KEYS.",
+    )
+    max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest request body accepted (413 above).")
+    max_n: int = Field(8, ge=1, description="Largest `n` (choices per prompt) accepted.")
+    # --- engine ---
+    max_batch: int = Field(32, ge=1, description="Sequences decoded together (KV cache slots).")
+    max_waiting: int = Field(256, ge=1, description="Requests queued beyond the batch; more get 429.")
+    torch_threads: int = Field(2, ge=1, description="Intra-op threads of each replica's engine.")
+    # --- replicas ---
+    replica_cpus: float = Field(
+        0.5, gt=0, description="Logical CPUs each replica reserves in Ray (kept small to leave training room)."
+    )
+    min_replicas: int = Field(1, ge=0, description="Autoscaling: fewest replicas.")
+    max_replicas: int = Field(1, ge=1, description="Autoscaling: most replicas.")
+    target_ongoing_requests: float = Field(16, gt=0, description="Autoscaling: ongoing requests per replica.")
+    max_ongoing_requests: int = Field(
+        64, ge=1, description="Requests Serve routes to one replica at once (the engine queues within)."
+    )
+    record_completions: bool = Field(True, description="Store every completion in the catalog.")
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.min_replicas > self.max_replicas:
+            out.append(f"min_replicas: {self.min_replicas} is more than max_replicas {self.max_replicas}")
+        for h in self.api_key_hashes:
+            if len(h) != 64 or any(c not in "0123456789abcdef" for c in h):
+                out.append(
+                    "api_key_hashes: each entry must be a 64-digit lowercase sha256 hex digest; "
+                    "use `nightshift keys create` to make one"
+                )
+                break
+        return out

@@ -1,0 +1,520 @@
+"""The Ray Serve application: an OpenAI-compatible FastAPI ingress over the generation engine.
+
+``build_app(args) -> serve.Application`` is the entry point for ``serve run``/``serve deploy``
+(``import_path: serving.app:build_app``), for ``nightshift serve`` and for the deploy stage.
+Each replica loads the model, starts an :class:`~serving.engine.Engine` thread, and answers:
+
+- ``GET /v1/models``, ``POST /v1/completions``, ``POST /v1/chat/completions`` (``stream: true``
+  gives server-sent events ending in ``data: [DONE]``), ``POST /v1/feedback``;
+- ``GET /health`` and ``GET /metrics`` (Prometheus), without auth.
+
+Every response names the model artifact that produced it (``X-Nightshift-Model``) and every
+completion is stored in the catalog with that artifact and the deployment.
+"""
+
+# No `from __future__ import annotations` here: FastAPI reads the route signatures at runtime
+# through Serve's ingress wrapper, which cannot resolve postponed (string) annotations.
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, Field
+from ray import serve
+
+from serving import errors
+from serving.engine import Delta, QueueFull, SamplingParams
+from serving.responses import (
+    DONE,
+    Choice,
+    chat_body,
+    chat_chunk,
+    chat_logprobs,
+    choice_id,
+    completion_body,
+    completion_chunk,
+    new_id,
+    sse,
+    usage,
+)
+from serving.schemas import ChatCompletionRequest, CompletionRequest, FeedbackRequest
+from training.serve_config import ServeConfig
+
+log = logging.getLogger(__name__)
+
+api = FastAPI(title="Nightshift", description="OpenAI-compatible API of the Nightshift GPT.", version="1")
+errors.install(api)
+_BODY_LIMIT = errors.BodyLimitSetting()
+api.add_middleware(errors.BodyLimit, setting=_BODY_LIMIT)
+
+
+class ServeArgs(BaseModel):
+    """What one deployment serves and where it records; ``build_app`` validates these."""
+
+    model: str = Field(description="A `model` artifact directory or a models:/ registry URI.")
+    serve: ServeConfig = Field(default_factory=ServeConfig)
+    catalog_url: str | None = Field(None, description="Catalog to record completions in (None: don't).")
+    tracking_uri: str | None = Field(None, description="MLflow server, for models:/ URIs.")
+    deployment_id: int | None = Field(None, description="The catalog deployment row this rollout is.")
+
+
+@serve.deployment(name="NightshiftServer")
+@serve.ingress(api)
+class NightshiftServer:
+    def __init__(self, args: dict[str, Any]):
+        import torch
+
+        from serving.auth import KeyCheck, collect_digests
+        from serving.engine import Engine
+        from serving.loader import load_served
+        from serving.metrics import Metrics
+
+        a = ServeArgs(**args)
+        self.cfg = a.serve
+        torch.set_num_threads(self.cfg.torch_threads)
+        _BODY_LIMIT.limit = self.cfg.max_body_bytes
+        self.served = load_served(a.model, tracking_uri=a.tracking_uri)
+        self.tok = self.served.tokenizer
+        self.block_size = self.served.model.cfg.block_size
+        self.engine = Engine(
+            self.served.model, self.tok, max_batch=self.cfg.max_batch, max_waiting=self.cfg.max_waiting
+        ).start()
+        self.name = self.cfg.model_name
+        self.headers = {"X-Nightshift-Model": f"model:{self.served.ref.sha256}"}
+        if self.served.registry.get("version"):
+            self.headers["X-Nightshift-Model-Version"] = str(self.served.registry["version"])
+        if self.cfg.auth == "none":
+            self.keys = KeyCheck(None)
+        else:
+            digests = collect_digests(self.cfg.api_key_hashes, self.cfg.api_key_file)
+            if not digests:
+                raise ValueError(
+                    "serve.auth is 'api_key' but no API key is configured; run `nightshift keys create`, "
+                    "set $NIGHTSHIFT_API_KEYS, or set serve.auth: none for a local demo"
+                )
+            self.keys = KeyCheck(digests)
+        self.metrics = Metrics()
+        self.recorder = None
+        self.deployment_id = a.deployment_id
+        self.artifact_id: int | None = None
+        if a.catalog_url and self.cfg.record_completions:
+            from catalog.db import session_scope
+            from catalog.lineage import record_artifact
+            from serving.recorder import Recorder
+
+            self.recorder = Recorder(a.catalog_url)
+            with session_scope(a.catalog_url) as s:
+                self.artifact_id = record_artifact(s, self.served.ref).id
+        log.info("replica ready: %s, auth %s", self.headers["X-Nightshift-Model"], self.cfg.auth)
+
+    def __del__(self) -> None:
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            engine.stop()
+
+    async def check_health(self) -> None:
+        """Serve's replica health check: a failed engine thread makes the replica unhealthy."""
+        if self.engine.error is not None:
+            raise RuntimeError(f"generation engine failed: {self.engine.error!r}")
+
+    # --- helpers --------------------------------------------------------------------------------
+
+    def _auth(self, request: Request) -> None:
+        problem = self.keys.check(request.headers.get("authorization"))
+        if problem:
+            raise errors.APIError(401, problem, code="invalid_api_key")
+
+    def _model(self, name: str) -> None:
+        if name != self.name:
+            raise errors.APIError(
+                404,
+                f"the model '{name}' does not exist; this server serves '{self.name}'",
+                param="model",
+                code="model_not_found",
+            )
+
+    def _params(
+        self, body: Any, n_prompt: int, *, default_max: int, stops: tuple[str, ...], stop_ids, lp
+    ) -> SamplingParams:
+        if n_prompt >= self.block_size:
+            raise errors.APIError(
+                400,
+                f"the prompt has {n_prompt} tokens; this model's context is {self.block_size} tokens. "
+                "Shorten the prompt.",
+                param="messages" if isinstance(body, ChatCompletionRequest) else "prompt",
+                code="context_length_exceeded",
+            )
+        max_tokens = (
+            body.max_tokens if body.max_tokens is not None else min(default_max, self.block_size - n_prompt)
+        )
+        if n_prompt + max_tokens > self.block_size:
+            raise errors.APIError(
+                400,
+                f"this model's maximum context length is {self.block_size} tokens, but {n_prompt + max_tokens} "
+                f"were requested ({n_prompt} in the prompt, {max_tokens} in the completion); reduce the prompt or "
+                "max_tokens",
+                param="max_tokens",
+                code="context_length_exceeded",
+            )
+        if body.n > self.cfg.max_n:
+            raise errors.APIError(400, f"n is {body.n}; at most {self.cfg.max_n} is allowed", param="n")
+        return SamplingParams(
+            max_tokens=max_tokens,
+            temperature=body.temperature,
+            top_p=body.top_p,
+            seed=body.seed,
+            stop=stops,
+            stop_ids=stop_ids,
+            logprobs=lp,
+        )
+
+    def _submit(
+        self, prompts: list[list[int]], params: SamplingParams, n: int
+    ) -> tuple[asyncio.Queue, list[int]]:
+        """Queue every prompt x n; events arrive on the returned asyncio queue as (prompt_index, delta)."""
+        loop = asyncio.get_running_loop()
+        q: asyncio.Queue[tuple[int, Delta]] = asyncio.Queue()
+        ids: list[int] = []
+        try:
+            for pi, ids_ in enumerate(prompts):
+                ids.append(
+                    self.engine.submit(
+                        ids_, params, lambda d, pi=pi: loop.call_soon_threadsafe(q.put_nowait, (pi, d)), n
+                    )
+                )
+        except QueueFull as e:
+            for rid in ids:
+                self.engine.cancel(rid)
+            self.metrics.rejected.inc()
+            raise errors.APIError(
+                429, f"the server is at capacity ({e}); retry after a short wait", code="rate_limit_exceeded"
+            ) from e
+        return q, ids
+
+    async def _record(
+        self,
+        endpoint: str,
+        rid: str,
+        prompts: list[str],
+        choices: list[Choice],
+        n: int,
+        n_prompt_tokens: list[int],
+        body: Any,
+    ) -> None:
+        if self.recorder is None:
+            return
+        params = body.model_dump(
+            exclude={"messages", "prompt", "stream", "stream_options"}, exclude_none=True
+        )
+        rows = [
+            {
+                "id": choice_id(rid, c.index),
+                "deployment_id": self.deployment_id,
+                "model_artifact_id": self.artifact_id,
+                "endpoint": endpoint,
+                "prompt": prompts[c.prompt_index],
+                "response": c.text,
+                "params": params,
+                "prompt_tokens": n_prompt_tokens[c.prompt_index],
+                "completion_tokens": c.completion_tokens,
+                "user": body.user,
+            }
+            for c in choices
+        ]
+        await asyncio.wrap_future(self.recorder.record(rows))
+
+    async def _collect(self, q: asyncio.Queue, ids: list[int], total: int, n: int) -> list[Choice]:
+        choices = [Choice(i, i // n) for i in range(total)]
+        done = 0
+        t0 = time.perf_counter()
+        first = True
+        try:
+            while done < total:
+                pi, d = await q.get()
+                if first:
+                    self.metrics.ttft.observe(time.perf_counter() - t0)
+                    first = False
+                c = choices[pi * n + d.index]
+                c.add(d)
+                if d.finish_reason:
+                    if d.finish_reason == "error":
+                        raise errors.APIError(
+                            503, "the generation engine failed; retry later", code="engine_error"
+                        )
+                    done += 1
+        except asyncio.CancelledError:
+            for rid in ids:
+                self.engine.cancel(rid)
+            self.metrics.disconnects.inc()
+            raise
+        return choices
+
+    def _json(self, route: str, body: dict[str, Any], t0: float) -> JSONResponse:
+        self.metrics.requests.labels(route, "200").inc()
+        self.metrics.latency.labels(route).observe(time.perf_counter() - t0)
+        self.metrics.completion_tokens.inc(body["usage"]["completion_tokens"])
+        self.metrics.prompt_tokens.inc(body["usage"]["prompt_tokens"])
+        return JSONResponse(body, headers=self.headers)
+
+    # --- routes ---------------------------------------------------------------------------------
+
+    @api.get("/health")
+    async def health(self) -> JSONResponse:
+        ok = self.engine.error is None
+        return JSONResponse(
+            {
+                "status": "ok" if ok else "failed",
+                "model": self.headers["X-Nightshift-Model"],
+                **self.engine.stats(),
+            },
+            status_code=200 if ok else 503,
+            headers=self.headers,
+        )
+
+    @api.get("/metrics")
+    async def prometheus(self) -> Response:
+        return Response(self.metrics.render(self.engine.stats()), media_type="text/plain; version=0.0.4")
+
+    @api.get("/v1/models")
+    async def models(self, request: Request) -> JSONResponse:
+        self._auth(request)
+        card = {"id": self.name, "object": "model", "created": int(time.time()), "owned_by": "nightshift"}
+        return JSONResponse({"object": "list", "data": [card]}, headers=self.headers)
+
+    @api.post("/v1/completions")
+    async def completions(self, body: CompletionRequest, request: Request) -> Response:
+        from training.data.tokenizer import EOT
+        from training.generation import encode_prompt
+
+        t0 = time.perf_counter()
+        self._auth(request)
+        self._model(body.model)
+        if isinstance(body.prompt, list) and body.prompt and all(isinstance(x, int) for x in body.prompt):
+            vocab = self.tok.get_vocab_size(with_added_tokens=True)
+            if any(not 0 <= x < vocab for x in body.prompt):  # type: ignore[operator]
+                raise errors.APIError(400, f"prompt token ids must be in [0, {vocab})", param="prompt")
+            prompts_ids, texts = (
+                [list(body.prompt)],
+                [self.tok.decode(body.prompt, skip_special_tokens=False)],
+            )  # type: ignore[arg-type]
+        else:
+            texts = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)  # type: ignore[arg-type]
+            if not texts:
+                raise errors.APIError(400, "prompt must not be an empty list", param="prompt")
+            prompts_ids = [encode_prompt(self.tok, t) for t in texts]
+        eot = self.tok.token_to_id(EOT)
+        params = [
+            self._params(body, len(p), default_max=16, stops=body.stops(), stop_ids=(eot,), lp=body.logprobs)
+            for p in prompts_ids
+        ][0]
+        # One SamplingParams for the batch; re-check every prompt against the context.
+        for p in prompts_ids[1:]:
+            self._params(body, len(p), default_max=16, stops=body.stops(), stop_ids=(eot,), lp=body.logprobs)
+        q, ids = self._submit(prompts_ids, params, body.n)
+        rid = new_id("cmpl")
+        n_tokens = [len(p) for p in prompts_ids]
+        total = len(prompts_ids) * body.n
+        if body.stream:
+            return self._stream_completions(q, ids, rid, texts, n_tokens, total, body)
+        choices = await self._collect(q, ids, total, body.n)
+        await self._record("completions", rid, texts, choices, body.n, n_tokens, body)
+        return self._json(
+            "completions",
+            completion_body(rid, self.name, choices, sum(n_tokens), body.logprobs is not None),
+            t0,
+        )
+
+    @api.post("/v1/chat/completions")
+    async def chat(self, body: ChatCompletionRequest, request: Request) -> Response:
+        from training.chat import encode_chat
+
+        t0 = time.perf_counter()
+        self._auth(request)
+        self._model(body.model)
+        messages = [
+            {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+            for m in body.messages
+        ]
+        chat = encode_chat(self.tok, messages)
+        lp = (body.top_logprobs or 0) if body.logprobs else None
+        params = self._params(
+            body,
+            len(chat.ids),
+            default_max=self.block_size,
+            stops=body.stops() + chat.stop,
+            stop_ids=chat.stop_ids,
+            lp=lp,
+        )
+        q, ids = self._submit([chat.ids], params, body.n)
+        rid = new_id("chatcmpl")
+        if body.stream:
+            return self._stream_chat(q, ids, rid, chat.text, len(chat.ids), body)
+        choices = await self._collect(q, ids, body.n, body.n)
+        await self._record("chat", rid, [chat.text], choices, body.n, [len(chat.ids)], body)
+        return self._json("chat", chat_body(rid, self.name, choices, len(chat.ids), body.logprobs), t0)
+
+    @api.post("/v1/feedback")
+    async def feedback(self, body: FeedbackRequest, request: Request) -> JSONResponse:
+        self._auth(request)
+        if self.recorder is None:
+            raise errors.APIError(
+                503, "this deployment has no catalog to store feedback in", code="no_catalog"
+            )
+        try:
+            fid = await asyncio.to_thread(self.recorder.add_feedback, body, body.user)
+        except LookupError as e:
+            raise errors.APIError(404, str(e), param="completion_id", code="completion_not_found") from e
+        self.metrics.requests.labels("feedback", "200").inc()
+        return JSONResponse(
+            {"id": fid, "object": "feedback", "kind": body.kind, "created": int(time.time())},
+            headers=self.headers,
+        )
+
+    # --- streaming ------------------------------------------------------------------------------
+
+    async def _events(
+        self, q: asyncio.Queue, ids: list[int], total: int
+    ) -> AsyncIterator[list[tuple[int, Delta]]]:
+        """Batches of events: everything already queued is sent in one write.
+
+        Under load a replica produces tokens faster than one SSE write each can carry through the
+        proxy, so coalescing what is ready keeps the stream cheap; a lone client still gets every
+        token as soon as it exists.
+        """
+        done = 0
+        try:
+            while done < total:
+                batch = [await q.get()]
+                while not q.empty():
+                    batch.append(q.get_nowait())
+                for _, d in batch:
+                    if d.finish_reason == "error":
+                        raise errors.APIError(503, "the generation engine failed", code="engine_error")
+                    if d.finish_reason:
+                        done += 1
+                yield batch
+        finally:
+            if done < total:  # the client went away (or the stream failed): free the batch slots
+                for rid in ids:
+                    self.engine.cancel(rid)
+                self.metrics.disconnects.inc()
+
+    def _stream_completions(self, q, ids, rid, texts, n_tokens, total, body) -> StreamingResponse:
+        async def gen() -> AsyncIterator[str]:
+            created, t0 = int(time.time()), time.perf_counter()
+            choices = [Choice(i, i // body.n) for i in range(total)]
+            first = True
+            async for batch in self._events(q, ids, total):
+                if first:
+                    self.metrics.ttft.observe(time.perf_counter() - t0)
+                    first = False
+                out = []
+                for pi, d in batch:
+                    idx = pi * body.n + d.index
+                    choices[idx].add(d)
+                    if d.text or d.finish_reason or d.logprobs:
+                        out.append(
+                            sse(completion_chunk(rid, self.name, created, idx, d, body.logprobs is not None))
+                        )
+                yield "".join(out)
+            await self._record("completions", rid, texts, choices, body.n, n_tokens, body)
+            tail = ""
+            if body.stream_options and body.stream_options.include_usage:
+                u = usage(sum(n_tokens), sum(c.completion_tokens for c in choices))
+                tail = sse(
+                    {
+                        "id": rid,
+                        "object": "text_completion",
+                        "created": created,
+                        "model": self.name,
+                        "choices": [],
+                        "usage": u,
+                    }
+                )
+            self._finish_stream("completions", choices, sum(n_tokens), t0)
+            yield tail + DONE
+
+        return StreamingResponse(gen(), media_type="text/event-stream", headers=self.headers)
+
+    def _stream_chat(self, q, ids, rid, prompt_text, n_prompt, body) -> StreamingResponse:
+        async def gen() -> AsyncIterator[str]:
+            created, t0 = int(time.time()), time.perf_counter()
+            choices = [Choice(i, 0) for i in range(body.n)]
+            yield "".join(
+                sse(chat_chunk(rid, self.name, created, i, {"role": "assistant", "content": ""}, None))
+                for i in range(body.n)
+            )
+            first = True
+            async for batch in self._events(q, ids, body.n):
+                if first:
+                    self.metrics.ttft.observe(time.perf_counter() - t0)
+                    first = False
+                out = []
+                for _, d in batch:
+                    choices[d.index].add(d)
+                    lp = None
+                    if body.logprobs and d.logprobs:
+                        c = Choice(d.index, 0)
+                        c.add(d)
+                        lp = chat_logprobs(c)
+                    if d.text or lp:
+                        out.append(
+                            sse(chat_chunk(rid, self.name, created, d.index, {"content": d.text}, None, lp))
+                        )
+                    if d.finish_reason:
+                        out.append(sse(chat_chunk(rid, self.name, created, d.index, {}, d.finish_reason)))
+                yield "".join(out)
+            await self._record("chat", rid, [prompt_text], choices, body.n, [n_prompt], body)
+            tail = ""
+            if body.stream_options and body.stream_options.include_usage:
+                u = usage(n_prompt, sum(c.completion_tokens for c in choices))
+                tail = sse(
+                    {
+                        "id": rid,
+                        "object": "chat.completion.chunk",
+                        "created": created,
+                        "model": self.name,
+                        "choices": [],
+                        "usage": u,
+                    }
+                )
+            self._finish_stream("chat", choices, n_prompt, t0)
+            yield tail + DONE
+
+        return StreamingResponse(gen(), media_type="text/event-stream", headers=self.headers)
+
+    def _finish_stream(self, route: str, choices: list[Choice], prompt_tokens: int, t0: float) -> None:
+        self.metrics.requests.labels(route, "200").inc()
+        self.metrics.latency.labels(route).observe(time.perf_counter() - t0)
+        self.metrics.completion_tokens.inc(sum(c.completion_tokens for c in choices))
+        self.metrics.prompt_tokens.inc(prompt_tokens)
+
+
+def deployment_options(cfg: ServeConfig) -> dict[str, Any]:
+    """Replica settings from config: autoscaling, per-replica resources, and a surge rollout.
+
+    ``max_surge_percent=100`` makes Serve start the new replicas of a rollout and wait until they
+    are healthy before it stops the old ones, so a model update has no downtime.
+    """
+    return {
+        "autoscaling_config": {
+            "min_replicas": cfg.min_replicas,
+            "max_replicas": cfg.max_replicas,
+            "initial_replicas": max(cfg.min_replicas, 1),
+            "target_ongoing_requests": cfg.target_ongoing_requests,
+        },
+        "ray_actor_options": {"num_cpus": cfg.replica_cpus},
+        "max_ongoing_requests": cfg.max_ongoing_requests,
+        "max_surge_percent": 100,
+        "health_check_period_s": 2,
+    }
+
+
+def build_app(args: dict[str, Any]) -> serve.Application:
+    """The Serve application for ``args`` (see :class:`ServeArgs`); validated here, before any replica starts."""
+    a = ServeArgs(**args)
+    return NightshiftServer.options(**deployment_options(a.serve)).bind(a.model_dump(mode="json"))

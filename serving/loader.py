@@ -1,0 +1,89 @@
+"""Resolve what to serve: a ``model`` artifact directory or an MLflow registry URI.
+
+``models:/nightshift-gpt@champion`` (or ``models:/nightshift-gpt/3``, or ``models:/<model_id>``) is
+downloaded once into ``$NIGHTSHIFT_HOME/serve-cache`` and the ``model`` artifact inside the logged
+MLflow model is loaded from there, hash-verified like any other artifact.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
+
+    from catalog.artifacts import ArtifactRef
+    from training.model import GPT
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Served:
+    model: GPT
+    tokenizer: Tokenizer
+    ref: ArtifactRef
+    source: str  # what was asked for
+    registry: dict[str, Any] = field(default_factory=dict)  # name, version, alias when from the registry
+
+
+def _registry_version(uri: str, tracking_uri: str) -> dict[str, Any]:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    spec = uri.removeprefix("models:/")
+    if "@" in spec:
+        name, alias = spec.split("@", 1)
+        mv = client.get_model_version_by_alias(name, alias)
+        return {"name": name, "version": str(mv.version), "alias": alias}
+    if "/" in spec:
+        name, version = spec.split("/", 1)
+        return {"name": name, "version": version}
+    return {}
+
+
+def load_served(
+    source: str, *, tracking_uri: str | None = None, cache_dir: str | Path | None = None
+) -> Served:
+    """Load the model to serve from an artifact path or a ``models:/`` URI.
+
+    Raises:
+        ValueError: a ``models:/`` URI without a tracking URI, or a logged model without a
+            nightshift ``model`` artifact inside.
+        catalog.artifacts.ArtifactError: the artifact is missing, of another kind, or changed.
+    """
+    from training.model_io import load_model
+
+    if not source.startswith("models:/"):
+        model, tok, ref = load_model(source)
+        return Served(model, tok, ref, source)
+    if not tracking_uri:
+        raise ValueError(f"{source}: a registry URI needs tracking.mlflow_uri (the MLflow server)")
+    import mlflow
+
+    from training.config import nightshift_home
+
+    registry = _registry_version(source, tracking_uri)
+    key = (
+        f"{registry['name']}-v{registry['version']}" if registry else source.removeprefix("models:/")
+    ).replace("/", "-")
+    dest = Path(cache_dir or nightshift_home() / "serve-cache") / key
+    if not dest.exists():
+        tmp = dest.with_name(f".{dest.name}.partial")
+        tmp.mkdir(parents=True, exist_ok=True)
+        mlflow.set_tracking_uri(tracking_uri)
+        uri = f"models:/{registry['name']}/{registry['version']}" if registry else source
+        mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp))
+        try:
+            tmp.rename(dest)
+        except OSError:  # another replica won the race; its copy is as good
+            pass
+    found = [p.parent for p in dest.rglob("artifact.json") if (p.parent / "model.safetensors").is_file()]
+    if not found:
+        raise ValueError(f"{source}: the logged model at {dest} holds no nightshift `model` artifact")
+    model, tok, ref = load_model(found[0])
+    log.info("serving %s (artifact %s)", source, ref.sha256[:16])
+    return Served(model, tok, ref, source, registry)

@@ -1,0 +1,40 @@
+"""Prometheus metrics of a replica (``GET /metrics``), on a registry of its own."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.process_collector import ProcessCollector
+
+_LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        ProcessCollector(registry=r)  # process_resident_memory_bytes, cpu seconds, open fds
+        self.requests = Counter(
+            "nightshift_requests", "HTTP requests by route and status.", ["route", "status"], registry=r
+        )
+        self.prompt_tokens = Counter("nightshift_prompt_tokens", "Prompt tokens processed.", registry=r)
+        self.completion_tokens = Counter("nightshift_completion_tokens", "Tokens generated.", registry=r)
+        self.ttft = Histogram(
+            "nightshift_time_to_first_token_seconds", "Time to first token.", buckets=_LATENCY, registry=r
+        )
+        self.latency = Histogram(
+            "nightshift_request_seconds", "Whole request time.", ["route"], buckets=_LATENCY, registry=r
+        )
+        self.running = Gauge("nightshift_engine_running", "Sequences in the running batch.", registry=r)
+        self.waiting = Gauge("nightshift_engine_waiting", "Requests waiting for a batch slot.", registry=r)
+        self.steps = Gauge("nightshift_engine_decode_steps", "Decode steps since start.", registry=r)
+        self.rejected = Counter(
+            "nightshift_rejected", "Requests refused because the queue was full.", registry=r
+        )
+        self.disconnects = Counter(
+            "nightshift_client_disconnects", "Requests dropped after the client left.", registry=r
+        )
+
+    def render(self, engine_stats: dict[str, int]) -> bytes:
+        self.running.set(engine_stats["running"])
+        self.waiting.set(engine_stats["waiting"])
+        self.steps.set(engine_stats["steps"])
+        return generate_latest(self.registry)
