@@ -8,6 +8,8 @@ MLflow model is loaded from there, hash-verified like any other artifact.
 from __future__ import annotations
 
 import logging
+import shutil
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,21 +47,17 @@ def _registry_version(uri: str, tracking_uri: str) -> dict[str, Any]:
     return {}
 
 
-def load_served(
+def fetch(
     source: str, *, tracking_uri: str | None = None, cache_dir: str | Path | None = None
-) -> Served:
-    """Load the model to serve from an artifact path or a ``models:/`` URI.
+) -> tuple[Path, dict]:
+    """The local ``model`` artifact directory for ``source`` and its registry facts (no weights loaded).
 
     Raises:
         ValueError: a ``models:/`` URI without a tracking URI, or a logged model without a
             nightshift ``model`` artifact inside.
-        catalog.artifacts.ArtifactError: the artifact is missing, of another kind, or changed.
     """
-    from training.model_io import load_model
-
     if not source.startswith("models:/"):
-        model, tok, ref = load_model(source)
-        return Served(model, tok, ref, source)
+        return Path(source.removeprefix("file://")), {}
     if not tracking_uri:
         raise ValueError(f"{source}: a registry URI needs tracking.mlflow_uri (the MLflow server)")
     import mlflow
@@ -67,23 +65,36 @@ def load_served(
     from training.config import nightshift_home
 
     registry = _registry_version(source, tracking_uri)
-    key = (
-        f"{registry['name']}-v{registry['version']}" if registry else source.removeprefix("models:/")
-    ).replace("/", "-")
-    dest = Path(cache_dir or nightshift_home() / "serve-cache") / key
+    name = f"{registry['name']}-v{registry['version']}" if registry else source.removeprefix("models:/")
+    dest = Path(cache_dir or nightshift_home() / "serve-cache") / name.replace("/", "-")
     if not dest.exists():
-        tmp = dest.with_name(f".{dest.name}.partial")
-        tmp.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.partial")
+        tmp.mkdir(parents=True)
         mlflow.set_tracking_uri(tracking_uri)
         uri = f"models:/{registry['name']}/{registry['version']}" if registry else source
         mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp))
         try:
             tmp.rename(dest)
         except OSError:  # another replica won the race; its copy is as good
-            pass
+            shutil.rmtree(tmp, ignore_errors=True)
     found = [p.parent for p in dest.rglob("artifact.json") if (p.parent / "model.safetensors").is_file()]
     if not found:
         raise ValueError(f"{source}: the logged model at {dest} holds no nightshift `model` artifact")
-    model, tok, ref = load_model(found[0])
+    return found[0], registry
+
+
+def load_served(
+    source: str, *, tracking_uri: str | None = None, cache_dir: str | Path | None = None
+) -> Served:
+    """Load the model to serve from an artifact path or a ``models:/`` URI (hash-verified).
+
+    Raises:
+        ValueError: see :func:`fetch`.
+        catalog.artifacts.ArtifactError: the artifact is missing, of another kind, or changed.
+    """
+    from training.model_io import load_model
+
+    path, registry = fetch(source, tracking_uri=tracking_uri, cache_dir=cache_dir)
+    model, tok, ref = load_model(path)
     log.info("serving %s (artifact %s)", source, ref.sha256[:16])
     return Served(model, tok, ref, source, registry)

@@ -213,3 +213,14 @@ def ray_local() -> Iterator[None]:
     yield
     if started:
         ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def serve_port(ray_local) -> Iterator[int]:
+    """Ray Serve's HTTP proxy on a free loopback port (one per session: Serve has one proxy)."""
+    from ray import serve
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    yield port
+    serve.shutdown()

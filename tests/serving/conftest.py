@@ -50,17 +50,6 @@ def wait_http(url: str, timeout: float = 90) -> None:
 
 
 @pytest.fixture(scope="session")
-def serve_port(ray_local) -> Iterator[int]:
-    """Ray Serve's HTTP proxy on a free loopback port (one per session: Serve has one proxy)."""
-    from ray import serve
-
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    yield port
-    serve.shutdown()
-
-
-@pytest.fixture(scope="session")
 def live(serve_port, tmp_path_factory) -> Iterator[Live]:
     from ray import serve
 

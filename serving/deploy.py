@@ -1,0 +1,234 @@
+"""Roll a model out on the running Serve application, record it, and roll back.
+
+The deploy stage of ``pretrain/nightly``, ``nightshift serve`` and ``deploy/rollback`` all come
+here. A rollout replaces the application's replicas with a surge (new replicas healthy before
+the old ones stop, see :func:`serving.app.deployment_options`), then checks that the endpoint
+answers with the new model before it marks the catalog ``deployment`` row active and retires
+the previous one. A rollout that fails leaves the previous deployment serving and active.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+
+from catalog.db import migrate, session_scope
+from catalog.models import Artifact, Deployment, utcnow
+
+if TYPE_CHECKING:
+    from catalog.artifacts import ArtifactRef
+    from training.config import Config
+
+log = logging.getLogger(__name__)
+
+
+class DeployError(RuntimeError):
+    """A rollout or rollback that could not be done; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class DeployResult:
+    deployment_id: int
+    endpoint: str
+    model_sha256: str
+    model_source: str
+    previous_id: int | None
+    seconds: float
+
+
+def endpoint_url(cfg: Config) -> str:
+    return f"http://{cfg.serve.host}:{cfg.serve.port}"
+
+
+def _start_serve(cfg: Config) -> None:
+    from ray import serve
+
+    from training.ray_setup import init_ray
+
+    init_ray(cfg.ray)
+    if cfg.ray.address == "local":
+        log.warning(
+            "ray.address is 'local': the served model lives only as long as this process; "
+            "run `nightshift up` and deploy through the stack for a lasting endpoint"
+        )
+    serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
+
+
+def _wait_for(url: str, sha256: str, timeout: float) -> None:
+    """Wait until the endpoint's /health names the new model (old replicas may drain meanwhile)."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            r = httpx.get(f"{url}/health", timeout=5)
+            last = f"{r.status_code} {r.headers.get('x-nightshift-model')}"
+            if r.status_code == 200 and r.headers.get("x-nightshift-model") == f"model:{sha256}":
+                return
+        except httpx.HTTPError as e:
+            last = repr(e)
+        time.sleep(0.5)
+    raise DeployError(f"{url}/health did not report model {sha256[:16]} within {timeout:.0f} s (last: {last})")
+
+
+def deploy_model(
+    cfg: Config,
+    model: str | ArtifactRef,
+    *,
+    created_by: str = "nightshift",
+    alias: str | None = None,
+    timeout: float = 180.0,
+) -> DeployResult:
+    """Serve ``model`` as the application ``cfg.serve.app_name`` and record the deployment.
+
+    Args:
+        cfg: the pipeline config (``serve``, ``ray`` and ``tracking`` sections).
+        model: a ``model`` artifact (ref or directory) or a ``models:/`` registry URI.
+        created_by: who asked (a flow run, a user), stored on the deployment row.
+        alias: the registry alias this rollout follows (e.g. ``champion``), for the record.
+        timeout: how long the new replicas may take to answer.
+
+    Raises:
+        DeployError: the new model did not come up; the previous deployment stays active.
+    """
+    from ray import serve
+
+    from catalog.artifacts import ArtifactRef, open_artifact
+    from catalog.lineage import record_artifact
+    from serving.app import build_app
+    from serving.loader import fetch
+
+    source = str(model.path) if isinstance(model, ArtifactRef) else str(model)
+    path, registry = fetch(source, tracking_uri=cfg.tracking.mlflow_uri)
+    ref = open_artifact(path, kind="model")
+    url = endpoint_url(cfg)
+    catalog_url = cfg.tracking.catalog_url
+    migrate(catalog_url)
+    with session_scope(catalog_url) as s:
+        art = record_artifact(s, ref)
+        previous = s.scalars(
+            select(Deployment).where(Deployment.endpoint == url, Deployment.status == "active")
+        ).all()
+        row = Deployment(
+            model_artifact_id=art.id,
+            registry_name=registry.get("name"),
+            registry_version=registry.get("version"),
+            alias=alias or registry.get("alias"),
+            endpoint=url,
+            status="deploying",
+            created_by=created_by,
+        )
+        s.add(row)
+        s.flush()
+        dep_id, prev_ids = row.id, [p.id for p in previous]
+    t0 = time.perf_counter()
+    try:
+        _start_serve(cfg)
+        args: dict[str, Any] = {
+            "model": source,
+            "serve": cfg.serve.model_dump(mode="json"),
+            "catalog_url": catalog_url,
+            "tracking_uri": cfg.tracking.mlflow_uri,
+            "deployment_id": dep_id,
+        }
+        serve.run(build_app(args), name=cfg.serve.app_name, route_prefix="/")
+        _wait_for(url, ref.sha256, timeout)
+    except Exception as e:
+        with session_scope(catalog_url) as s:
+            s.get(Deployment, dep_id).status = "failed"
+        if isinstance(e, DeployError):
+            raise
+        raise DeployError(f"rollout of {source} failed: {e!r}; the previous deployment keeps serving") from e
+    with session_scope(catalog_url) as s:
+        s.get(Deployment, dep_id).status = "active"
+        for pid in prev_ids:
+            old = s.get(Deployment, pid)
+            old.status, old.retired_at = "retired", utcnow()
+    seconds = time.perf_counter() - t0
+    log.info("deployment %d: %s serves model %s (%.1f s)", dep_id, url, ref.sha256[:16], seconds)
+    return DeployResult(dep_id, url, ref.sha256, source, prev_ids[0] if prev_ids else None, seconds)
+
+
+def active_deployment(cfg: Config) -> dict[str, Any] | None:
+    """The active deployment of this config's endpoint, as a plain dict (or None)."""
+    migrate(cfg.tracking.catalog_url)
+    with session_scope(cfg.tracking.catalog_url) as s:
+        row = s.scalars(
+            select(Deployment)
+            .where(Deployment.endpoint == endpoint_url(cfg), Deployment.status == "active")
+            .order_by(Deployment.id.desc())
+        ).first()
+        if row is None:
+            return None
+        art = s.get(Artifact, row.model_artifact_id)
+        return {
+            "id": row.id,
+            "model_sha256": art.sha256,
+            "model_uri": art.uri,
+            "registry_version": row.registry_version,
+            "alias": row.alias,
+            "created_at": row.created_at.isoformat(),
+            "created_by": row.created_by,
+        }
+
+
+def _source_of(art: Artifact, row: Deployment) -> str:
+    from pathlib import Path
+
+    local = Path(art.uri.removeprefix("file://"))
+    if local.is_dir():
+        return str(local)
+    if row.registry_name and row.registry_version:
+        return f"models:/{row.registry_name}/{row.registry_version}"
+    raise DeployError(f"model {art.sha256[:16]} of deployment {row.id} is no longer at {art.uri}")
+
+
+def redeploy_current(cfg: Config, *, created_by: str = "nightshift") -> DeployResult:
+    """Serve the active deployment's model again (after a restart of the stack)."""
+    cur = active_deployment(cfg)
+    if cur is None:
+        raise DeployError(
+            f"nothing has been deployed at {endpoint_url(cfg)} yet; run pretrain/nightly or "
+            "`nightshift serve --model <artifact dir or models:/ URI>`"
+        )
+    with session_scope(cfg.tracking.catalog_url) as s:
+        row = s.get(Deployment, cur["id"])
+        source = _source_of(s.get(Artifact, row.model_artifact_id), row)
+    return deploy_model(cfg, source, created_by=created_by, alias=cur["alias"])
+
+
+def rollback(cfg: Config, *, created_by: str = "nightshift") -> DeployResult:
+    """Serve the model that was active before the current one, as a new deployment.
+
+    Raises:
+        DeployError: no active deployment, or no earlier deployment of a different model.
+    """
+    cur = active_deployment(cfg)
+    if cur is None:
+        raise DeployError(f"no active deployment at {endpoint_url(cfg)}; nothing to roll back")
+    with session_scope(cfg.tracking.catalog_url) as s:
+        current = s.get(Deployment, cur["id"])
+        earlier = s.scalars(
+            select(Deployment)
+            .where(
+                Deployment.endpoint == current.endpoint,
+                Deployment.status == "retired",
+                Deployment.id < current.id,
+                Deployment.model_artifact_id != current.model_artifact_id,
+            )
+            .order_by(Deployment.id.desc())
+        ).first()
+        if earlier is None:
+            raise DeployError(
+                f"deployment {current.id} is the first model served at {current.endpoint}; "
+                "there is no earlier model to roll back to"
+            )
+        source = _source_of(s.get(Artifact, earlier.model_artifact_id), earlier)
+        target_id = earlier.id
+    log.info("rolling back from deployment %d to the model of deployment %d", cur["id"], target_id)
+    return deploy_model(cfg, source, created_by=created_by, alias="rollback")
