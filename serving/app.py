@@ -18,30 +18,24 @@ completion is stored in the catalog with that artifact and the deployment.
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 from ray import serve
 
 from serving import errors
 from serving.engine import Delta, QueueFull, SamplingParams
 from serving.responses import (
-    DONE,
     Choice,
     chat_body,
-    chat_chunk,
-    chat_logprobs,
     choice_id,
     completion_body,
-    completion_chunk,
     new_id,
-    sse,
-    usage,
 )
 from serving.schemas import ChatCompletionRequest, CompletionRequest, FeedbackRequest
+from serving.streams import StreamingMixin
 from training.serve_config import ServeConfig
 
 log = logging.getLogger(__name__)
@@ -64,7 +58,7 @@ class ServeArgs(BaseModel):
 
 @serve.deployment(name="NightshiftServer")
 @serve.ingress(api)
-class NightshiftServer:
+class NightshiftServer(StreamingMixin):
     def __init__(self, args: dict[str, Any]):
         import torch
 
@@ -154,9 +148,9 @@ class NightshiftServer:
         if n_prompt + max_tokens > self.block_size:
             raise errors.APIError(
                 400,
-                f"this model's maximum context length is {self.block_size} tokens, but {n_prompt + max_tokens} "
-                f"were requested ({n_prompt} in the prompt, {max_tokens} in the completion); reduce the prompt or "
-                "max_tokens",
+                f"this model's maximum context length is {self.block_size} tokens, but "
+                f"{n_prompt + max_tokens} were requested ({n_prompt} in the prompt, {max_tokens} in the "
+                "completion); reduce the prompt or max_tokens",
                 param="max_tokens",
                 code="context_length_exceeded",
             )
@@ -374,125 +368,6 @@ class NightshiftServer:
             headers=self.headers,
         )
 
-    # --- streaming ------------------------------------------------------------------------------
-
-    async def _events(
-        self, q: asyncio.Queue, ids: list[int], total: int
-    ) -> AsyncIterator[list[tuple[int, Delta]]]:
-        """Batches of events: everything already queued is sent in one write.
-
-        Under load a replica produces tokens faster than one SSE write each can carry through the
-        proxy, so coalescing what is ready keeps the stream cheap; a lone client still gets every
-        token as soon as it exists.
-        """
-        done = 0
-        try:
-            while done < total:
-                batch = [await q.get()]
-                while not q.empty():
-                    batch.append(q.get_nowait())
-                for _, d in batch:
-                    if d.finish_reason == "error":
-                        raise errors.APIError(503, "the generation engine failed", code="engine_error")
-                    if d.finish_reason:
-                        done += 1
-                yield batch
-        finally:
-            if done < total:  # the client went away (or the stream failed): free the batch slots
-                for rid in ids:
-                    self.engine.cancel(rid)
-                self.metrics.disconnects.inc()
-
-    def _stream_completions(self, q, ids, rid, texts, n_tokens, total, body) -> StreamingResponse:
-        async def gen() -> AsyncIterator[str]:
-            created, t0 = int(time.time()), time.perf_counter()
-            choices = [Choice(i, i // body.n) for i in range(total)]
-            first = True
-            async for batch in self._events(q, ids, total):
-                if first:
-                    self.metrics.ttft.observe(time.perf_counter() - t0)
-                    first = False
-                out = []
-                for pi, d in batch:
-                    idx = pi * body.n + d.index
-                    choices[idx].add(d)
-                    if d.text or d.finish_reason or d.logprobs:
-                        out.append(
-                            sse(completion_chunk(rid, self.name, created, idx, d, body.logprobs is not None))
-                        )
-                yield "".join(out)
-            await self._record("completions", rid, texts, choices, body.n, n_tokens, body)
-            tail = ""
-            if body.stream_options and body.stream_options.include_usage:
-                u = usage(sum(n_tokens), sum(c.completion_tokens for c in choices))
-                tail = sse(
-                    {
-                        "id": rid,
-                        "object": "text_completion",
-                        "created": created,
-                        "model": self.name,
-                        "choices": [],
-                        "usage": u,
-                    }
-                )
-            self._finish_stream("completions", choices, sum(n_tokens), t0)
-            yield tail + DONE
-
-        return StreamingResponse(gen(), media_type="text/event-stream", headers=self.headers)
-
-    def _stream_chat(self, q, ids, rid, prompt_text, n_prompt, body) -> StreamingResponse:
-        async def gen() -> AsyncIterator[str]:
-            created, t0 = int(time.time()), time.perf_counter()
-            choices = [Choice(i, 0) for i in range(body.n)]
-            yield "".join(
-                sse(chat_chunk(rid, self.name, created, i, {"role": "assistant", "content": ""}, None))
-                for i in range(body.n)
-            )
-            first = True
-            async for batch in self._events(q, ids, body.n):
-                if first:
-                    self.metrics.ttft.observe(time.perf_counter() - t0)
-                    first = False
-                out = []
-                for _, d in batch:
-                    choices[d.index].add(d)
-                    lp = None
-                    if body.logprobs and d.logprobs:
-                        c = Choice(d.index, 0)
-                        c.add(d)
-                        lp = chat_logprobs(c)
-                    if d.text or lp:
-                        out.append(
-                            sse(chat_chunk(rid, self.name, created, d.index, {"content": d.text}, None, lp))
-                        )
-                    if d.finish_reason:
-                        out.append(sse(chat_chunk(rid, self.name, created, d.index, {}, d.finish_reason)))
-                yield "".join(out)
-            await self._record("chat", rid, [prompt_text], choices, body.n, [n_prompt], body)
-            tail = ""
-            if body.stream_options and body.stream_options.include_usage:
-                u = usage(n_prompt, sum(c.completion_tokens for c in choices))
-                tail = sse(
-                    {
-                        "id": rid,
-                        "object": "chat.completion.chunk",
-                        "created": created,
-                        "model": self.name,
-                        "choices": [],
-                        "usage": u,
-                    }
-                )
-            self._finish_stream("chat", choices, n_prompt, t0)
-            yield tail + DONE
-
-        return StreamingResponse(gen(), media_type="text/event-stream", headers=self.headers)
-
-    def _finish_stream(self, route: str, choices: list[Choice], prompt_tokens: int, t0: float) -> None:
-        self.metrics.requests.labels(route, "200").inc()
-        self.metrics.latency.labels(route).observe(time.perf_counter() - t0)
-        self.metrics.completion_tokens.inc(sum(c.completion_tokens for c in choices))
-        self.metrics.prompt_tokens.inc(prompt_tokens)
-
 
 def deployment_options(cfg: ServeConfig) -> dict[str, Any]:
     """Replica settings from config: autoscaling, per-replica resources, and a surge rollout.
@@ -515,6 +390,6 @@ def deployment_options(cfg: ServeConfig) -> dict[str, Any]:
 
 
 def build_app(args: dict[str, Any]) -> serve.Application:
-    """The Serve application for ``args`` (see :class:`ServeArgs`); validated here, before any replica starts."""
+    """The Serve application for ``args`` (see :class:`ServeArgs`), validated before any replica starts."""
     a = ServeArgs(**args)
     return NightshiftServer.options(**deployment_options(a.serve)).bind(a.model_dump(mode="json"))

@@ -70,7 +70,10 @@ class KeyCheck:
         if self.digests is None:
             return None
         if not header:
-            return "missing API key; send the header 'Authorization: Bearer <key>' (nightshift keys create makes one)"
+            return (
+                "missing API key; send the header 'Authorization: Bearer <key>' "
+                "(`nightshift keys create` makes one)"
+            )
         scheme, _, key = header.partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
             return "malformed Authorization header; expected 'Bearer <key>'"

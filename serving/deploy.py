@@ -41,7 +41,7 @@ class DeployResult:
 
 
 def endpoint_url(cfg: Config) -> str:
-    return f"http://{cfg.serve.host}:{cfg.serve.port}"
+    return f"http://{cfg.serve.host}:{cfg.serve.port}{cfg.serve.route_prefix.rstrip('/')}"
 
 
 def _start_serve(cfg: Config) -> None:
@@ -73,7 +73,9 @@ def _wait_for(url: str, sha256: str, timeout: float) -> None:
         except httpx.HTTPError as e:
             last = repr(e)
         time.sleep(0.5)
-    raise DeployError(f"{url}/health did not report model {sha256[:16]} within {timeout:.0f} s (last: {last})")
+    raise DeployError(
+        f"{url}/health did not report model {sha256[:16]} within {timeout:.0f} s (last: {last})"
+    )
 
 
 def deploy_model(
@@ -82,7 +84,7 @@ def deploy_model(
     *,
     created_by: str = "nightshift",
     alias: str | None = None,
-    timeout: float = 180.0,
+    timeout: float | None = None,
 ) -> DeployResult:
     """Serve ``model`` as the application ``cfg.serve.app_name`` and record the deployment.
 
@@ -91,7 +93,7 @@ def deploy_model(
         model: a ``model`` artifact (ref or directory) or a ``models:/`` registry URI.
         created_by: who asked (a flow run, a user), stored on the deployment row.
         alias: the registry alias this rollout follows (e.g. ``champion``), for the record.
-        timeout: how long the new replicas may take to answer.
+        timeout: how long the new replicas may take to answer (default ``serve.rollout_timeout_s``).
 
     Raises:
         DeployError: the new model did not come up; the previous deployment stays active.
@@ -136,8 +138,8 @@ def deploy_model(
             "tracking_uri": cfg.tracking.mlflow_uri,
             "deployment_id": dep_id,
         }
-        serve.run(build_app(args), name=cfg.serve.app_name, route_prefix="/")
-        _wait_for(url, ref.sha256, timeout)
+        serve.run(build_app(args), name=cfg.serve.app_name, route_prefix=cfg.serve.route_prefix)
+        _wait_for(url, ref.sha256, timeout or cfg.serve.rollout_timeout_s)
     except Exception as e:
         with session_scope(catalog_url) as s:
             s.get(Deployment, dep_id).status = "failed"
@@ -232,3 +234,12 @@ def rollback(cfg: Config, *, created_by: str = "nightshift") -> DeployResult:
         target_id = earlier.id
     log.info("rolling back from deployment %d to the model of deployment %d", cur["id"], target_id)
     return deploy_model(cfg, source, created_by=created_by, alias="rollback")
+
+
+def deploy_stage(cfg: Config, run: Any, model: ArtifactRef, *, created_by: str) -> DeployResult:
+    """The tracked deploy stage: roll ``model`` out and log the rollout to the stage's MLflow run."""
+    run.use(model, context="serving")
+    res = deploy_model(cfg, model, created_by=created_by)
+    run.log_params({"endpoint": res.endpoint, "deployment_id": res.deployment_id, "model": res.model_sha256})
+    run.log_metrics({"rollout_seconds": res.seconds})
+    return res

@@ -105,7 +105,9 @@ def encode_chat(
     )
 
 
-def encode_turn(tokenizer: Tokenizer, prompt: Sequence[Mapping[str, str]], reply: str) -> tuple[list[int], int]:
+def encode_turn(
+    tokenizer: Tokenizer, prompt: Sequence[Mapping[str, str]], reply: str
+) -> tuple[list[int], int]:
     """Ids of a whole exchange (prompt + ``reply`` + end marker) and where the reply starts.
 
     SFT and the preference losses train on ``ids[start:]`` only; serving generates exactly what

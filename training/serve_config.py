@@ -14,6 +14,7 @@ class ServeConfig(Section):
     host: str = Field("127.0.0.1", description="Address the Serve HTTP proxy binds to.")
     port: int = Field(8000, ge=1, le=65535, description="Port of the Serve HTTP proxy.")
     app_name: str = Field("nightshift", description="Ray Serve application name.")
+    route_prefix: str = Field("/", description="URL path the application is served under.")
     model_name: str = Field("nightshift-gpt", description="Model id clients pass as `model`.")
     registered_model: str = Field("nightshift-gpt", description="MLflow registered model to serve from.")
     # --- auth and limits ---
@@ -36,7 +37,7 @@ class ServeConfig(Section):
     torch_threads: int = Field(2, ge=1, description="Intra-op threads of each replica's engine.")
     # --- replicas ---
     replica_cpus: float = Field(
-        0.5, gt=0, description="Logical CPUs each replica reserves in Ray (kept small to leave training room)."
+        0.5, gt=0, description="Logical CPUs a replica reserves in Ray (small: training needs the rest)."
     )
     min_replicas: int = Field(1, ge=0, description="Autoscaling: fewest replicas.")
     max_replicas: int = Field(1, ge=1, description="Autoscaling: most replicas.")
@@ -44,10 +45,16 @@ class ServeConfig(Section):
     max_ongoing_requests: int = Field(
         64, ge=1, description="Requests Serve routes to one replica at once (the engine queues within)."
     )
+    deploy_stage: bool = Field(
+        True, description="pretrain/nightly ends by serving its model (off: train only)."
+    )
+    rollout_timeout_s: float = Field(300, gt=0, description="How long new replicas may take to answer.")
     record_completions: bool = Field(True, description="Store every completion in the catalog.")
 
     def problems(self) -> list[str]:
         out = []
+        if not self.route_prefix.startswith("/"):
+            out.append(f"route_prefix: must start with '/', got {self.route_prefix!r}")
         if self.min_replicas > self.max_replicas:
             out.append(f"min_replicas: {self.min_replicas} is more than max_replicas {self.max_replicas}")
         for h in self.api_key_hashes:

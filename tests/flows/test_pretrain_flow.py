@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import math
 
+import httpx
 import pytest
 from mlflow.tracking import MlflowClient
 
 from catalog.db import session_scope
 from catalog.lineage import upstream
-from catalog.models import Artifact, LineageEdge, Run
+from catalog.models import Artifact, Deployment, LineageEdge, Run
 from flows.pretrain import pretrain
 from tests.flows.conftest import write_corpus
 
 pytestmark = pytest.mark.slow
 
 
-def test_pretrain_flow_tracks_every_stage(tmp_path, mlflow_server, prefect_server):
+def test_pretrain_flow_tracks_every_stage(tmp_path, mlflow_server, prefect_server, serve_port):
     src = write_corpus(tmp_path / "src")
     catalog_url = f"sqlite:///{tmp_path / 'catalog.db'}"
     overrides = {
@@ -26,6 +27,10 @@ def test_pretrain_flow_tracks_every_stage(tmp_path, mlflow_server, prefect_serve
         "tracking.catalog_url": catalog_url,
         "tracking.artifact_root": str(tmp_path / "artifacts"),
         "ray.num_cpus": 2,
+        "serve.port": serve_port,
+        "serve.auth": "none",
+        "serve.app_name": "flow-test",
+        "serve.route_prefix": "/flow-test",
     }
     state = pretrain(preset="tiny", overrides=overrides, return_state=True)
     assert state.is_completed(), state.message
@@ -40,7 +45,7 @@ def test_pretrain_flow_tracks_every_stage(tmp_path, mlflow_server, prefect_serve
     parent = parents[0]
     assert parent.data.tags["nightshift.prefect_flow_run_id"] == str(state.state_details.flow_run_id)
     children = {r.data.tags["mlflow.runName"]: r for r in runs if r.data.tags.get("mlflow.parentRunId")}
-    assert set(children) == {"ingest", "tokenize", "pretrain"}
+    assert set(children) == {"ingest", "tokenize", "pretrain", "deploy"}
     assert all(c.data.tags["mlflow.parentRunId"] == parent.info.run_id for c in children.values())
     ingest_run = children["ingest"]
     assert ingest_run.data.metrics["documents_kept"] == 40  # 41 in, the exact duplicate dropped
@@ -68,3 +73,10 @@ def test_pretrain_flow_tracks_every_stage(tmp_path, mlflow_server, prefect_serve
         tokens = s.query(Artifact).filter_by(kind="tokens").one()
         assert tokens.sha256 == hashes["tokens"]
         assert s.query(LineageEdge).count() >= 4
+        # The deploy stage served the new model and recorded it.
+        dep = s.query(Deployment).filter_by(status="active").one()
+        assert (
+            dep.model_artifact_id == model.id and dep.endpoint == f"http://127.0.0.1:{serve_port}/flow-test"
+        )
+    health = httpx.get(f"http://127.0.0.1:{serve_port}/flow-test/health", timeout=10)
+    assert health.headers["x-nightshift-model"] == f"model:{hashes['model']}"

@@ -60,6 +60,7 @@ def cfg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Config]:
     os.environ["PREFECT_HOME"] = str(prefect_home)
     overrides = dict(zip((f"stack.{k}" for k in PORT_KEYS), _free_ports(len(PORT_KEYS)), strict=True))
     overrides.update({"stack.ray_num_cpus": 1, "stack.ray_object_store_bytes": 100_000_000})
+    overrides["serve.port"] = _free_ports(1)[0]
     config = load_config("tiny", overrides)
     yield config
     stack.down(config)
@@ -115,7 +116,7 @@ from prefect.client.orchestration import get_client
 async def main():
     async with get_client() as c:
         out = {}
-        for name in ("pretrain/nightly", "ingest/adhoc"):
+        for name in ("pretrain/nightly", "ingest/adhoc", "deploy/rollback", "deploy/redeploy"):
             d = await c.read_deployment_by_name(name)
             limit = d.global_concurrency_limit.limit if d.global_concurrency_limit else d.concurrency_limit
             out[name] = {
@@ -153,11 +154,14 @@ def test_nightly_deployment_runs_to_completed(
     from mlflow.tracking import MlflowClient
 
     from catalog.db import session_scope
-    from catalog.models import Artifact, Run
+    from catalog.models import Artifact, Deployment, Run
     from tests.flows.conftest import write_corpus
 
     src = write_corpus(tmp_path / "src", n_docs=30)
-    params = {"preset": "tiny", "overrides": {"data.sources": [str(src)], "ray.num_cpus": 1}}
+    params = {
+        "preset": "tiny",
+        "overrides": {"data.sources": [str(src)], "ray.num_cpus": 1, "serve.port": cfg.serve.port},
+    }
     env = {**os.environ, **stack.stack_env(cfg)}
     done = subprocess.run(
         [
@@ -188,6 +192,18 @@ def test_nightly_deployment_runs_to_completed(
         run = s.query(Run).filter_by(mlflow_run_id=parent.info.run_id).one()
         assert run.status == "completed"
         assert run.prefect_flow_run_id == parent.data.tags["nightshift.prefect_flow_run_id"]
+        model_sha = s.query(Artifact).filter_by(kind="model").one().sha256
+        deployment = s.query(Deployment).filter_by(status="active").one()
+        assert deployment.endpoint == f"http://127.0.0.1:{cfg.serve.port}"
+    assert "deploy" in children
+    # The deploy stage left the model on the stack's Ray Serve: the official client, configured only
+    # by the env file of `nightshift up` (OPENAI_BASE_URL, OPENAI_API_KEY), gets an answer from it.
+    import openai
+
+    client = openai.OpenAI(base_url=env["OPENAI_BASE_URL"], api_key=env["OPENAI_API_KEY"], max_retries=0)
+    raw = client.completions.with_raw_response.create(model="nightshift-gpt", prompt="the", max_tokens=5)
+    assert raw.headers["x-nightshift-model"] == f"model:{model_sha}"
+    assert raw.parse().usage.completion_tokens >= 1
 
 
 def test_port_held_by_a_foreign_socket_is_a_clear_error(cfg: Config, tmp_path: Path) -> None:

@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from serving.auth import digest
-from tests.conftest import free_port
 from training.data.tokenizer import train_tokenizer
 from training.model import GPT
 from training.model_config import ModelConfig

@@ -52,8 +52,13 @@ def test_chat_and_chat_stream(client, live):
     msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "to be or not?"}]
     c = client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=10, temperature=0, n=2)
     assert c.object == "chat.completion" and len(c.choices) == 2
-    assert c.choices[0].message.role == "assistant" and c.choices[0].message.content == c.choices[1].message.content
-    stream = client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=10, temperature=0, stream=True)
+    assert (
+        c.choices[0].message.role == "assistant"
+        and c.choices[0].message.content == c.choices[1].message.content
+    )
+    stream = client.chat.completions.create(
+        model=MODEL, messages=msgs, max_tokens=10, temperature=0, stream=True
+    )
     chunks = list(stream)
     assert chunks[0].choices[0].delta.role == "assistant"
     assert "".join(ch.choices[0].delta.content or "" for ch in chunks) == c.choices[0].message.content
@@ -66,10 +71,16 @@ def test_chat_and_chat_stream(client, live):
 def test_logprobs_and_stop(client):
     c = client.completions.create(model=MODEL, prompt="to be", max_tokens=5, temperature=0, logprobs=2)
     lp = c.choices[0].logprobs
-    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) and all(len(t) == 2 for t in lp.top_logprobs)
-    text = client.completions.create(model=MODEL, prompt="to be", max_tokens=20, temperature=0).choices[0].text
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) and all(
+        len(t) == 2 for t in lp.top_logprobs
+    )
+    text = (
+        client.completions.create(model=MODEL, prompt="to be", max_tokens=20, temperature=0).choices[0].text
+    )
     if len(text) > 4:
-        cut = client.completions.create(model=MODEL, prompt="to be", max_tokens=20, temperature=0, stop=[text[2:4]])
+        cut = client.completions.create(
+            model=MODEL, prompt="to be", max_tokens=20, temperature=0, stop=[text[2:4]]
+        )
         assert cut.choices[0].text == text[: text.find(text[2:4])] and cut.choices[0].finish_reason == "stop"
 
 
@@ -89,7 +100,9 @@ def test_client_errors_are_openai_style(client, live):
     with pytest.raises(openai.BadRequestError) as e:
         client.chat.completions.create(model=MODEL, messages=[{"role": "robot", "content": "x"}])
     assert e.value.body["param"].startswith("messages[0]")
-    r = httpx.post(live.url + "/v1/completions", content=b"{not json", headers={"Authorization": f"Bearer {KEY}"})
+    r = httpx.post(
+        live.url + "/v1/completions", content=b"{not json", headers={"Authorization": f"Bearer {KEY}"}
+    )
     assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
     r = httpx.post(
         live.url + "/v1/completions",

@@ -25,6 +25,7 @@ def cfg(tmp_path, serve_port, mlflow_server):
             "serve.port": serve_port,
             "serve.auth": "none",
             "serve.app_name": "deploy-test",
+            "serve.route_prefix": "/deploy-test",
             "serve.torch_threads": 1,
             "tracking.catalog_url": f"sqlite:///{tmp_path}/catalog.db",
             "tracking.mlflow_uri": mlflow_server,
@@ -50,7 +51,10 @@ def test_rollout_without_downtime_and_rollback(cfg, tmp_path):
     def traffic():
         with httpx.Client(timeout=30) as c:
             while not stop.is_set():
-                r = c.post(url + "/v1/completions", json={"model": "nightshift-gpt", "prompt": "to be", "max_tokens": 4})
+                r = c.post(
+                    url + "/v1/completions",
+                    json={"model": "nightshift-gpt", "prompt": "to be", "max_tokens": 4},
+                )
                 seen.append((r.status_code, r.headers.get("x-nightshift-model")))
 
     t = threading.Thread(target=traffic)
@@ -88,10 +92,16 @@ def test_serves_a_registry_alias_and_refuses_a_bad_model(cfg, tmp_path, mlflow_s
 
     res = deploy_model(cfg, "models:/nightshift-gpt@champion", created_by="test")
     h = httpx.get(res.endpoint + "/health").headers
-    assert h["x-nightshift-model"] == f"model:{ref.sha256}" and h["x-nightshift-model-version"] == str(version)
+    assert h["x-nightshift-model"] == f"model:{ref.sha256}" and h["x-nightshift-model-version"] == str(
+        version
+    )
     with session_scope(cfg.tracking.catalog_url) as s:
         row = s.get(Deployment, res.deployment_id)
-        assert (row.registry_name, row.registry_version, row.alias) == ("nightshift-gpt", str(version), "champion")
+        assert (row.registry_name, row.registry_version, row.alias) == (
+            "nightshift-gpt",
+            str(version),
+            "champion",
+        )
 
     broken = tmp_path / "broken"
     broken.mkdir()

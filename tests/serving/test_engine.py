@@ -61,7 +61,10 @@ def test_seeded_sampling_is_independent_of_the_batch(model, tok):
         p = prompts(tok, 1)[0]
         params = SamplingParams(max_tokens=12, temperature=0.9, top_p=0.9, top_k=50, seed=7)
         alone = eng.generate(p, params)[0].token_ids
-        noise = [threading.Thread(target=eng.generate, args=(q, SamplingParams(max_tokens=20))) for q in prompts(tok, 4)]
+        noise = [
+            threading.Thread(target=eng.generate, args=(q, SamplingParams(max_tokens=20)))
+            for q in prompts(tok, 4)
+        ]
         for t in noise:
             t.start()
         crowded = eng.generate(p, params)[0].token_ids

@@ -1,0 +1,317 @@
+"""Serving throughput and latency: our engine over HTTP at 1/4/16 clients vs single-stream baselines.
+
+One fixed small model (the ``small`` preset's shape: 4 layers, 256 dims, 4 heads, context 256,
+vocab 4096; random weights from seed 0, tokenizer trained on a generated corpus) and one fixed
+set of prompts. In the same run it measures:
+
+a. our engine called in-process, one request at a time (single stream): tokens/s and
+   time-to-first-token (TTFT);
+b. Hugging Face ``transformers`` ``generate()`` on the same weights exported to GPT-2 format,
+   the same prompts one by one, the same number of new tokens;
+c. the deployed Ray Serve application driven by the official ``openai`` client with streaming,
+   at 1, 4 and 16 concurrent clients: aggregate generated tokens/s and TTFT p50/p99.
+
+Goals (issue 4): at 16 clients >= 6x (a) and >= 4x (b); HTTP + Serve adds <= 15 ms to p50 TTFT
+(c at 1 client minus a). ``--load`` adds the bounded load run (2,000 requests at concurrency 32,
+mixed endpoints, streaming and not) and reports status codes and the replica's memory before and
+after. Run: ``python bench/serve.py [--max-tokens 64] [--load]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from serving.engine import Engine, SamplingParams  # noqa: E402
+from training.data.tokenizer import train_tokenizer  # noqa: E402
+from training.model import GPT  # noqa: E402
+from training.model_config import ModelConfig  # noqa: E402
+from training.model_io import save_model  # noqa: E402
+
+WORDS = (
+    "night watch model token serve batch queue river stone light shadow crown king queen sword "
+    "field storm ship harbour letter poem song verse dream heart mind time world love death"
+).split()
+
+
+def corpus(n: int, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(20, 60))) + "." for _ in range(n)]
+
+
+def prompts(k: int, seed: int = 1) -> list[str]:
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(12, 24))) for _ in range(k)]
+
+
+def pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
+
+
+def make_model(root: Path):
+    tok = train_tokenizer(corpus(4000), vocab_size=4096)
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(n_layer=4, n_head=4, n_embd=256, block_size=256, vocab_size=4096)).eval()
+    return model, tok, save_model(model, tok, root=root)
+
+
+def bench_engine_single(model, tok, ps: list[str], max_tokens: int) -> dict[str, float]:
+    eng = Engine(model, tok, max_batch=32).start()
+    try:
+        eng.generate(tok.encode(ps[0]).ids, SamplingParams(max_tokens=8))  # warm-up
+        ttfts, tokens = [], 0
+        t0 = time.perf_counter()
+        for p in ps:
+            first = threading.Event()
+            done = threading.Event()
+            t_req = time.perf_counter()
+            stamp: list[float] = []
+
+            def sink(d, stamp=stamp, first=first, done=done, t_req=t_req):
+                if not first.is_set():
+                    stamp.append(time.perf_counter() - t_req)
+                    first.set()
+                if d.finish_reason:
+                    stamp.append(d.completion_tokens)
+                    done.set()
+
+            eng.submit(tok.encode(p).ids, SamplingParams(max_tokens=max_tokens, temperature=1.0), sink)
+            done.wait()
+            ttfts.append(stamp[0])
+            tokens += int(stamp[-1])
+        wall = time.perf_counter() - t0
+    finally:
+        eng.stop()
+    return {
+        "tokens_per_s": tokens / wall,
+        "ttft_p50_ms": 1e3 * pct(ttfts, 0.5),
+        "ttft_p99_ms": 1e3 * pct(ttfts, 0.99),
+    }
+
+
+def bench_hf(ref, tok, ps: list[str], max_tokens: int, tmp: Path) -> dict[str, float]:
+    from transformers import GPT2LMHeadModel
+
+    from training.hf import export_hf
+
+    out = export_hf(ref, tmp / "hf")
+    hf = GPT2LMHeadModel.from_pretrained(out).eval()
+    gen_kw = dict(
+        max_new_tokens=max_tokens, min_new_tokens=max_tokens, do_sample=True, top_k=0, temperature=1.0
+    )
+    with torch.inference_mode():
+        hf.generate(
+            torch.tensor([tok.encode(ps[0]).ids]), **{**gen_kw, "max_new_tokens": 8, "min_new_tokens": 8}
+        )
+        tokens = 0
+        t0 = time.perf_counter()
+        for p in ps:
+            ids = torch.tensor([tok.encode(p).ids])
+            out_ids = hf.generate(ids, attention_mask=torch.ones_like(ids), pad_token_id=0, **gen_kw)
+            tokens += out_ids.shape[1] - ids.shape[1]
+        wall = time.perf_counter() - t0
+    return {"tokens_per_s": tokens / wall}
+
+
+def bench_http(base: str, ps: list[str], clients: int, per_client: int, max_tokens: int) -> dict[str, float]:
+    import openai
+
+    client = openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0, timeout=300)
+    jobs = [ps[i % len(ps)] for i in range(clients * per_client)]
+    lock = threading.Lock()
+    ttfts: list[float] = []
+    counts = {"tokens": 0}
+
+    def one(p: str) -> None:
+        t = time.perf_counter()
+        first = None
+        stream = client.completions.create(
+            model="nightshift-gpt",
+            prompt=p,
+            max_tokens=max_tokens,
+            temperature=1.0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        used = 0
+        for ch in stream:
+            if first is None and ch.choices and ch.choices[0].text:
+                first = time.perf_counter() - t
+            if ch.usage is not None:
+                used = ch.usage.completion_tokens
+        with lock:
+            ttfts.append(first if first is not None else time.perf_counter() - t)
+            counts["tokens"] += used
+
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(one, ps[:clients]))  # warm-up: one request per client
+        ttfts.clear()
+        counts["tokens"] = 0
+        t0 = time.perf_counter()
+        list(pool.map(one, jobs))
+        wall = time.perf_counter() - t0
+    return {
+        "clients": clients,
+        "requests": len(jobs),
+        "tokens_per_s": counts["tokens"] / wall,
+        "ttft_p50_ms": 1e3 * pct(ttfts, 0.5),
+        "ttft_p99_ms": 1e3 * pct(ttfts, 0.99),
+    }
+
+
+def replica_rss(base: str) -> float:
+    import httpx
+
+    for line in httpx.get(base + "/metrics", timeout=10).text.splitlines():
+        if line.startswith("process_resident_memory_bytes"):
+            return float(line.split()[-1])
+    raise RuntimeError("no process_resident_memory_bytes in /metrics")
+
+
+def load_run(base: str, ps: list[str], total: int, concurrency: int) -> dict[str, object]:
+    import httpx
+
+    async def main() -> dict[str, object]:
+        codes: dict[int, int] = {}
+        errors: list[str] = []
+        sem = asyncio.Semaphore(concurrency)
+        rng = random.Random(7)
+        async with httpx.AsyncClient(
+            base_url=base, timeout=300, limits=httpx.Limits(max_connections=concurrency)
+        ) as c:
+
+            async def one(i: int) -> None:
+                kind = i % 4
+                p = ps[rng.randrange(len(ps))]
+                if kind in (0, 1):
+                    body = {"model": "nightshift-gpt", "prompt": p, "max_tokens": 16, "stream": kind == 1}
+                    path = "/v1/completions"
+                else:
+                    body = {
+                        "model": "nightshift-gpt",
+                        "messages": [{"role": "user", "content": p}],
+                        "max_tokens": 16,
+                        "stream": kind == 3,
+                    }
+                    path = "/v1/chat/completions"
+                async with sem:
+                    try:
+                        if body["stream"]:
+                            async with c.stream("POST", path, json=body) as r:
+                                text = "".join([x async for x in r.aiter_text()])
+                                ok = text.rstrip().endswith("data: [DONE]") or r.status_code != 200
+                                code = r.status_code if ok else 599
+                        else:
+                            r = await c.post(path, json=body)
+                            code = r.status_code
+                    except httpx.HTTPError as e:
+                        code = 598
+                        errors.append(repr(e))
+                codes[code] = codes.get(code, 0) + 1
+
+            t0 = time.perf_counter()
+            await asyncio.gather(*(one(i) for i in range(total)))
+            return {"codes": codes, "seconds": time.perf_counter() - t0, "errors": errors[:5]}
+
+    return asyncio.run(main())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--prompts", type=int, default=12, help="requests of the single-stream baselines")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (engine and HF alike)")
+    ap.add_argument("--load", action="store_true", help="also run 2,000 requests at concurrency 32")
+    ap.add_argument("--load-requests", type=int, default=2000)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+    import ray
+    from ray import serve
+
+    from serving.app import build_app
+    from tests.conftest import free_port
+
+    tmp = Path(tempfile.mkdtemp(prefix="nightshift-bench-serve-"))
+    model, tok, ref = make_model(tmp / "artifacts")
+    ps = prompts(64)
+    single = bench_engine_single(model, tok, ps[: args.prompts], args.max_tokens)
+    print(
+        f"(a) engine in-process, 1 stream: {single['tokens_per_s']:.0f} tokens/s, "
+        f"TTFT p50 {single['ttft_p50_ms']:.1f} ms"
+    )
+    hf = bench_hf(ref, tok, ps[: args.prompts], args.max_tokens, tmp)
+    print(f"(b) HF transformers generate(), 1 stream: {hf['tokens_per_s']:.0f} tokens/s")
+    del model
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve_cfg = {"auth": "none", "torch_threads": args.threads, "max_batch": 32, "max_waiting": 512}
+    serve.run(
+        build_app({"model": str(ref.path), "serve": serve_cfg, "catalog_url": f"sqlite:///{tmp}/catalog.db"}),
+        name="bench",
+        route_prefix="/",
+    )
+    base = f"http://127.0.0.1:{port}"
+    http = []
+    for clients, per in ((1, args.prompts), (4, 6), (16, 4)):
+        r = bench_http(base, ps, clients, per, args.max_tokens)
+        http.append(r)
+        print(
+            f"(c) HTTP, {clients:>2} clients: {r['tokens_per_s']:.0f} tokens/s, "
+            f"TTFT p50 {r['ttft_p50_ms']:.1f} ms, p99 {r['ttft_p99_ms']:.1f} ms ({r['requests']} requests)"
+        )
+    at16 = http[-1]["tokens_per_s"]
+    overhead = http[0]["ttft_p50_ms"] - single["ttft_p50_ms"]
+    summary = {
+        "engine_single": single,
+        "hf_generate_single": hf,
+        "http": http,
+        "x_vs_engine_single_at_16": at16 / single["tokens_per_s"],
+        "x_vs_hf_at_16": at16 / hf["tokens_per_s"],
+        "http_serve_ttft_overhead_p50_ms": overhead,
+    }
+    print(f"\n16 clients vs our single stream: {summary['x_vs_engine_single_at_16']:.1f}x (goal >= 6x)")
+    print(f"16 clients vs HF generate():     {summary['x_vs_hf_at_16']:.1f}x (goal >= 4x)")
+    print(f"HTTP + Serve added to p50 TTFT:  {overhead:.1f} ms (goal <= 15 ms)")
+    if args.load:
+        rss0 = replica_rss(base)
+        warm = load_run(base, ps, 200, 32)
+        rss1 = replica_rss(base)
+        res = load_run(base, ps, args.load_requests, 32)
+        rss2 = replica_rss(base)
+        five = sum(v for k, v in res["codes"].items() if k >= 500)
+        summary["load"] = {
+            **res,
+            "warmup_codes": warm["codes"],
+            "rss_mb": [rss0 / 2**20, rss1 / 2**20, rss2 / 2**20],
+        }
+        print(
+            f"\nload: {args.load_requests} requests at concurrency 32 in {res['seconds']:.1f} s: "
+            f"codes {res['codes']}, 5xx {five}; replica RSS {rss0 / 2**20:.0f} MB at start, "
+            f"{rss1 / 2**20:.0f} MB after 200 warm-up requests, {rss2 / 2**20:.0f} MB after the run "
+            f"({(rss2 - rss1) / 2**20:+.1f} MB)"
+        )
+    print(json.dumps(summary, indent=2))
+    serve.shutdown()
+    ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""``nightshift serve | rollback | keys``: the served model from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+
+def _stack_config(args: argparse.Namespace, extra: Sequence[str]):
+    """The config, pointed at the local stack's Ray head when no cluster address is given.
+
+    A model served by an in-process Ray would vanish when this command exits, so a 'local'
+    address is only accepted with the stack up, and then means the stack's head.
+    """
+    from nightshift import stack
+    from training.config import load_config
+
+    cfg = load_config(args.preset, list(extra))
+    if cfg.ray.address == "local":
+        head = {s.name: s for s in stack.status(cfg)}.get("ray-head")
+        if head is None or not head.healthy:
+            raise SystemExit(
+                "error: serving needs a lasting Ray: start the local stack with `nightshift up`, "
+                "or give a cluster with --ray.address"
+            )
+        env = stack.stack_env(cfg)
+        os.environ.update({k: v for k, v in env.items() if k.startswith(("RAY_", "MLFLOW_"))})
+        cfg.ray.address = env["RAY_ADDRESS"]
+    return cfg
+
+
+def _who() -> str:
+    return os.environ.get("USER") or os.environ.get("LOGNAME") or "cli"
+
+
+def _print(res: Any) -> None:
+    print(
+        f"deployment {res.deployment_id}: {res.endpoint}/v1 serves model {res.model_sha256[:16]} "
+        f"({res.seconds:.1f} s)"
+    )
+
+
+def serve_config_yaml(args: dict[str, Any], cfg: Any) -> str:
+    """A Serve config file for `serve deploy` (the same application `nightshift serve` runs)."""
+    import yaml
+
+    doc = {
+        "proxy_location": "EveryNode",
+        "http_options": {"host": cfg.serve.host, "port": cfg.serve.port},
+        "applications": [
+            {
+                "name": cfg.serve.app_name,
+                "route_prefix": cfg.serve.route_prefix,
+                "import_path": "serving.app:build_app",
+                "args": args,
+            }
+        ],
+    }
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+def cmd_serve(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from serving.deploy import DeployError, deploy_model, redeploy_current
+
+    if args.write_config:
+        from training.config import load_config
+
+        cfg = load_config(args.preset, list(extra))
+        if not args.model:
+            raise SystemExit("error: --write-config needs --model (an artifact directory or models:/ URI)")
+        body = {
+            "model": args.model,
+            "serve": cfg.serve.model_dump(mode="json"),
+            "catalog_url": cfg.tracking.catalog_url,
+            "tracking_uri": cfg.tracking.mlflow_uri,
+        }
+        Path(args.write_config).write_text(serve_config_yaml(body, cfg))
+        print(f"wrote {args.write_config}; deploy it with `serve deploy {args.write_config}`")
+        return 0
+    cfg = _stack_config(args, extra)
+    try:
+        res = (
+            deploy_model(cfg, args.model, created_by=_who())
+            if args.model
+            else redeploy_current(cfg, created_by=_who())
+        )
+    except DeployError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    _print(res)
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from serving.deploy import DeployError, rollback
+
+    cfg = _stack_config(args, extra)
+    try:
+        res = rollback(cfg, created_by=_who())
+    except DeployError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    _print(res)
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from serving.auth import create_key, default_key_file
+    from training.config import load_config
+
+    cfg = load_config(args.preset, list(extra))
+    path = cfg.serve.api_key_file or str(default_key_file())
+    key = create_key(path)
+    print(key)
+    print(f"(only its sha256 is stored, in {path}; replicas read it when they start)", file=sys.stderr)
+    return 0
+
+
+def register(verb: Callable[..., argparse.ArgumentParser]) -> None:
+    p = verb("serve", cmd_serve, "serve a model on Ray Serve (default: redeploy the active deployment)")
+    p.add_argument(
+        "--model", help="a model artifact directory or a models:/ URI (e.g. models:/nightshift-gpt@champion)"
+    )
+    p.add_argument(
+        "--write-config", metavar="PATH", help="write a Serve config file for `serve deploy` instead"
+    )
+    verb("rollback", cmd_rollback, "serve the previously deployed model again")
+    p = verb("keys", cmd_keys, "create an API key for the served model (printed once; its hash is stored)")
+    p.add_argument("action", choices=["create"])
