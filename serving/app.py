@@ -17,6 +17,7 @@ completion is stored in the catalog with that artifact and the deployment.
 
 import asyncio
 import logging
+import threading
 import time
 from typing import Any
 
@@ -56,6 +57,36 @@ class ServeArgs(BaseModel):
     deployment_id: int | None = Field(None, description="The catalog deployment row this rollout is.")
 
 
+class Handoff:
+    """Events from the engine thread to the replica's event loop, one wake-up per batch.
+
+    A decode step emits one event per running sequence; waking the event loop once per step
+    (not once per sequence) keeps the loop free for HTTP work when many sequences run.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: list[tuple[asyncio.Queue, Any]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def post(self, q: asyncio.Queue, item: Any) -> None:
+        with self._lock:
+            first = not self._pending
+            self._pending.append((q, item))
+        if first:
+            assert self._loop is not None
+            self._loop.call_soon_threadsafe(self._flush)
+
+    def bind(self) -> None:
+        self._loop = asyncio.get_running_loop()
+
+    def _flush(self) -> None:
+        with self._lock:
+            batch, self._pending = self._pending, []
+        for q, item in batch:
+            q.put_nowait(item)
+
+
 @serve.deployment(name="NightshiftServer")
 @serve.ingress(api)
 class NightshiftServer(StreamingMixin):
@@ -92,6 +123,7 @@ class NightshiftServer(StreamingMixin):
                 )
             self.keys = KeyCheck(digests)
         self.metrics = Metrics()
+        self._handoff = Handoff()
         self.recorder = None
         self.deployment_id = a.deployment_id
         self.artifact_id: int | None = None
@@ -170,16 +202,13 @@ class NightshiftServer(StreamingMixin):
         self, prompts: list[list[int]], params: SamplingParams, n: int
     ) -> tuple[asyncio.Queue, list[int]]:
         """Queue every prompt x n; events arrive on the returned asyncio queue as (prompt_index, delta)."""
-        loop = asyncio.get_running_loop()
         q: asyncio.Queue[tuple[int, Delta]] = asyncio.Queue()
+        self._handoff.bind()
+        post = self._handoff.post
         ids: list[int] = []
         try:
             for pi, ids_ in enumerate(prompts):
-                ids.append(
-                    self.engine.submit(
-                        ids_, params, lambda d, pi=pi: loop.call_soon_threadsafe(q.put_nowait, (pi, d)), n
-                    )
-                )
+                ids.append(self.engine.submit(ids_, params, lambda d, pi=pi: post(q, (pi, d)), n))
         except QueueFull as e:
             for rid in ids:
                 self.engine.cancel(rid)
