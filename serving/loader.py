@@ -35,7 +35,7 @@ class Served:
 def _registry_version(uri: str, tracking_uri: str) -> dict[str, Any]:
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     spec = uri.removeprefix("models:/")
     if "@" in spec:
         name, alias = spec.split("@", 1)

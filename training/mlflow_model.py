@@ -157,7 +157,7 @@ def log_model(
     from mlflow.exceptions import MlflowException
     from mlflow.models import Model
 
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     run = client.get_run(run_id)
     logged = client.create_logged_model(
         experiment_id=run.info.experiment_id,
