@@ -1,4 +1,9 @@
-"""``pretrain/nightly``: the nightly programme, ingest → tokenize → pretrain → deploy."""
+"""``pretrain/nightly``: ingest → tokenize → pretrain → evaluate and gate → deploy the champion.
+
+A candidate that fails a gate is registered (alias ``challenger``) but not promoted; the
+champion keeps serving and the flow run ends in the failed state ``GateFailed`` with the verdict
+as its message and as a Markdown artifact, rather than raising.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ from typing import Any
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
+from prefect.states import Failed, State
 
 from flows.common import (
     flow_config,
@@ -15,11 +21,11 @@ from flows.common import (
     samples_markdown,
     tracker_for,
 )
-from flows.tasks import deploy_task, ingest_task, pretrain_task, tokenize_task
+from flows.tasks import deploy_task, evaluate_task, ingest_task, pretrain_task, tokenize_task
 
 
 @flow(name="pretrain", log_prints=True)
-def pretrain(preset: str = "small", overrides: dict[str, Any] | None = None) -> dict[str, str]:
+def pretrain(preset: str = "small", overrides: dict[str, Any] | None = None) -> dict[str, str] | State:
     """Run the whole chain on a preset.
 
     Args:
@@ -27,10 +33,12 @@ def pretrain(preset: str = "small", overrides: dict[str, Any] | None = None) -> 
         overrides: dotted config overrides, e.g. ``{"data.vocab_size": 4096}``.
 
     Returns:
-        The content hashes of the artifacts the run produced, by kind.
+        The content hashes of the artifacts the run produced, by kind, and the registry version;
+        a ``GateFailed`` state when the candidate was not promoted.
     """
     cfg = flow_config(preset, overrides)
     tracker = tracker_for(cfg)
+    who = prefect_flow_run_url(cfg) or "pretrain/nightly"
     with tracker.pipeline(
         "pretrain", config=cfg.to_dict(), prefect_flow_run_id=flow_run_id(), tags={"preset": cfg.preset}
     ) as pipeline:
@@ -41,11 +49,12 @@ def pretrain(preset: str = "small", overrides: dict[str, Any] | None = None) -> 
         create_markdown_artifact(
             markdown=samples_markdown(model.samples), key="pretrain-samples", description="Samples"
         )
+        candidate, candidate_uri = model.model, model.model_uri
+        gate = evaluate_task(cfg, pipeline, candidate, candidate_uri, tokens.tokens, who)
+        create_markdown_artifact(markdown=gate.markdown(), key="gate-verdict", description="Gate verdict")
         deployed = None
-        if cfg.serve.deploy_stage:
-            deployed = deploy_task(
-                cfg, pipeline, model.model, created_by=prefect_flow_run_url(cfg) or "pretrain"
-            )
+        if gate.promoted and cfg.serve.deploy_stage:
+            deployed = deploy_task(cfg, pipeline, candidate, created_by=who, version=gate.version)
         m, mm = corpus.manifest, model.metrics
         rows = [
             (
@@ -67,20 +76,33 @@ def pretrain(preset: str = "small", overrides: dict[str, Any] | None = None) -> 
                 f"(unigram entropy {mm['unigram_entropy']:.3f}), "
                 f"{mm.get('tokens_per_s', 0):,.0f} tokens/s",
             ),
+            (
+                "evaluate",
+                pipeline.stage_url("evaluate"),
+                f"v{gate.version}: {gate.verdict.summary()} — "
+                + ("promoted to champion" if gate.promoted else "not promoted"),
+            ),
         ]
         if deployed is not None:
             rows.append(
                 (
                     "deploy",
                     pipeline.stage_url("deploy"),
-                    f"deployment {deployed.deployment_id}: {deployed.endpoint}/v1 serves model "
-                    f"`{deployed.model_sha256[:16]}`",
+                    f"deployment {deployed.deployment_id}: {deployed.endpoint}/v1 serves v{gate.version} "
+                    f"(`{deployed.model_sha256[:16]}`)",
                 )
             )
         publish_summary("pretrain-summary", f"pretrain/nightly — preset {cfg.preset}", pipeline, rows)
+    if not gate.promoted:
+        return Failed(
+            name="GateFailed",
+            message=f"gate failed for {cfg.serve.registered_model} v{gate.version}: {gate.verdict.summary()}; "
+            f"champion v{gate.champion_before or '-'} keeps serving",
+        )
     return {
         "corpus": corpus.artifact.sha256,
         "tokenizer": tokens.tokenizer.sha256,
         "tokens": tokens.tokens.sha256,
         "model": model.model.sha256,
+        "version": gate.version,
     }

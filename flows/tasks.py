@@ -7,6 +7,8 @@ inputs is off.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prefect import task
 from prefect.cache_policies import NONE
 
@@ -17,6 +19,7 @@ from training import stages
 from training.config import Config
 from training.data.ingest import IngestResult
 from training.data.tokenize import TokenizeResult
+from training.eval.promotion import GateResult, evaluate_and_gate
 
 
 @task(name="ingest", retries=2, retry_delay_seconds=5, cache_policy=NONE)
@@ -38,8 +41,37 @@ def pretrain_task(cfg: Config, pipeline: PipelineRun, tokens: TokenizeResult) ->
         return stages.pretrain_stage(cfg, run, tokens.tokens, tokens.tokenizer)
 
 
+@task(name="evaluate", retries=1, retry_delay_seconds=5, cache_policy=NONE)
+def evaluate_task(
+    cfg: Config,
+    pipeline: PipelineRun,
+    candidate: ArtifactRef,
+    candidate_uri: str,
+    tokens: ArtifactRef,
+    who: str,
+    tasks: Any = None,
+    reward_fn: Any = None,
+    reference: ArtifactRef | None = None,
+) -> GateResult:
+    # Registering the same logged model again returns its version, so a retry adds nothing.
+    with pipeline.stage("evaluate", config=cfg.to_dict()) as run:
+        return evaluate_and_gate(
+            cfg,
+            run,
+            candidate,
+            candidate_uri,
+            tokens=tokens,
+            tasks=tasks,
+            reward_fn=reward_fn,
+            reference=reference,
+            who=who,
+        )
+
+
 @task(name="deploy", retries=1, retry_delay_seconds=10, cache_policy=NONE)
-def deploy_task(cfg: Config, pipeline: PipelineRun, model: ArtifactRef, created_by: str) -> DeployResult:
+def deploy_task(
+    cfg: Config, pipeline: PipelineRun, model: ArtifactRef, created_by: str, version: str | None = None
+) -> DeployResult:
     # A rollout that fails leaves the previous model serving, so retrying it is safe.
     with pipeline.stage("deploy", config=cfg.to_dict()) as run:
-        return deploy_stage(cfg, run, model, created_by=created_by)
+        return deploy_stage(cfg, run, model, created_by=created_by, version=version)

@@ -55,6 +55,7 @@ class ServeArgs(BaseModel):
     catalog_url: str | None = Field(None, description="Catalog to record completions in (None: don't).")
     tracking_uri: str | None = Field(None, description="MLflow server, for models:/ URIs.")
     deployment_id: int | None = Field(None, description="The catalog deployment row this rollout is.")
+    registry_version: str | None = Field(None, description="Registry version of a local artifact.")
 
 
 class Handoff:
@@ -110,8 +111,9 @@ class NightshiftServer(StreamingMixin):
         ).start()
         self.name = self.cfg.model_name
         self.headers = {"X-Nightshift-Model": f"model:{self.served.ref.sha256}"}
-        if self.served.registry.get("version"):
-            self.headers["X-Nightshift-Model-Version"] = str(self.served.registry["version"])
+        version = self.served.registry.get("version") or a.registry_version
+        if version:
+            self.headers["X-Nightshift-Model-Version"] = str(version)
         if self.cfg.auth == "none":
             self.keys = KeyCheck(None)
         else:

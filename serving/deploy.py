@@ -84,6 +84,7 @@ def deploy_model(
     *,
     created_by: str = "nightshift",
     alias: str | None = None,
+    registry: dict[str, str] | None = None,
     timeout: float | None = None,
 ) -> DeployResult:
     """Serve ``model`` as the application ``cfg.serve.app_name`` and record the deployment.
@@ -93,6 +94,7 @@ def deploy_model(
         model: a ``model`` artifact (ref or directory) or a ``models:/`` registry URI.
         created_by: who asked (a flow run, a user), stored on the deployment row.
         alias: the registry alias this rollout follows (e.g. ``champion``), for the record.
+        registry: ``{"name", "version"}`` of a local artifact that is also a registry version.
         timeout: how long the new replicas may take to answer (default ``serve.rollout_timeout_s``).
 
     Raises:
@@ -106,7 +108,8 @@ def deploy_model(
     from serving.loader import fetch
 
     source = str(model.path) if isinstance(model, ArtifactRef) else str(model)
-    path, registry = fetch(source, tracking_uri=cfg.tracking.mlflow_uri)
+    path, fetched = fetch(source, tracking_uri=cfg.tracking.mlflow_uri)
+    registry = {**(registry or {}), **fetched}
     ref = open_artifact(path, kind="model")
     url = endpoint_url(cfg)
     catalog_url = cfg.tracking.catalog_url
@@ -137,6 +140,7 @@ def deploy_model(
             "catalog_url": catalog_url,
             "tracking_uri": cfg.tracking.mlflow_uri,
             "deployment_id": dep_id,
+            "registry_version": registry.get("version"),
         }
         serve.run(build_app(args), name=cfg.serve.app_name, route_prefix=cfg.serve.route_prefix)
         _wait_for(url, ref.sha256, timeout or cfg.serve.rollout_timeout_s)
@@ -236,10 +240,16 @@ def rollback(cfg: Config, *, created_by: str = "nightshift") -> DeployResult:
     return deploy_model(cfg, source, created_by=created_by, alias="rollback")
 
 
-def deploy_stage(cfg: Config, run: Any, model: ArtifactRef, *, created_by: str) -> DeployResult:
-    """The tracked deploy stage: roll ``model`` out and log the rollout to the stage's MLflow run."""
+def deploy_stage(
+    cfg: Config, run: Any, model: ArtifactRef, *, created_by: str, version: str | None = None
+) -> DeployResult:
+    """The tracked deploy stage: roll ``model`` out and log the rollout to the stage's MLflow run.
+
+    ``version`` is the model's registry version when it is served as the ``champion``.
+    """
     run.use(model, context="serving")
-    res = deploy_model(cfg, model, created_by=created_by)
+    reg = {"name": cfg.serve.registered_model, "version": version} if version else None
+    res = deploy_model(cfg, model, created_by=created_by, alias="champion" if version else None, registry=reg)
     run.log_params({"endpoint": res.endpoint, "deployment_id": res.deployment_id, "model": res.model_sha256})
     run.log_metrics({"rollout_seconds": res.seconds})
     return res

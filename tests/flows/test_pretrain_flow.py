@@ -35,7 +35,7 @@ def test_pretrain_flow_tracks_every_stage(tmp_path, mlflow_server, prefect_serve
     state = pretrain(preset="tiny", overrides=overrides, return_state=True)
     assert state.is_completed(), state.message
     hashes = state.result()
-    assert set(hashes) == {"corpus", "tokenizer", "tokens", "model"}
+    assert set(hashes) == {"corpus", "tokenizer", "tokens", "model", "version"}
 
     client = MlflowClient(mlflow_server)
     exp = client.get_experiment_by_name("flow-test")
@@ -45,7 +45,7 @@ def test_pretrain_flow_tracks_every_stage(tmp_path, mlflow_server, prefect_serve
     parent = parents[0]
     assert parent.data.tags["nightshift.prefect_flow_run_id"] == str(state.state_details.flow_run_id)
     children = {r.data.tags["mlflow.runName"]: r for r in runs if r.data.tags.get("mlflow.parentRunId")}
-    assert set(children) == {"ingest", "tokenize", "pretrain", "deploy"}
+    assert set(children) == {"ingest", "tokenize", "pretrain", "evaluate", "deploy"}
     assert all(c.data.tags["mlflow.parentRunId"] == parent.info.run_id for c in children.values())
     ingest_run = children["ingest"]
     assert ingest_run.data.metrics["documents_kept"] == 40  # 41 in, the exact duplicate dropped
@@ -80,3 +80,50 @@ def test_pretrain_flow_tracks_every_stage(tmp_path, mlflow_server, prefect_serve
         )
     health = httpx.get(f"http://127.0.0.1:{serve_port}/flow-test/health", timeout=10)
     assert health.headers["x-nightshift-model"] == f"model:{hashes['model']}"
+
+
+def test_a_worse_candidate_is_rejected_and_a_better_one_served(
+    tmp_path, mlflow_server, prefect_server, serve_port
+):
+    """Three nights on one registry: a champion, a far shorter-trained candidate (rejected, the
+    served model does not change), then a longer-trained one (promoted and served)."""
+    from catalog.registry import Registry
+
+    src = write_corpus(tmp_path / "src")
+    base = {
+        "data.sources": [str(src)],
+        "tracking.mlflow_uri": mlflow_server,
+        "tracking.experiment": "gate-test",
+        "tracking.catalog_url": f"sqlite:///{tmp_path / 'catalog.db'}",
+        "tracking.artifact_root": str(tmp_path / "artifacts"),
+        "ray.num_cpus": 2,
+        "serve.port": serve_port,
+        "serve.auth": "none",
+        "serve.app_name": "gate-test",
+        "serve.route_prefix": "/gate-test",
+        "serve.registered_model": "gate-test-gpt",
+    }
+    url = f"http://127.0.0.1:{serve_port}/gate-test/health"
+    registry = Registry(mlflow_server, name="gate-test-gpt")
+
+    first = pretrain(preset="tiny", overrides={**base, "train.max_steps": 30}, return_state=True)
+    assert first.is_completed(), first.message
+    champion = first.result()
+    assert registry.champion().version == champion["version"]
+    assert httpx.get(url, timeout=10).headers["x-nightshift-model"] == f"model:{champion['model']}"
+
+    worse = pretrain(preset="tiny", overrides={**base, "train.max_steps": 2}, return_state=True)
+    assert worse.is_failed() and worse.name == "GateFailed", worse
+    assert "perplexity" in worse.message.lower() and "keeps serving" in worse.message
+    assert registry.champion().version == champion["version"]
+    assert httpx.get(url, timeout=10).headers["x-nightshift-model"] == f"model:{champion['model']}"
+    rejected = registry.challenger()
+    assert rejected.gate == "failed" and rejected.version != champion["version"]
+
+    better = pretrain(preset="tiny", overrides={**base, "train.max_steps": 60}, return_state=True)
+    assert better.is_completed(), better.message
+    new = better.result()
+    assert registry.champion().version == new["version"] != champion["version"]
+    health = httpx.get(url, timeout=10)
+    assert health.headers["x-nightshift-model"] == f"model:{new['model']}"
+    assert health.headers["x-nightshift-model-version"] == new["version"]
