@@ -96,8 +96,8 @@ def pretrain(preset: str = "small", overrides: dict[str, Any] | None = None) -> 
     if not gate.promoted:
         return Failed(
             name="GateFailed",
-            message=f"gate failed for {cfg.serve.registered_model} v{gate.version}: {gate.verdict.summary()}; "
-            f"champion v{gate.champion_before or '-'} keeps serving",
+            message=f"gate failed for {cfg.serve.registered_model} v{gate.version}: "
+            f"{gate.verdict.summary()}; champion v{gate.champion_before or '-'} keeps serving",
         )
     return {
         "corpus": corpus.artifact.sha256,

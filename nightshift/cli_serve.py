@@ -96,12 +96,28 @@ def cmd_serve(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace, extra: Sequence[str]) -> int:
-    from serving.deploy import DeployError, rollback
+    from serving.deploy import DeployError
+    from serving.promote import rollback
 
     cfg = _stack_config(args, extra)
     try:
-        res = rollback(cfg, created_by=_who())
+        res = rollback(cfg, who=_who(), reason=args.reason)
     except DeployError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    _print(res)
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from catalog.registry import RegistryError
+    from serving.deploy import DeployError
+    from serving.promote import promote
+
+    cfg = _stack_config(args, extra)
+    try:
+        res = promote(cfg, args.version, who=_who(), reason=args.reason)
+    except (DeployError, RegistryError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     _print(res)
@@ -128,6 +144,10 @@ def register(verb: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--write-config", metavar="PATH", help="write a Serve config file for `serve deploy` instead"
     )
-    verb("rollback", cmd_rollback, "serve the previously deployed model again")
+    p = verb("rollback", cmd_rollback, "move champion back to the previous one and serve it")
+    p.add_argument("--reason", default="", help="recorded on the registry version")
+    p = verb("promote", cmd_promote, "make a registry version the champion and serve it")
+    p.add_argument("--version", required=True, help="the registry version of nightshift-gpt")
+    p.add_argument("--reason", default="", help="recorded on the registry version")
     p = verb("keys", cmd_keys, "create an API key for the served model (printed once; its hash is stored)")
     p.add_argument("action", choices=["create"])
