@@ -1,4 +1,4 @@
-"""``nightshift serve | rollback | keys``: the served model from the command line."""
+"""``nightshift evaluate | promote | serve | rollback | keys``: deciding and serving from the command line."""
 
 from __future__ import annotations
 
@@ -137,6 +137,7 @@ def cmd_keys(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
 
 def register(verb: Callable[..., argparse.ArgumentParser]) -> None:
+    register_evaluate(verb)
     p = verb("serve", cmd_serve, "serve a model on Ray Serve (default: redeploy the active deployment)")
     p.add_argument(
         "--model", help="a model artifact directory or a models:/ URI (e.g. models:/nightshift-gpt@champion)"
@@ -151,3 +152,46 @@ def register(verb: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("--reason", default="", help="recorded on the registry version")
     p = verb("keys", cmd_keys, "create an API key for the served model (printed once; its hash is stored)")
     p.add_argument("action", choices=["create"])
+
+
+def cmd_evaluate(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    """Evaluate a model artifact against another (or the registry's champion) and print the verdict."""
+    from training.config import load_config
+    from training.eval.stages import evaluate_stage
+
+    cfg = load_config(args.preset, list(extra))
+    champion = args.champion
+    if champion is None and args.against_champion:
+        from training.config import nightshift_home
+        from training.eval.promotion import registry_for
+
+        registry = registry_for(cfg)
+        champ = registry.champion()
+        if champ is None:
+            raise SystemExit(
+                f"error: {registry.name} has no champion yet; pass --champion DIR or drop --against-champion"
+            )
+        champion = str(registry.model_artifact_path(champ.version, nightshift_home() / "registry-cache"))
+    from nightshift.cli import _tracked_stage
+
+    with _tracked_stage(cfg, "evaluate", args.track) as run:
+        report, verdict = evaluate_stage(
+            cfg, run, args.model, champion=champion, tokens=args.tokens, out=args.out
+        )
+    print((report.path / "REPORT.md").read_text())
+    print(f"\n{verdict.summary()}\nreport: {report.path}")
+    return 0 if verdict.passed else 3
+
+
+def register_evaluate(verb: Callable[..., argparse.ArgumentParser]) -> None:
+    p = verb(
+        "evaluate", cmd_evaluate, "evaluate a model artifact and apply the gates (exit 3 when a gate fails)"
+    )
+    p.add_argument("--model", required=True, help="the candidate model artifact directory")
+    p.add_argument("--champion", help="a model artifact directory to compare against")
+    p.add_argument("--against-champion", action="store_true", help="compare against the registry's champion")
+    p.add_argument("--tokens", help="a tokens artifact for held-out perplexity")
+    p.add_argument(
+        "--out", help="write the eval_report artifact here (default: under tracking.artifact_root)"
+    )
+    p.add_argument("--no-track", dest="track", action="store_false", help="do not log to MLflow/catalog")

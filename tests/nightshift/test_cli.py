@@ -48,3 +48,18 @@ def test_ingest_then_tokenize_without_tracking(tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["stats"]["tokens"]["train"] > 0
     assert (tmp_path / "tok" / "tokenizer" / "tokenizer.json").is_file()
+
+
+def test_evaluate_prints_the_verdict_and_exits_3_on_a_failed_gate(tmp_path, capsys, monkeypatch):
+    from tests.serving.conftest import make_model_artifact
+
+    monkeypatch.setenv("NIGHTSHIFT_HOME", str(tmp_path / "home"))
+    a = make_model_artifact(tmp_path / "art", seed=1)
+    b = make_model_artifact(tmp_path / "art", seed=2)
+    args = ["evaluate", "--model", str(a.path), "--champion", str(b.path), "--no-track"]
+    assert main([*args, "--out", str(tmp_path / "r1"), "--eval.max_perplexity_vs_unigram", "null"]) == 0
+    out = capsys.readouterr().out
+    assert "PASSED" in out and (tmp_path / "r1" / "REPORT.md").is_file()
+    # An impossible threshold: the gate fails, and the exit status says so.
+    assert main([*args, "--out", str(tmp_path / "r2"), "--eval.min_task_accuracy", "1.0"]) == 3
+    assert "FAILED" in capsys.readouterr().out

@@ -116,7 +116,8 @@ from prefect.client.orchestration import get_client
 async def main():
     async with get_client() as c:
         out = {}
-        for name in ("pretrain/nightly", "ingest/adhoc", "deploy/rollback", "deploy/redeploy"):
+        names = ["pretrain/nightly", "ingest/adhoc", "deploy/promote", "deploy/rollback"]
+        for name in names + ["deploy/redeploy"]:
             d = await c.read_deployment_by_name(name)
             limit = d.global_concurrency_limit.limit if d.global_concurrency_limit else d.concurrency_limit
             out[name] = {
