@@ -1,9 +1,10 @@
 """The catalog's tables as SQLAlchemy 2 typed ORM classes.
 
-Six tables: ``artifacts`` (content-addressed outputs, identity = (kind, sha256)), ``runs`` (one
+Seven tables: ``artifacts`` (content-addressed outputs, identity = (kind, sha256)), ``runs`` (one
 row per pipeline run and per stage, a stage pointing at its pipeline through ``parent_id``),
 ``lineage_edges`` (run → artifact it read / wrote), ``deployments``, ``completions`` (every
-served request) and ``feedback`` (human ratings and preferences on completions).
+served request), ``feedback`` (human ratings and preferences on completions) and
+``preference_feedback`` (which feedback rows a ``preferences`` snapshot was built from).
 
 Portable by construction: only generic types (``JSON``, ``String``, ``DateTime``), string
 columns with CHECK constraints instead of native enums (nothing dialect-specific to create or
@@ -241,3 +242,22 @@ class Feedback(Base):
 
     completion: Mapped[Completion] = relationship(foreign_keys=[completion_id])
     other_completion: Mapped[Completion | None] = relationship(foreign_keys=[other_completion_id])
+
+
+class PreferenceFeedback(Base):
+    """A feedback row that a ``preferences`` artifact (an RLHF run's preference snapshot) was built from.
+
+    Lineage edges link runs and artifacts; feedback rows are neither, so this table is the edge
+    from a snapshot back to the human labels in it (and, reversed, from a label to every snapshot,
+    hence every reward model and policy, it reached).
+    """
+
+    __tablename__ = "preference_feedback"
+    __table_args__ = (Index(None, "feedback_id"),)
+
+    artifact_id: Mapped[int] = mapped_column(ForeignKey("artifacts.id"), primary_key=True)
+    feedback_id: Mapped[int] = mapped_column(ForeignKey("feedback.id"), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    artifact: Mapped[Artifact] = relationship()
+    feedback: Mapped[Feedback] = relationship()

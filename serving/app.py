@@ -17,6 +17,7 @@ completion is stored in the catalog with that artifact and the deployment.
 
 import asyncio
 import logging
+import sys
 import threading
 import time
 from typing import Any
@@ -102,6 +103,10 @@ class NightshiftServer(StreamingMixin):
         a = ServeArgs(**args)
         self.cfg = a.serve
         torch.set_num_threads(self.cfg.torch_threads)
+        # The engine thread and the event loop share the GIL. With Python's default 5 ms switch
+        # interval the engine, which takes the GIL back after every tensor op, can wait up to 5 ms
+        # each time the loop is busy with HTTP work; a short interval hands it over sooner.
+        sys.setswitchinterval(self.cfg.gil_switch_interval_ms / 1000)
         _BODY_LIMIT.limit = self.cfg.max_body_bytes
         self.served = load_served(a.model, tracking_uri=a.tracking_uri)
         self.tok = self.served.tokenizer

@@ -35,6 +35,12 @@ class ServeConfig(Section):
     max_batch: int = Field(32, ge=1, description="Sequences decoded together (KV cache slots).")
     max_waiting: int = Field(256, ge=1, description="Requests queued beyond the batch; more get 429.")
     torch_threads: int = Field(2, ge=1, description="Intra-op threads of each replica's engine.")
+    gil_switch_interval_ms: float = Field(
+        0.5, gt=0, description="Python's GIL switch interval in a replica (engine thread vs event loop)."
+    )
+    stream_interval_ms: float = Field(
+        20, ge=0, description="A stream writes what accumulated at most this often after its first token."
+    )
     # --- replicas ---
     replica_cpus: float = Field(
         0.5, gt=0, description="Logical CPUs a replica reserves in Ray (small: training needs the rest)."

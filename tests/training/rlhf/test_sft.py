@@ -1,0 +1,50 @@
+"""SFT: the prompt gets zero gradient, the reply is learned."""
+
+from __future__ import annotations
+
+import torch
+
+from training.rlhf.config import SFTConfig
+from training.rlhf.evaluate import evaluate_policy
+from training.rlhf.sequences import collate, encode_reply
+from training.rlhf.sft import IGNORE, sft_loss, sft_targets, train_sft
+
+
+def test_prompt_tokens_give_zero_gradient(model, tokenizer) -> None:
+    rows = [
+        encode_reply(tokenizer, [{"role": "user", "content": "Repeat: cat dog"}], "cat dog"),
+        encode_reply(tokenizer, [{"role": "user", "content": "What is 3 plus 4?"}], "7"),
+    ]
+    batch = collate([ids for ids, _ in rows], [s for _, s in rows], pad=0)
+    captured: dict[str, torch.Tensor] = {}
+
+    def keep(_module, _inputs, out: torch.Tensor) -> None:
+        out.retain_grad()
+        captured["logits"] = out
+
+    handle = model.lm_head.register_forward_hook(keep)
+    try:
+        sft_loss(model, batch).backward()
+    finally:
+        handle.remove()
+    grad = captured["logits"].grad  # (B, T-1, V): d loss / d logits at every position
+    assert grad is not None
+    per_position = grad.abs().sum(-1)
+    assert float(per_position[~batch.mask].abs().max()) == 0.0  # prompt and padding: exactly zero
+    assert bool((per_position[batch.mask] > 0).all())  # every reply token (end marker included) learns
+    targets = sft_targets(batch)
+    assert bool((targets[~batch.mask] == IGNORE).all())
+
+
+def test_sft_learns_the_replies(model, tokenizer, splits) -> None:
+    seen: list[tuple[int, float]] = []
+    res = train_sft(
+        model,
+        tokenizer,
+        splits.sft_pairs(),
+        SFTConfig(steps=60, batch_size=32, lr=1e-2, warmup_steps=5),
+        log_metrics=lambda m, step: seen.append((step, m["loss"])),
+    )
+    assert [s for s, _ in seen] == [10, 20, 30, 40, 50, 60]
+    assert res.history[-1]["loss"] < res.history[0]["loss"] - 1.0
+    assert evaluate_policy(model, tokenizer, splits.train[:32])["eos_frac"] > 0.9  # learnt to stop

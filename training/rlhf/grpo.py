@@ -1,0 +1,193 @@
+"""Group Relative Policy Optimisation (Shao et al. 2024, DeepSeekMath): PPO's clipped loss, no critic.
+
+Each prompt is sampled ``group_size`` times; a reply's advantage is its reward minus the group
+mean, divided by the group's standard deviation (``scale_rewards``; off gives the unbiased form
+of Liu et al. 2025, "Dr. GRPO"), and applies to every token of the reply. The KL to the reference
+is a loss term (the k3 estimator ``exp(q - p) - (q - p) - 1``, unbiased and non-negative)
+rather than a reward penalty. Verifiable task scores make a reward model unnecessary.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import torch
+
+from training.rlhf.config import GRPOConfig, SamplingConfig
+from training.rlhf.logprobs import masked_mean, token_logprobs
+from training.rlhf.optim import LogFn, Optimizer, batch_order, freeze, minibatches, no_log
+from training.rlhf.ppo import RLResult
+from training.rlhf.rollout import rollout
+from training.rlhf.scoring import RewardNormalizer, score_rollout
+from training.rlhf.sequences import encode_prompt, pad_id
+from training.rlhf.tasks import TaskExample
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
+
+    from training.model import GPT
+    from training.rlhf.heads import ScalarModel
+
+log = logging.getLogger(__name__)
+
+
+def group_advantages(
+    rewards: torch.Tensor, group_size: int, scale: bool = True, eps: float = 1e-4
+) -> torch.Tensor:
+    """(r - mean of its group) [/ (std of its group + eps)] for rewards (N,) in groups of adjacent rows."""
+    g = rewards.view(-1, group_size)
+    centred = g - g.mean(dim=1, keepdim=True)
+    if scale:
+        centred = centred / (g.std(dim=1, keepdim=True) + eps)
+    return centred.reshape(-1)
+
+
+def grpo_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_range: float,
+    kl_coef: float,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Per-token clipped surrogate plus ``kl_coef`` x k3 KL, averaged per reply then over replies.
+
+    Args:
+        logprobs, old_logprobs, ref_logprobs: (B, T-1) token log-probs under the current policy,
+            the policy that sampled, and the reference.
+        advantages: (B,) one advantage per reply.
+        mask: (B, T-1) reply positions.
+        clip_range: ratio clip epsilon.
+        kl_coef: weight of the KL term.
+
+    Returns:
+        The loss and ``{"clip_frac", "kl"}`` (mean per-token k3 KL).
+    """
+    ratio = torch.exp(logprobs - old_logprobs)
+    a = advantages.unsqueeze(1)
+    surrogate = torch.minimum(ratio * a, torch.clamp(ratio, 1 - clip_range, 1 + clip_range) * a)
+    d = ref_logprobs - logprobs
+    kl = torch.exp(d) - d - 1  # k3: E_pi[.] = KL(pi || ref), each sample >= 0
+    per_token = -(surrogate - kl_coef * kl)
+    loss = masked_mean(per_token, mask, dim=1).mean()  # each reply weighs the same, as in the paper
+    clipped = (ratio < 1 - clip_range) & (a < 0) | (ratio > 1 + clip_range) & (a > 0)
+    return loss, {
+        "clip_frac": masked_mean(clipped.float(), mask).detach(),
+        "kl": masked_mean(kl, mask).detach(),
+    }
+
+
+def train_grpo(
+    policy: GPT,
+    reference: GPT,
+    tokenizer: Tokenizer,
+    examples: Sequence[TaskExample],
+    cfg: GRPOConfig,
+    sampling: SamplingConfig,
+    *,
+    reward_model: ScalarModel | None = None,
+    seed: int = 0,
+    log_metrics: LogFn = no_log,
+) -> RLResult:
+    """Optimise ``policy`` in place with GRPO on the prompts of ``examples``.
+
+    Args:
+        policy: initialised from the SFT model; trained in place.
+        reference: the frozen SFT model.
+        tokenizer: the policy's tokenizer.
+        examples: the prompts with their checkable answers.
+        cfg: group size, clip, KL weight; ``cfg.reward`` picks the task score or the reward model.
+        sampling: rollout length, temperature, missing-EOS penalty.
+        reward_model: needed when ``cfg.reward`` is ``reward_model``.
+        seed: prompt order and sampling.
+        log_metrics: per iteration: reward, reward_std, task_reward, accuracy, kl, entropy,
+            clip_frac, loss, reply_len, eos_frac, rollout_tokens_per_s.
+    """
+    if not examples:
+        raise ValueError("GRPO needs prompts; check rlhf.tasks")
+    if cfg.reward == "reward_model" and reward_model is None:
+        raise ValueError(
+            "rlhf.grpo.reward is 'reward_model' but no reward model was given; run the reward stage"
+        )
+    dev = next(policy.parameters()).device
+    freeze(reference)
+    if reward_model is not None:
+        freeze(reward_model)
+    policy.eval()
+    prompts = [encode_prompt(tokenizer, ex.messages()) for ex in examples]
+    stop_ids, pad = prompts[0][1], pad_id(tokenizer)
+    gen = torch.Generator().manual_seed(seed)
+    sample_gen = torch.Generator(device=dev).manual_seed(seed + 1)
+    n_rows = cfg.prompts_per_step * cfg.group_size
+    updates = cfg.iterations * cfg.epochs * -(-n_rows // cfg.minibatch)
+    opt = Optimizer(policy, lr=cfg.lr, steps=updates, grad_clip=cfg.grad_clip)
+    order = batch_order(len(examples), cfg.prompts_per_step, gen)
+    temp = sampling.temperature
+    normalizer = RewardNormalizer() if cfg.normalize_reward else None
+    history: list[dict[str, float]] = []
+    for it in range(1, cfg.iterations + 1):
+        idx = next(order)
+        t0 = time.perf_counter()
+        ro = rollout(
+            policy,
+            [prompts[i][0] for i in idx],
+            max_new_tokens=sampling.max_new_tokens,
+            stop_ids=stop_ids,
+            pad_id=pad,
+            num_samples=cfg.group_size,
+            temperature=temp,
+            top_k=sampling.top_k,
+            generator=sample_gen,
+        )
+        rollout_s = time.perf_counter() - t0
+        sc = score_rollout(
+            ro,
+            [examples[i] for i in idx],
+            tokenizer,
+            source=cfg.reward,
+            reward_model=reward_model,
+            missing_eos_penalty=sampling.missing_eos_penalty,
+            normalizer=normalizer,
+        )
+        adv = group_advantages(sc.reward, cfg.group_size, cfg.scale_rewards)
+        with torch.no_grad():
+            old_lp, _ = token_logprobs(policy, ro.ids, temperature=temp)
+            ref_lp, _ = token_logprobs(reference, ro.ids, temperature=temp)
+        stats: dict[str, list[float]] = {"loss": [], "clip_frac": [], "kl": [], "entropy": []}
+        for _ in range(cfg.epochs):
+            for mb in minibatches(len(ro), cfg.minibatch, gen):
+                mb = mb.to(dev)
+                lp, ent = token_logprobs(policy, ro.ids[mb], temperature=temp, with_entropy=True)
+                assert ent is not None
+                loss, st = grpo_loss(
+                    lp, old_lp[mb], ref_lp[mb], adv[mb], ro.mask[mb], cfg.clip_range, cfg.kl_coef
+                )
+                opt.step(loss)
+                stats["loss"].append(loss.item())
+                stats["clip_frac"].append(float(st["clip_frac"]))
+                stats["kl"].append(float(st["kl"]))
+                stats["entropy"].append(float(masked_mean(ent.detach(), ro.mask[mb])))
+        seq_kl = float(((old_lp - ref_lp) * ro.mask).sum(-1).mean())
+        row = {
+            "reward": float(sc.reward.mean()),
+            "reward_std": float(sc.reward.view(-1, cfg.group_size).std(dim=1).mean()),
+            "task_reward": float(sc.task.mean()),
+            "accuracy": float(sc.correct.float().mean()),
+            "kl": seq_kl,
+            "token_kl": sum(stats["kl"]) / len(stats["kl"]),
+            "entropy": sum(stats["entropy"]) / len(stats["entropy"]),
+            "clip_frac": sum(stats["clip_frac"]) / len(stats["clip_frac"]),
+            "loss": sum(stats["loss"]) / len(stats["loss"]),
+            "reply_len": float(ro.reply_lens.float().mean()),
+            "eos_frac": float(ro.finished.float().mean()),
+            "rollout_tokens_per_s": ro.num_reply_tokens / max(rollout_s, 1e-9),
+        }
+        history.append({"step": it, **row})
+        log_metrics(row, it)
+    last = history[-1]
+    log.info("GRPO: %d iterations, reward %.3f, kl %.3f", cfg.iterations, last["reward"], last["kl"])
+    return RLResult(metrics={k: v for k, v in last.items() if k != "step"}, history=history)

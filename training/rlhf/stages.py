@@ -1,0 +1,404 @@
+"""The tracked RLHF stage functions: what a Prefect task, the CLI and a test all call.
+
+Same shape as :mod:`training.stages`: each takes the whole :class:`~training.config.Config` and
+the :class:`~catalog.tracking.StageRun` it reports to, reads artifacts (``run.use``), trains,
+logs step metrics to the stage's MLflow run, and publishes what it made (``run.produce``):
+
+* :func:`preferences_stage`: the preference set → ``preferences`` snapshot (linked to feedback rows)
+* :func:`sft_stage`: ``model`` → ``model`` (supervised on the task replies)
+* :func:`reward_stage`: ``model`` (+ ``preferences``) → ``reward_model``
+* :func:`ppo_stage`: ``model`` + ``reward_model`` → ``model``
+* :func:`dpo_stage`: ``model`` (+ ``preferences``) → ``model``
+* :func:`grpo_stage`: ``model`` (+ ``reward_model``) → ``model``
+
+Every policy stage ends with :func:`~training.rlhf.evaluate.evaluate_policy` of the new policy and
+of the one it started from on the held-out prompts (``eval_*`` and ``baseline_*`` metrics, KL to
+the starting policy), so the run shows whether RLHF helped. Nothing is published when a stage
+fails: an empty preference set raises before any model is written.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from catalog.artifacts import ArtifactRef, open_artifact
+from training.config import Config
+from training.rlhf.preferences import KIND as PREFERENCES_KIND
+from training.rlhf.tasks import TaskSplits, tasks_from_config
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
+
+    from catalog.tracking import StageRun
+    from training.model import GPT
+    from training.rlhf.heads import ScalarModel
+    from training.rlhf.optim import LogFn
+
+log = logging.getLogger(__name__)
+# Per-stage seed offsets from cfg.seed, so stages draw different batches and samples.
+SEEDS = {"sft": 11, "reward": 12, "ppo": 13, "dpo": 14, "grpo": 15, "eval": 16, "preferences": 17}
+
+ArtifactArg = ArtifactRef | str | Path
+
+
+@dataclass
+class RLHFStageResult:
+    """What a stage produced: the artifact, its metrics, and the preference snapshot it used."""
+
+    model: ArtifactRef  # a ``model`` (policy) or a ``reward_model``
+    metrics: dict[str, float]
+    preferences: ArtifactRef | None = None
+    model_uri: str | None = None  # the MLflow model logged with the stage run (policies only)
+
+
+def _ref(x: ArtifactArg, kind: str) -> ArtifactRef:
+    return x if isinstance(x, ArtifactRef) else open_artifact(x, kind=kind)
+
+
+def _logger(run: StageRun) -> LogFn:
+    def log_metrics(metrics: Any, step: int) -> None:
+        run.log_metrics(dict(metrics), step=step)
+
+    return log_metrics
+
+
+def _load_policy(cfg: Config, run: StageRun, model: ArtifactArg) -> tuple[GPT, Tokenizer, ArtifactRef]:
+    from training.model_io import load_model
+    from training.rlhf.optim import resolve_device
+
+    ref = _ref(model, "model")
+    run.use(ref, context="training")
+    gpt, tok, ref = load_model(ref, device=str(resolve_device(cfg.rlhf.device)))
+    return gpt, tok, ref
+
+
+def _load_reward(cfg: Config, run: StageRun, reward_model: ArtifactArg) -> tuple[ScalarModel, ArtifactRef]:
+    from training.rlhf.heads import KIND, load_reward_model
+    from training.rlhf.optim import resolve_device
+
+    ref = _ref(reward_model, KIND)
+    run.use(ref, context="reward")
+    rm, _, ref = load_reward_model(ref, device=str(resolve_device(cfg.rlhf.device)))
+    return rm, ref
+
+
+def _seed(cfg: Config, stage: str) -> int:
+    import torch
+
+    seed = cfg.seed + SEEDS[stage]
+    torch.manual_seed(seed)
+    return seed
+
+
+def _publish_policy(
+    cfg: Config, run: StageRun, policy: GPT, tok: Tokenizer, out: str | Path | None, metadata: dict[str, Any]
+) -> tuple[ArtifactRef, str | None]:
+    from training.model_io import save_model
+
+    ref = save_model(
+        policy,
+        tok,
+        root=cfg.tracking.artifact_root if out is None else None,
+        dest=out,
+        metadata={**metadata, "rlhf": cfg.rlhf.model_dump(mode="json")},
+    )
+    run.produce(ref)
+    uri = None
+    if run.mlflow_run_id:
+        from training.mlflow_model import log_model
+
+        uri = log_model(ref, run_id=run.mlflow_run_id, tracking_uri=cfg.tracking.mlflow_uri)
+    return ref, uri
+
+
+def _evaluate(
+    cfg: Config,
+    run: StageRun,
+    policy: GPT,
+    baseline: GPT,
+    tok: Tokenizer,
+    splits: TaskSplits,
+    reward_model: ScalarModel | None = None,
+) -> dict[str, float]:
+    """eval_* of the new policy (KL to ``baseline``) and baseline_* of the policy it started from."""
+    from training.rlhf.evaluate import evaluate_policy
+
+    seed = cfg.seed + SEEDS["eval"]
+    new = evaluate_policy(policy, tok, splits.eval, baseline, reward_model, cfg=cfg.rlhf.eval, seed=seed)
+    old = evaluate_policy(baseline, tok, splits.eval, None, reward_model, cfg=cfg.rlhf.eval, seed=seed)
+    metrics = {f"eval_{k}": v for k, v in new.items()} | {f"baseline_{k}": v for k, v in old.items()}
+    run.log_metrics(metrics)
+    log.info(
+        "held-out: accuracy %.3f (was %.3f), reward %.3f (was %.3f), KL %.3f",
+        new["accuracy"],
+        old["accuracy"],
+        new["reward"],
+        old["reward"],
+        new.get("kl", 0.0),
+    )
+    return metrics
+
+
+# --- preferences ---------------------------------------------------------------------------------
+
+
+def preferences_stage(
+    cfg: Config, run: StageRun, model: ArtifactArg, *, out: str | Path | None = None
+) -> ArtifactRef:
+    """Build this run's preference set and publish it as a ``preferences`` artifact.
+
+    Sources (``cfg.rlhf.preferences``): the task pairs, pairs from the policy's own samples labelled
+    by the task checker, JSONL files, and the catalog's feedback (``cfg.tracking.catalog_url``).
+    The snapshot is linked to each feedback row it used.
+
+    Args:
+        cfg: the pipeline config.
+        run: the stage run.
+        model: the ``model`` artifact (the starting policy): its samples, tokenizer and context length.
+        out: publish at exactly this path (default: under ``cfg.tracking.artifact_root``).
+
+    Raises:
+        EmptyPreferencesError: no usable pair; nothing is published.
+    """
+    from training.rlhf.onpolicy import policy_pairs
+    from training.rlhf.preferences import build_preference_set, snapshot_preferences
+
+    pc = cfg.rlhf.preferences
+    policy, tok, ref = _load_policy(cfg, run, model)
+    block = policy.cfg.block_size
+    splits = tasks_from_config(cfg.rlhf, cfg.seed)
+    generated = splits.preference_pairs() if pc.use_tasks else []
+    generated += policy_pairs(
+        policy,
+        tok,
+        splits.train,
+        samples=pc.policy_samples,
+        max_new_tokens=cfg.rlhf.sampling.max_new_tokens,
+        seed=cfg.seed + SEEDS["preferences"],
+    )
+    run.log_params(
+        {"rlhf.preferences": pc.model_dump(mode="json"), "rlhf.tasks": cfg.rlhf.tasks.model_dump(mode="json")}
+    )
+    pset = build_preference_set(
+        tok,
+        block,
+        generated=generated,
+        files=pc.files,
+        catalog_url=cfg.tracking.catalog_url if pc.use_feedback else None,
+        max_feedback=pc.max_feedback,
+        min_rating_gap=pc.min_rating_gap,
+        refusal=pc.refusal,
+    )
+    snap = snapshot_preferences(
+        pset,
+        splits.eval_pairs(),
+        root=cfg.tracking.artifact_root if out is None else None,
+        dest=out,
+        catalog_url=cfg.tracking.catalog_url if pset.feedback_ids() else None,
+    )
+    m = pset.manifest()
+    run.log_metrics(
+        {
+            "pairs": m["pairs"],
+            "quarantined": m["quarantined"],
+            "skipped": m["skipped"],
+            **{f"rows_in.{k}": v for k, v in m["rows_in"].items()},
+            **{f"pairs.{k}": v for k, v in m["pairs_by_source"].items()},
+            **{f"quarantined.{k}": v for k, v in m["quarantined_by_reason"].items()},
+        }
+    )
+    run.produce(snap)
+    return snap
+
+
+def _preferences(
+    cfg: Config, run: StageRun, model: ArtifactRef, preferences: ArtifactArg | None
+) -> tuple[ArtifactRef, list, list]:
+    from training.rlhf.preferences import load_preferences
+
+    ref = preferences_stage(cfg, run, model) if preferences is None else _ref(preferences, PREFERENCES_KIND)
+    run.use(ref, context="training")
+    pairs, heldout = load_preferences(ref)
+    if not pairs:
+        from training.rlhf.preferences import EmptyPreferencesError
+
+        raise EmptyPreferencesError(f"{ref.path}: the preferences artifact holds no pairs; rebuild it")
+    return ref, pairs, heldout
+
+
+# --- the stages ------------------------------------------------------------------------------------
+
+
+def sft_stage(
+    cfg: Config, run: StageRun, model: ArtifactArg, *, out: str | Path | None = None
+) -> RLHFStageResult:
+    """Supervised fine-tuning of a ``model`` on the task replies; publishes the SFT ``model``."""
+    import copy
+
+    from training.rlhf.sft import train_sft
+
+    seed = _seed(cfg, "sft")
+    policy, tok, ref = _load_policy(cfg, run, model)
+    run.log_params(
+        {
+            "rlhf.sft": cfg.rlhf.sft.model_dump(mode="json"),
+            "rlhf.tasks": cfg.rlhf.tasks.model_dump(mode="json"),
+        }
+    )
+    splits = tasks_from_config(cfg.rlhf, cfg.seed)
+    base = copy.deepcopy(policy)
+    demos = splits.sft_pairs()[: cfg.rlhf.sft.max_examples]
+    res = train_sft(policy, tok, demos, cfg.rlhf.sft, seed=seed, log_metrics=_logger(run))
+    metrics = res.metrics | _evaluate(cfg, run, policy, base, tok, splits)
+    out_ref, uri = _publish_policy(
+        cfg, run, policy, tok, out, {"stage": "sft", "base": ref.sha256, "metrics": metrics}
+    )
+    return RLHFStageResult(out_ref, metrics, None, uri)
+
+
+def reward_stage(
+    cfg: Config,
+    run: StageRun,
+    model: ArtifactArg,
+    *,
+    preferences: ArtifactArg | None = None,
+    out: str | Path | None = None,
+) -> RLHFStageResult:
+    """Train a reward model (backbone initialised from ``model``, usually the SFT policy).
+
+    Without ``preferences`` the preference set is built and snapshotted first (:func:`preferences_stage`).
+    Logs ``heldout_accuracy`` (goal: at least 0.9) and publishes a ``reward_model`` artifact.
+    """
+    from training.rlhf.heads import save_reward_model, scalar_model_from
+    from training.rlhf.reward import train_reward
+
+    seed = _seed(cfg, "reward")
+    gpt, tok, ref = _load_policy(cfg, run, model)
+    pref, pairs, heldout = _preferences(cfg, run, ref, preferences)
+    run.log_params({"rlhf.reward": cfg.rlhf.reward.model_dump(mode="json")})
+    rm = scalar_model_from(gpt)
+    res = train_reward(rm, tok, pairs, cfg.rlhf.reward, heldout=heldout, seed=seed, log_metrics=_logger(run))
+    out_ref = save_reward_model(
+        rm,
+        tok,
+        root=cfg.tracking.artifact_root if out is None else None,
+        dest=out,
+        metadata={"stage": "reward", "base": ref.sha256, "preferences": pref.sha256, "metrics": res.metrics},
+    )
+    summary = {k: v for k, v in res.metrics.items() if k.startswith(("heldout_", "train_"))}
+    summary.pop("heldout_accuracy", None)  # already in the step history, at the last step
+    run.log_metrics(summary, step=cfg.rlhf.reward.steps)
+    run.produce(out_ref)
+    return RLHFStageResult(out_ref, res.metrics, pref)
+
+
+def ppo_stage(
+    cfg: Config,
+    run: StageRun,
+    policy: ArtifactArg,
+    reward_model: ArtifactArg,
+    *,
+    out: str | Path | None = None,
+) -> RLHFStageResult:
+    """PPO from the SFT ``policy`` against its frozen copy, scored by ``reward_model``."""
+    import copy
+
+    import torch
+
+    from training.rlhf.heads import scalar_model_from
+    from training.rlhf.ppo import train_ppo
+
+    seed = _seed(cfg, "ppo")
+    pi, tok, ref = _load_policy(cfg, run, policy)
+    rm, rm_ref = _load_reward(cfg, run, reward_model)
+    run.log_params(
+        {
+            "rlhf.ppo": cfg.rlhf.ppo.model_dump(mode="json"),
+            "rlhf.sampling": cfg.rlhf.sampling.model_dump(mode="json"),
+        }
+    )
+    splits = tasks_from_config(cfg.rlhf, cfg.seed)
+    reference = copy.deepcopy(pi)
+    value = copy.deepcopy(rm) if cfg.rlhf.ppo.value_init == "reward_model" else scalar_model_from(pi)
+    for p in value.parameters():
+        p.requires_grad_(True)
+    if cfg.rlhf.ppo.normalize_reward or cfg.rlhf.ppo.reward == "task":
+        # The reward model's head predicts raw scores; the returns are on another scale. Keep its
+        # features, restart the head at 0 (what ScalarModel does for a fresh head).
+        torch.nn.init.zeros_(value.score_head.weight)
+        torch.nn.init.zeros_(value.score_head.bias)
+    res = train_ppo(
+        pi, reference, value, tok, splits.train, cfg.rlhf.ppo, cfg.rlhf.sampling,
+        reward_model=rm, seed=seed, log_metrics=_logger(run),
+    )  # fmt: skip
+    metrics = res.metrics | _evaluate(cfg, run, pi, reference, tok, splits, rm)
+    meta = {"stage": "ppo", "base": ref.sha256, "reward_model": rm_ref.sha256, "metrics": metrics}
+    out_ref, uri = _publish_policy(cfg, run, pi, tok, out, meta)
+    return RLHFStageResult(out_ref, metrics, None, uri)
+
+
+def dpo_stage(
+    cfg: Config,
+    run: StageRun,
+    policy: ArtifactArg,
+    *,
+    preferences: ArtifactArg | None = None,
+    out: str | Path | None = None,
+) -> RLHFStageResult:
+    """DPO from the SFT ``policy`` against its frozen copy on the preference set; publishes the policy."""
+    import copy
+
+    from training.rlhf.dpo import train_dpo
+
+    seed = _seed(cfg, "dpo")
+    pi, tok, ref = _load_policy(cfg, run, policy)
+    pref, pairs, heldout = _preferences(cfg, run, ref, preferences)
+    run.log_params({"rlhf.dpo": cfg.rlhf.dpo.model_dump(mode="json")})
+    splits = tasks_from_config(cfg.rlhf, cfg.seed)
+    reference = copy.deepcopy(pi)
+    res = train_dpo(
+        pi, reference, tok, pairs, cfg.rlhf.dpo, heldout=heldout, seed=seed, log_metrics=_logger(run)
+    )
+    metrics = res.metrics | _evaluate(cfg, run, pi, reference, tok, splits)
+    meta = {"stage": "dpo", "base": ref.sha256, "preferences": pref.sha256, "metrics": metrics}
+    out_ref, uri = _publish_policy(cfg, run, pi, tok, out, meta)
+    return RLHFStageResult(out_ref, metrics, pref, uri)
+
+
+def grpo_stage(
+    cfg: Config,
+    run: StageRun,
+    policy: ArtifactArg,
+    *,
+    reward_model: ArtifactArg | None = None,
+    out: str | Path | None = None,
+) -> RLHFStageResult:
+    """GRPO from the SFT ``policy`` on the task prompts, scored by the task or by ``reward_model``."""
+    import copy
+
+    from training.rlhf.grpo import train_grpo
+
+    seed = _seed(cfg, "grpo")
+    pi, tok, ref = _load_policy(cfg, run, policy)
+    rm, rm_ref = _load_reward(cfg, run, reward_model) if reward_model is not None else (None, None)
+    run.log_params(
+        {
+            "rlhf.grpo": cfg.rlhf.grpo.model_dump(mode="json"),
+            "rlhf.sampling": cfg.rlhf.sampling.model_dump(mode="json"),
+        }
+    )
+    splits = tasks_from_config(cfg.rlhf, cfg.seed)
+    reference = copy.deepcopy(pi)
+    res = train_grpo(
+        pi, reference, tok, splits.train, cfg.rlhf.grpo, cfg.rlhf.sampling,
+        reward_model=rm, seed=seed, log_metrics=_logger(run),
+    )  # fmt: skip
+    metrics = res.metrics | _evaluate(cfg, run, pi, reference, tok, splits, rm)
+    meta = {"stage": "grpo", "base": ref.sha256, "metrics": metrics}
+    if rm_ref is not None:
+        meta["reward_model"] = rm_ref.sha256
+    out_ref, uri = _publish_policy(cfg, run, pi, tok, out, meta)
+    return RLHFStageResult(out_ref, metrics, None, uri)
