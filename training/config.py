@@ -22,8 +22,8 @@ from pydantic import BaseModel, Field, ValidationError
 
 from training.config_base import ConfigError, Section
 from training.data.config import DataConfig
-from training.model_config import ModelConfig, TrainConfig
 from training.eval.config import EvalConfig
+from training.model_config import ModelConfig, TrainConfig
 from training.rlhf.config import RLHFConfig
 from training.serve_config import ServeConfig
 

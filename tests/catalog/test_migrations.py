@@ -13,7 +13,15 @@ from sqlalchemy.exc import IntegrityError
 from catalog import db
 from catalog.models import Artifact, Base, LineageEdge, Run
 
-TABLES = {"artifacts", "runs", "lineage_edges", "deployments", "completions", "feedback", "preference_feedback"}
+TABLES = {
+    "artifacts",
+    "runs",
+    "lineage_edges",
+    "deployments",
+    "completions",
+    "feedback",
+    "preference_feedback",
+}
 
 
 def _tables(url: str) -> set[str]:

@@ -50,7 +50,10 @@ def test_promote_by_hand_then_roll_the_champion_back(tmp_path, prefect_server, s
     assert first["model"] == refs[0].sha256 and registry.champion().version == versions[0]
     second = deploy(action="promote", version=versions[1], preset="tiny", overrides=overrides)
     h = served(second["endpoint"])
-    assert h["x-nightshift-model"] == f"model:{refs[1].sha256}" and h["x-nightshift-model-version"] == versions[1]
+    assert (
+        h["x-nightshift-model"] == f"model:{refs[1].sha256}"
+        and h["x-nightshift-model-version"] == versions[1]
+    )
 
     back = deploy(action="rollback", reason="bad answers", preset="tiny", overrides=overrides)
     assert back["model"] == refs[0].sha256 and registry.champion().version == versions[0]
