@@ -1,4 +1,5 @@
-"""``pretrain/nightly``: ingest → tokenize → pretrain → evaluate and gate → deploy the champion.
+"""``pretrain/nightly``: ingest → tokenize → pretrain → [sft → reward → ppo|dpo|grpo] → evaluate
+and gate → deploy the champion.
 
 A candidate that fails a gate is registered (alias ``challenger``) but not promoted; the
 champion keeps serving and the flow run ends in the failed state ``GateFailed`` with the verdict
@@ -21,7 +22,16 @@ from flows.common import (
     samples_markdown,
     tracker_for,
 )
-from flows.tasks import deploy_task, evaluate_task, ingest_task, pretrain_task, tokenize_task
+from flows.tasks import (
+    deploy_task,
+    evaluate_task,
+    ingest_task,
+    policy_task,
+    pretrain_task,
+    reward_task,
+    sft_task,
+    tokenize_task,
+)
 
 
 @flow(name="pretrain", log_prints=True)
@@ -50,7 +60,22 @@ def pretrain(preset: str = "small", overrides: dict[str, Any] | None = None) -> 
             markdown=samples_markdown(model.samples), key="pretrain-samples", description="Samples"
         )
         candidate, candidate_uri = model.model, model.model_uri
-        gate = evaluate_task(cfg, pipeline, candidate, candidate_uri, tokens.tokens, who)
+        reward = reference = policy = None
+        if cfg.rlhf.enabled:
+            sft = sft_task(cfg, pipeline, model.model)
+            reward = reward_task(cfg, pipeline, sft.model)
+            policy = policy_task(cfg, pipeline, sft.model, reward)
+            candidate, candidate_uri, reference = policy.model, policy.model_uri, sft.model
+        gate = evaluate_task(
+            cfg,
+            pipeline,
+            candidate,
+            candidate_uri,
+            tokens.tokens,
+            who,
+            reward_model=reward.model if reward else None,
+            reference=reference,
+        )
         create_markdown_artifact(markdown=gate.markdown(), key="gate-verdict", description="Gate verdict")
         deployed = None
         if gate.promoted and cfg.serve.deploy_stage:
@@ -76,6 +101,18 @@ def pretrain(preset: str = "small", overrides: dict[str, Any] | None = None) -> 
                 f"(unigram entropy {mm['unigram_entropy']:.3f}), "
                 f"{mm.get('tokens_per_s', 0):,.0f} tokens/s",
             ),
+            *(
+                [
+                    (
+                        cfg.rlhf.algorithm,
+                        pipeline.stage_url(cfg.rlhf.algorithm),
+                        f"policy `{policy.model.sha256[:16]}` after SFT and the reward model "
+                        f"(held-out accuracy {reward.metrics.get('heldout_accuracy', float('nan')):.3f})",
+                    )
+                ]
+                if policy is not None
+                else []
+            ),
             (
                 "evaluate",
                 pipeline.stage_url("evaluate"),
@@ -100,6 +137,7 @@ def pretrain(preset: str = "small", overrides: dict[str, Any] | None = None) -> 
             f"{gate.verdict.summary()}; champion v{gate.champion_before or '-'} keeps serving",
         )
     return {
+        **({"policy": policy.model.sha256, "preferences": reward.preferences.sha256} if policy else {}),
         "corpus": corpus.artifact.sha256,
         "tokenizer": tokens.tokenizer.sha256,
         "tokens": tokens.tokens.sha256,

@@ -7,8 +7,6 @@ inputs is off.
 
 from __future__ import annotations
 
-from typing import Any
-
 from prefect import task
 from prefect.cache_policies import NONE
 
@@ -20,6 +18,9 @@ from training.config import Config
 from training.data.ingest import IngestResult
 from training.data.tokenize import TokenizeResult
 from training.eval.promotion import GateResult, evaluate_and_gate
+from training.rlhf import stages as rlhf
+from training.rlhf.for_eval import eval_items, reward_fn
+from training.rlhf.stages import RLHFStageResult
 
 
 @task(name="ingest", retries=2, retry_delay_seconds=5, cache_policy=NONE)
@@ -41,20 +42,47 @@ def pretrain_task(cfg: Config, pipeline: PipelineRun, tokens: TokenizeResult) ->
         return stages.pretrain_stage(cfg, run, tokens.tokens, tokens.tokenizer)
 
 
+@task(name="sft", retries=1, retry_delay_seconds=5, cache_policy=NONE)
+def sft_task(cfg: Config, pipeline: PipelineRun, model: ArtifactRef) -> RLHFStageResult:
+    with pipeline.stage("sft", config=cfg.to_dict()) as run:
+        return rlhf.sft_stage(cfg, run, model)
+
+
+@task(name="reward", retries=1, retry_delay_seconds=5, cache_policy=NONE)
+def reward_task(cfg: Config, pipeline: PipelineRun, policy: ArtifactRef) -> RLHFStageResult:
+    # Builds this run's preference snapshot (tasks, the policy's own mistakes, JSONL, feedback).
+    with pipeline.stage("reward", config=cfg.to_dict()) as run:
+        return rlhf.reward_stage(cfg, run, policy)
+
+
+@task(name="rl", retries=1, retry_delay_seconds=5, cache_policy=NONE)
+def policy_task(
+    cfg: Config, pipeline: PipelineRun, sft: ArtifactRef, reward: RLHFStageResult
+) -> RLHFStageResult:
+    algo = cfg.rlhf.algorithm
+    with pipeline.stage(algo, config=cfg.to_dict()) as run:
+        if algo == "ppo":
+            return rlhf.ppo_stage(cfg, run, sft, reward.model)
+        if algo == "dpo":
+            return rlhf.dpo_stage(cfg, run, sft, preferences=reward.preferences)
+        return rlhf.grpo_stage(cfg, run, sft, reward_model=reward.model)
+
+
 @task(name="evaluate", retries=1, retry_delay_seconds=5, cache_policy=NONE)
 def evaluate_task(
     cfg: Config,
     pipeline: PipelineRun,
     candidate: ArtifactRef,
     candidate_uri: str,
-    tokens: ArtifactRef,
+    tokens: ArtifactRef | None,
     who: str,
-    tasks: Any = None,
-    reward_fn: Any = None,
+    reward_model: ArtifactRef | None = None,
     reference: ArtifactRef | None = None,
 ) -> GateResult:
     # Registering the same logged model again returns its version, so a retry adds nothing.
     with pipeline.stage("evaluate", config=cfg.to_dict()) as run:
+        tasks = eval_items(cfg) if cfg.rlhf.enabled else None
+        score = reward_fn(reward_model, chat=cfg.eval.prompt_format == "chat") if reward_model else None
         return evaluate_and_gate(
             cfg,
             run,
@@ -62,7 +90,7 @@ def evaluate_task(
             candidate_uri,
             tokens=tokens,
             tasks=tasks,
-            reward_fn=reward_fn,
+            reward_fn=score,
             reference=reference,
             who=who,
         )

@@ -196,6 +196,9 @@ class PolicyEvalConfig(Section):
 class RLHFConfig(Section):
     """SFT, reward model and one RL algorithm after pretraining."""
 
+    enabled: bool = Field(
+        False, description="pretrain/nightly runs SFT, the reward model and `algorithm` after pretraining."
+    )
     algorithm: Literal["ppo", "dpo", "grpo"] = Field(
         "ppo", description="The RL stage after SFT (and the reward model, for ppo)."
     )

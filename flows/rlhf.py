@@ -1,0 +1,99 @@
+"""``rlhf/adhoc``: SFT → reward model → ppo|dpo|grpo on an existing model, then evaluate, gate, serve.
+
+The base is a registry version of ``serve.registered_model`` (default: the champion) or a
+``model`` artifact directory. The preference snapshot includes every human label collected
+since (``/v1/feedback`` and the dashboard).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact
+from prefect.states import Failed, State
+
+from catalog.artifacts import open_artifact
+from flows.common import flow_config, flow_run_id, prefect_flow_run_url, tracker_for
+from flows.tasks import deploy_task, evaluate_task, policy_task, reward_task, sft_task
+from training.eval.promotion import registry_for
+
+
+def _base_model(cfg, version: str | None, model_dir: str | None):
+    from training.config import nightshift_home
+
+    if model_dir:
+        return open_artifact(model_dir, kind="model")
+    registry = registry_for(cfg)
+    info = registry.get(version) if version else registry.champion()
+    if info is None:
+        raise ValueError(
+            f"{registry.name} has no champion yet; pass version=<n> or model_dir=<model artifact directory>"
+        )
+    return open_artifact(
+        registry.model_artifact_path(info.version, nightshift_home() / "registry-cache"), kind="model"
+    )
+
+
+@flow(name="rlhf", log_prints=True)
+def rlhf(
+    version: str | None = None,
+    model_dir: str | None = None,
+    preset: str = "small",
+    overrides: dict[str, Any] | None = None,
+) -> dict[str, str] | State:
+    """RLHF on an existing model, then the same evaluate → gate → deploy tail as the nightly run.
+
+    Args:
+        version: the registry version to start from (default: the champion).
+        model_dir: or a ``model`` artifact directory.
+        preset: the config preset; ``rlhf.algorithm`` picks ppo, dpo or grpo.
+        overrides: dotted config overrides.
+    """
+    cfg = flow_config(preset, overrides)
+    who = prefect_flow_run_url(cfg) or "rlhf/adhoc"
+    base = _base_model(cfg, version, model_dir)
+    tokens = None
+    if isinstance(base.metadata.get("tokens"), str):
+        from catalog.db import session_scope
+        from catalog.models import Artifact
+
+        with session_scope(cfg.tracking.catalog_url) as s:
+            row = s.query(Artifact).filter_by(kind="tokens", sha256=base.metadata["tokens"]).first()
+            uri = row.uri if row else None
+        try:
+            tokens = open_artifact(uri.removeprefix("file://"), kind="tokens") if uri else None
+        except Exception:  # moved or pruned: evaluate without held-out perplexity
+            tokens = None
+    with tracker_for(cfg).pipeline(
+        "rlhf", config=cfg.to_dict(), prefect_flow_run_id=flow_run_id(), tags={"preset": cfg.preset}
+    ) as pipeline:
+        sft = sft_task(cfg, pipeline, base)
+        reward = reward_task(cfg, pipeline, sft.model)
+        policy = policy_task(cfg, pipeline, sft.model, reward)
+        gate = evaluate_task(
+            cfg,
+            pipeline,
+            policy.model,
+            policy.model_uri,
+            tokens,
+            who,
+            reward_model=reward.model,
+            reference=sft.model,
+        )
+        create_markdown_artifact(markdown=gate.markdown(), key="gate-verdict", description="Gate verdict")
+        if gate.promoted and cfg.serve.deploy_stage:
+            deploy_task(cfg, pipeline, policy.model, created_by=who, version=gate.version)
+    if not gate.promoted:
+        return Failed(
+            name="GateFailed",
+            message=f"gate failed for {cfg.serve.registered_model} v{gate.version}: "
+            f"{gate.verdict.summary()}; champion v{gate.champion_before or '-'} keeps serving",
+        )
+    return {
+        "base": base.sha256,
+        "policy": policy.model.sha256,
+        "reward_model": reward.model.sha256,
+        "preferences": reward.preferences.sha256,
+        "version": gate.version,
+    }
