@@ -63,3 +63,16 @@ def test_evaluate_prints_the_verdict_and_exits_3_on_a_failed_gate(tmp_path, caps
     # An impossible threshold: the gate fails, and the exit status says so.
     assert main([*args, "--out", str(tmp_path / "r2"), "--eval.min_task_accuracy", "1.0"]) == 3
     assert "FAILED" in capsys.readouterr().out
+
+
+def test_sft_then_dpo_from_the_command_line(tmp_path, capsys, monkeypatch):
+    from tests.serving.conftest import make_model_artifact
+
+    monkeypatch.setenv("NIGHTSHIFT_HOME", str(tmp_path / "home"))
+    base = make_model_artifact(tmp_path / "art", seed=1, block_size=128)
+    common = ["--no-track", "--model.block_size", "128", "--rlhf.sft.steps", "5", "--rlhf.dpo.steps", "3"]
+    assert main(["sft", "--model", str(base.path), "--out", str(tmp_path / "sft"), *common]) == 0
+    sft = json.loads(capsys.readouterr().out)
+    assert main(["dpo", "--model", sft["artifact"], "--out", str(tmp_path / "dpo"), *common]) == 0
+    dpo = json.loads(capsys.readouterr().out)
+    assert dpo["sha256"] != sft["sha256"] and dpo["preferences"]
