@@ -117,6 +117,9 @@ def main() -> None:
     ap.add_argument("--grpo-iters", type=int, default=100)
     ap.add_argument("--quick", action="store_true", help="a smoke run: tiny model, few steps")
     ap.add_argument("--json", type=Path, help="also write the figures here")
+    ap.add_argument(
+        "--mlflow", metavar="URI", help="also log the figures as a run of experiment nightshift-bench"
+    )
     args = ap.parse_args()
     if args.quick:
         args.layers, args.embd, args.heads, args.train_size, args.eval_size = 2, 32, 2, 400, 50
@@ -263,6 +266,24 @@ def main() -> None:
             "timings_s": timings,
         }
         args.json.write_text(json.dumps(figures, indent=2))
+    if args.mlflow:
+        from mlflow import MlflowClient
+
+        client = MlflowClient(tracking_uri=args.mlflow)
+        exp = client.get_experiment_by_name("nightshift-bench")
+        exp_id = exp.experiment_id if exp else client.create_experiment("nightshift-bench")
+        run = client.create_run(exp_id, run_name="bench-rlhf", tags={"nightshift.bench": "rlhf"})
+        metrics = {f"{name}.{k}": float(v) for name, r in results.items() for k, v in r.items()}
+        metrics.update({f"reward_model.{k}": float(v) for k, v in rm_res.metrics.items()})
+        metrics["reward_model.onpolicy_heldout_accuracy"] = float(rm_onpolicy)
+        metrics["rollout.kv_cache_speedup"] = float(speed["speedup"])
+        for k, v in metrics.items():
+            client.log_metric(run.info.run_id, k.replace("@", "_"), v)
+        for k, v in vars(args).items():
+            if k not in ("json", "mlflow"):
+                client.log_param(run.info.run_id, k, str(v))
+        client.set_terminated(run.info.run_id)
+        print(f"logged to MLflow: {args.mlflow} experiment nightshift-bench, run {run.info.run_id}")
 
 
 if __name__ == "__main__":

@@ -54,7 +54,7 @@ HEARTBEAT_FRESH_S = 90.0
 # socket path must fit in 107 bytes.
 RAY_TEMP_DIR_MAX = 40
 # Servers first, so the worker and `prefect deploy` find the API; `down` stops in reverse.
-ORDER = ("prefect-server", "mlflow", "ray-head", "prefect-worker")
+ORDER = ("prefect-server", "mlflow", "ray-head", "prefect-worker", "dashboard")
 
 
 def _prefect_url(cfg: Config) -> str:
@@ -239,7 +239,29 @@ def _services(cfg: Config, home: Path, repo: Path) -> dict[str, Service]:
             url=f"{_prefect_url(cfg)}/work-pools/work-pool/{quote(s.work_pool)}",
             health=lambda: _worker_health(cfg, home),
         ),
+        "dashboard": Service(
+            name="dashboard",
+            script=SCRIPTS / "dashboard.sh",
+            env={**base, **_dashboard_env(cfg, repo)},
+            ports=(("dashboard_port", s.dashboard_port),),
+            url=f"http://{s.host}:{s.dashboard_port}",
+            health=http_ok(f"http://{s.host}:{s.dashboard_port}/_stcore/health"),
+        ),
     }
+
+
+def _dashboard_env(cfg: Config, repo: Path) -> dict[str, str]:
+    env = stack_env(cfg, repo=repo)
+    out = {
+        **env,
+        "DASHBOARD_PORT": str(cfg.stack.dashboard_port),
+        "NIGHTSHIFT_CONFIG": cfg.preset,
+        "NIGHTSHIFT_SERVE_URL": env["OPENAI_BASE_URL"],
+        "NIGHTSHIFT_REGISTERED_MODEL": cfg.serve.registered_model,
+    }
+    if "OPENAI_API_KEY" in env:
+        out["NIGHTSHIFT_API_KEY"] = env["OPENAI_API_KEY"]
+    return out
 
 
 def _check_recorded_ports(home: Path, svc: Service) -> None:
@@ -401,6 +423,7 @@ def up(cfg: Config, *, deploy: bool = True, repo: Path | None = None) -> list[Se
     start(("prefect-server", "mlflow", "ray-head"))
     _ensure_work_pool(cfg, home)
     start(("prefect-worker",))
+    start(("dashboard",))
     log.info("stack healthy after %.1fs", time.monotonic() - t0)
     _write_env_file(cfg, home, repo)
     if cfg.stack.set_profile:

@@ -83,6 +83,7 @@ class StackConfig(Section):
     ray_dashboard_port: int = Field(8265, ge=1, le=65535, description="Ray dashboard.")
     ray_num_cpus: int | None = Field(None, ge=1, description="CPUs the Ray head offers (default: all).")
     ray_client_port: int = Field(10001, ge=1, le=65535, description="Ray client server (ray://) port.")
+    dashboard_port: int = Field(8501, ge=1, le=65535, description="Streamlit dashboard.")
     ray_dashboard_agent_port: int = Field(
         52365, ge=1, le=65535, description="HTTP port of the Ray head's dashboard agent."
     )
@@ -110,6 +111,7 @@ class StackConfig(Section):
             "ray_dashboard_port": self.ray_dashboard_port,
             "ray_client_port": self.ray_client_port,
             "ray_dashboard_agent_port": self.ray_dashboard_agent_port,
+            "dashboard_port": self.dashboard_port,
         }
         seen: dict[int, str] = {}
         out = []

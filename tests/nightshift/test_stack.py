@@ -24,7 +24,7 @@ from training.config import Config, load_config
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
-SERVICES = ["prefect-server", "mlflow", "ray-head", "prefect-worker"]
+SERVICES = ["prefect-server", "mlflow", "ray-head", "prefect-worker", "dashboard"]
 PORT_KEYS = [
     "prefect_port",
     "mlflow_port",
@@ -32,6 +32,7 @@ PORT_KEYS = [
     "ray_dashboard_port",
     "ray_client_port",
     "ray_dashboard_agent_port",
+    "dashboard_port",
 ]
 
 
