@@ -100,11 +100,17 @@ def _panel(
         f"{label(m)}{mark}", fontsize=9, color={"pass": PASS, "fail": FAIL}.get(status or "", "black")
     )
     ax.set_ylabel(f"{direction} is better" if direction != "none" else "", fontsize=8)
-    top = max([v for v in vals if _finite(v)] + [b for b, _ in bounds] + [0.0])
+    finite = [v for v in vals if _finite(v)] + [b for b, _ in bounds]
+    top = max(finite + [0.0])
+    bottom = min(finite + [0.0])  # a reward can be negative: keep its bar in view
     if m in UNIT:
         ax.set_ylim(0, min(1.0, max(top, 0.1)) * 1.25)
         if m in PERCENT:
             ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+    elif bottom < 0:
+        span = (top - bottom) or 1.0
+        ax.set_ylim(bottom - 0.15 * span, top + 0.15 * span)
+        ax.axhline(0, color="black", linewidth=0.6)
     else:
         ax.set_ylim(0, (top or 1.0) * 1.25)
     if bounds:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
+from itertools import zip_longest
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,9 +27,14 @@ def eval_items(cfg: Config) -> list[EvalItem]:
     from training.rlhf.tasks import is_correct, tasks_from_config
 
     splits = tasks_from_config(cfg.rlhf, cfg.seed)
+    # Round-robin over the families, so that `eval.max_task_items` (the first n items) covers all.
+    by_family: dict[str, list] = {}
+    for ex in splits.eval:
+        by_family.setdefault(ex.family, []).append(ex)
+    ordered = [ex for group in zip_longest(*by_family.values()) for ex in group if ex is not None]
     return [
         EvalItem(task=ex.family, messages=ex.messages(), check=partial(is_correct, ex), reference=ex.answer)
-        for ex in splits.eval
+        for ex in ordered
     ]
 
 
