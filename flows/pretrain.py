@@ -62,7 +62,7 @@ def pretrain(preset: str = "small", overrides: dict[str, Any] | None = None) -> 
         candidate, candidate_uri = model.model, model.model_uri
         reward = reference = policy = None
         if cfg.rlhf.enabled:
-            sft = sft_task(cfg, pipeline, model.model)
+            sft = sft_task(cfg, pipeline, model.model, tokens.tokens)
             reward = reward_task(cfg, pipeline, sft.model)
             policy = policy_task(cfg, pipeline, sft.model, reward)
             candidate, candidate_uri, reference = policy.model, policy.model_uri, sft.model

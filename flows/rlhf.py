@@ -68,7 +68,7 @@ def rlhf(
     with tracker_for(cfg).pipeline(
         "rlhf", config=cfg.to_dict(), prefect_flow_run_id=flow_run_id(), tags={"preset": cfg.preset}
     ) as pipeline:
-        sft = sft_task(cfg, pipeline, base)
+        sft = sft_task(cfg, pipeline, base, tokens)
         reward = reward_task(cfg, pipeline, sft.model)
         policy = policy_task(cfg, pipeline, sft.model, reward)
         gate = evaluate_task(

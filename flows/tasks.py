@@ -43,9 +43,12 @@ def pretrain_task(cfg: Config, pipeline: PipelineRun, tokens: TokenizeResult) ->
 
 
 @task(name="sft", retries=1, retry_delay_seconds=5, cache_policy=NONE)
-def sft_task(cfg: Config, pipeline: PipelineRun, model: ArtifactRef) -> RLHFStageResult:
+def sft_task(
+    cfg: Config, pipeline: PipelineRun, model: ArtifactRef, tokens: ArtifactRef | None = None
+) -> RLHFStageResult:
+    # The tokens feed `rlhf.sft.ptx_coef` (pretraining windows mixed in against forgetting).
     with pipeline.stage("sft", config=cfg.to_dict()) as run:
-        return rlhf.sft_stage(cfg, run, model)
+        return rlhf.sft_stage(cfg, run, model, tokens=tokens)
 
 
 @task(name="reward", retries=1, retry_delay_seconds=5, cache_policy=NONE)

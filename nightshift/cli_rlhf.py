@@ -15,7 +15,7 @@ def cmd_rlhf(args: argparse.Namespace, extra: Sequence[str]) -> int:
     cfg = load_config(args.preset, list(extra))
     with _tracked_stage(cfg, args.stage, args.track) as run:
         if args.stage == "sft":
-            res = stages.sft_stage(cfg, run, args.model, out=args.out)
+            res = stages.sft_stage(cfg, run, args.model, tokens=args.tokens, out=args.out)
         elif args.stage == "reward":
             res = stages.reward_stage(cfg, run, args.model, preferences=args.preferences, out=args.out)
         elif args.stage == "ppo":
@@ -57,6 +57,10 @@ def register(verb: Callable[..., argparse.ArgumentParser]) -> None:
         p.add_argument("--model", required=True, help="the starting model artifact (policy or backbone)")
         p.add_argument("--out", help="write the output artifact here (default: under tracking.artifact_root)")
         p.add_argument("--no-track", dest="track", action="store_false", help="do not log to MLflow/catalog")
+        if stage == "sft":
+            p.add_argument(
+                "--tokens", help="a tokens artifact, for rlhf.sft.ptx_coef (pretraining data mixed in)"
+            )
         if stage in ("reward", "dpo"):
             p.add_argument("--preferences", help="a preferences artifact (default: build a new snapshot)")
         if stage in ("ppo", "grpo"):

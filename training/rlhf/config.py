@@ -81,6 +81,13 @@ class SFTConfig(Section):
     warmup_steps: int = Field(20, ge=0, description="Linear warmup steps.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay on matrices.")
     grad_clip: float = Field(1.0, ge=0, description="Gradient norm clip; 0 disables.")
+    ptx_coef: float = Field(
+        0.0,
+        ge=0,
+        description="Weight of a next-token loss on pretraining windows mixed into each step (InstructGPT's "
+        "'ptx'), so the policy keeps its language model; 0 turns it off. Needs the tokens artifact.",
+    )
+    ptx_batch: int = Field(8, ge=1, description="Pretraining windows per step when ptx_coef > 0.")
 
 
 class RewardConfig(Section):

@@ -73,6 +73,7 @@ def train_sft(
     seed: int = 0,
     log_metrics: LogFn = no_log,
     log_every: int = 10,
+    pretrain_tokens: torch.Tensor | None = None,
 ) -> SFTResult:
     """Fine-tune ``model`` in place on (prompt, reply) examples.
 
@@ -84,6 +85,8 @@ def train_sft(
         seed: batch order.
         log_metrics: called with ``{"loss", "lr", "grad_norm", "tokens_per_s"}`` every ``log_every`` steps.
         log_every: steps between logged metrics (the last step is always logged).
+        pretrain_tokens: a 1-D tensor of pretraining token ids; with ``cfg.ptx_coef > 0`` each step
+            adds ``ptx_coef`` times the next-token loss on ``cfg.ptx_batch`` random windows of it.
 
     Raises:
         ValueError: no examples, or one longer than the context.
@@ -110,6 +113,13 @@ def train_sft(
         idx = next(order)
         batch = collate([seqs[i] for i in idx], [starts[i] for i in idx], pad, dev)
         loss = sft_loss(model, batch)
+        ptx = None
+        if cfg.ptx_coef > 0 and pretrain_tokens is not None:
+            T = model.cfg.block_size
+            starts_ = torch.randint(len(pretrain_tokens) - T - 1, (cfg.ptx_batch,), generator=gen)
+            win = torch.stack([pretrain_tokens[s : s + T + 1] for s in starts_.tolist()]).to(dev)
+            _, ptx = model(win[:, :-1].contiguous(), targets=win[:, 1:].contiguous())
+            loss = loss + cfg.ptx_coef * ptx
         lr = opt.lr
         norm = opt.step(loss)
         tokens += int(batch.mask.sum())
@@ -118,6 +128,7 @@ def train_sft(
                 "loss": loss.item(),
                 "lr": lr,
                 "grad_norm": norm,
+                **({"ptx_loss": ptx.item()} if ptx is not None else {}),
                 "tokens_per_s": tokens / max(time.perf_counter() - t0, 1e-9),
             }
             history.append({"step": step, **row})

@@ -233,9 +233,17 @@ def _preferences(
 
 
 def sft_stage(
-    cfg: Config, run: StageRun, model: ArtifactArg, *, out: str | Path | None = None
+    cfg: Config,
+    run: StageRun,
+    model: ArtifactArg,
+    *,
+    tokens: ArtifactArg | None = None,
+    out: str | Path | None = None,
 ) -> RLHFStageResult:
-    """Supervised fine-tuning of a ``model`` on the task replies; publishes the SFT ``model``."""
+    """Supervised fine-tuning of a ``model`` on the task replies; publishes the SFT ``model``.
+
+    With ``rlhf.sft.ptx_coef > 0`` and a ``tokens`` artifact, pretraining windows are mixed in.
+    """
     import copy
 
     from training.rlhf.sft import train_sft
@@ -251,7 +259,18 @@ def sft_stage(
     splits = tasks_from_config(cfg.rlhf, cfg.seed)
     base = copy.deepcopy(policy)
     demos = splits.sft_pairs()[: cfg.rlhf.sft.max_examples]
-    res = train_sft(policy, tok, demos, cfg.rlhf.sft, seed=seed, log_metrics=_logger(run))
+    ptx = None
+    if tokens is not None and cfg.rlhf.sft.ptx_coef > 0:
+        import torch
+
+        from training.data.shards import TokenShards
+
+        tok_ref = _ref(tokens, "tokens")
+        run.use(tok_ref, context="ptx")
+        ptx = torch.from_numpy(TokenShards.open(tok_ref).split("train").to_numpy().astype("int64"))
+    res = train_sft(
+        policy, tok, demos, cfg.rlhf.sft, seed=seed, log_metrics=_logger(run), pretrain_tokens=ptx
+    )
     metrics = res.metrics | _evaluate(cfg, run, policy, base, tok, splits)
     out_ref, uri = _publish_policy(
         cfg, run, policy, tok, out, {"stage": "sft", "base": ref.sha256, "metrics": metrics}

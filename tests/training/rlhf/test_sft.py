@@ -48,3 +48,20 @@ def test_sft_learns_the_replies(model, tokenizer, splits) -> None:
     assert [s for s, _ in seen] == [10, 20, 30, 40, 50, 60]
     assert res.history[-1]["loss"] < res.history[0]["loss"] - 1.0
     assert evaluate_policy(model, tokenizer, splits.train[:32])["eos_frac"] > 0.9  # learnt to stop
+
+
+def test_ptx_mixes_pretraining_windows_into_each_step(model, tokenizer, splits) -> None:
+    """With ptx_coef > 0 each step also fits pretraining text, and that loss goes down too."""
+    import copy
+
+    text = " ".join(ex.prompt + " " + ex.answer for ex in splits.train[:200])
+    stream = torch.tensor(tokenizer.encode(text).ids * 4)
+    m = copy.deepcopy(model)
+    cfg = SFTConfig(steps=30, batch_size=8, lr=3e-3, warmup_steps=2, ptx_coef=1.0, ptx_batch=4)
+    res = train_sft(m, tokenizer, splits.sft_pairs()[:64], cfg, log_every=5, pretrain_tokens=stream)
+    ptx = [row["ptx_loss"] for row in res.history]
+    assert len(ptx) == 6 and ptx[-1] < ptx[0]
+    plain = train_sft(
+        copy.deepcopy(model), tokenizer, splits.sft_pairs()[:64], cfg.model_copy(update={"ptx_coef": 0.0})
+    )
+    assert all("ptx_loss" not in row for row in plain.history)
