@@ -224,3 +224,25 @@ def serve_port(ray_local) -> Iterator[int]:
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     yield port
     serve.shutdown()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _delete_serve_apps_of_the_module() -> Iterator[None]:
+    """Serve apps a test module deployed are deleted after it, so idle replicas (a model and an
+    engine each) do not pile up over the session."""
+    yield
+    import ray
+
+    if not ray.is_initialized():
+        return
+    from ray import serve
+
+    try:
+        apps = list(serve.status().applications)
+    except Exception:  # Serve was never started in this session
+        return
+    for name in apps:
+        try:
+            serve.delete(name)
+        except Exception:  # already gone
+            pass
