@@ -317,6 +317,7 @@ class NightshiftServer(StreamingMixin):
 
     @api.post("/v1/completions")
     async def completions(self, body: CompletionRequest, request: Request) -> Response:
+        from training.chat import END
         from training.data.tokenizer import EOT
         from training.generation import encode_prompt
 
@@ -336,14 +337,20 @@ class NightshiftServer(StreamingMixin):
             if not texts:
                 raise errors.APIError(400, "prompt must not be an empty list", param="prompt")
             prompts_ids = [encode_prompt(self.tok, t) for t in texts]
-        eot = self.tok.token_to_id(EOT)
+        # End-of-text ends a completion; so does the chat end marker, which a chat-tuned model
+        # writes when its answer is done (it is not text a completion should contain).
+        stop_ids = tuple(i for i in (self.tok.token_to_id(EOT), self.tok.token_to_id(END)) if i is not None)
         params = [
-            self._params(body, len(p), default_max=16, stops=body.stops(), stop_ids=(eot,), lp=body.logprobs)
+            self._params(
+                body, len(p), default_max=16, stops=body.stops(), stop_ids=stop_ids, lp=body.logprobs
+            )
             for p in prompts_ids
         ][0]
         # One SamplingParams for the batch; re-check every prompt against the context.
         for p in prompts_ids[1:]:
-            self._params(body, len(p), default_max=16, stops=body.stops(), stop_ids=(eot,), lp=body.logprobs)
+            self._params(
+                body, len(p), default_max=16, stops=body.stops(), stop_ids=stop_ids, lp=body.logprobs
+            )
         q, ids = self._submit(prompts_ids, params, body.n)
         rid = new_id("cmpl")
         n_tokens = [len(p) for p in prompts_ids]
