@@ -209,7 +209,7 @@ def served(filled: Filled, serve_port: int) -> Iterator[str]:
     args = {
         "model": str(filled.model_paths[0]),
         "catalog_url": filled.catalog_url,
-        "serve": {"auth": "none", "max_batch": 4, "torch_threads": 1},
+        "serve": {"auth": "none", "max_batch": 4, "torch_threads": 1, "replica_cpus": 0.1},
     }
     serve.run(build_app(args), name="dash-test", route_prefix="/dash-test")
     base = f"http://127.0.0.1:{serve_port}/dash-test"

@@ -69,6 +69,7 @@ def live(serve_port, tmp_path_factory) -> Iterator[Live]:
             "max_waiting": 4,
             "max_body_bytes": 20_000,
             "torch_threads": 1,
+            "replica_cpus": 0.1,
         },
     }
     serve.run(build_app(args), name="api-test", route_prefix="/api-test")
