@@ -22,6 +22,7 @@ from datetime import datetime
 from pathlib import Path
 from urllib.parse import quote
 
+from nightshift.credentials import client_key, ensure_client_key
 from nightshift.services import (
     Service,
     ServiceStatus,
@@ -97,36 +98,8 @@ def stack_env(cfg: Config, *, repo: Path | None = None) -> dict[str, str]:
         "RAY_AUTH_TOKEN_PATH": str(_ray_token_path(nightshift_home())),
         # The served model, for the official `openai` client (it reads these two variables).
         "OPENAI_BASE_URL": f"http://{cfg.serve.host}:{cfg.serve.port}{cfg.serve.route_prefix.rstrip('/')}/v1",
-        **({"OPENAI_API_KEY": key} if (key := _client_key(nightshift_home())) else {}),
+        **({"OPENAI_API_KEY": key} if (key := client_key(nightshift_home())) else {}),
     }
-
-
-def _client_key_path(home: Path) -> Path:
-    return home / "client-api-key"
-
-
-def _client_key(home: Path) -> str | None:
-    path = _client_key_path(home)
-    return path.read_text().strip() if path.is_file() else None
-
-
-def _ensure_client_key(cfg: Config, home: Path) -> None:
-    """Give the local user an API key for the served model when auth is on and none exists.
-
-    The server keeps only the key's sha256 (in the key file); the key itself goes to a 0600 file
-    under ``$NIGHTSHIFT_HOME`` that the env file exports as ``OPENAI_API_KEY``, as a credentials
-    file in the home directory would.
-    """
-    from serving.auth import collect_digests, create_key
-
-    if cfg.serve.auth != "api_key" or _client_key(home):
-        return
-    if collect_digests(cfg.serve.api_key_hashes, cfg.serve.api_key_file):  # the user manages keys
-        return
-    key = create_key(cfg.serve.api_key_file)
-    fd = os.open(_client_key_path(home), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(key + "\n")
 
 
 def _ray_token_path(home: Path) -> Path:
@@ -397,7 +370,7 @@ def up(cfg: Config, *, deploy: bool = True, repo: Path | None = None) -> list[Se
     for sub in ("stack", "logs"):
         (home / sub).mkdir(parents=True, exist_ok=True)
     _ensure_ray_token(home)
-    _ensure_client_key(cfg, home)
+    ensure_client_key(cfg, home)
     services = _services(cfg, home, repo)
     t0 = time.monotonic()
 

@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.nn import functional as F
 
+from serving.text import safe_prefix_end, token_bytes
+
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
@@ -88,21 +90,6 @@ class _Seq:
     sampled: int = 0
     sent: int = 0  # characters of text already emitted
     pending_logprobs: list[tuple[str, float, dict[str, float]]] = field(default_factory=list)
-
-
-def _safe_prefix_end(text: str, stop: Sequence[str]) -> int:
-    """How much of ``text`` can be emitted: hold back an incomplete character and any tail that
-    could still grow into a stop string."""
-    end = len(text)
-    while end > 0 and text[end - 1] == "\ufffd":  # a multi-byte character not yet complete
-        end -= 1
-    hold = 0
-    for s in stop:
-        for k in range(min(len(s) - 1, end), 0, -1):
-            if text[end - k : end] == s[:k]:
-                hold = max(hold, k)
-                break
-    return end - hold
 
 
 class Engine:
@@ -415,7 +402,7 @@ class Engine:
             if reason is None and (s.sampled >= p.max_tokens or s.length >= self.cfg.block_size):
                 reason = "length"
             if reason is None:
-                end = _safe_prefix_end(text, p.stop)
+                end = safe_prefix_end(text, p.stop)
             new_text = text[s.sent : end] if end > s.sent else ""
             s.sent = max(s.sent, end)
             delta = Delta(
@@ -448,31 +435,6 @@ class Engine:
             return text
         raw = token_bytes(self.tok, token)
         return "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
-
-
-def _byte_decoder() -> dict[str, int]:
-    # The byte-level BPE alphabet (GPT-2): printable bytes stand for themselves, the others are
-    # shifted to code points from 256 up. Inverted here to recover a token's raw bytes.
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
-    chars, extra = {}, 0
-    for b in range(256):
-        if b in keep:
-            chars[chr(b)] = b
-        else:
-            chars[chr(256 + extra)] = b
-            extra += 1
-    return chars
-
-
-_BYTES = _byte_decoder()
-
-
-def token_bytes(tokenizer: Tokenizer, token: int) -> bytes:
-    """The raw bytes a byte-level BPE token stands for (a special token: its text)."""
-    piece = tokenizer.id_to_token(token) or ""
-    if all(c in _BYTES for c in piece):
-        return bytes(_BYTES[c] for c in piece)
-    return piece.encode()
 
 
 def describe(engine: Engine) -> dict[str, Any]:
