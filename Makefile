@@ -31,7 +31,7 @@ demo: setup  ## set up, bring the stack up, fetch Shakespeare, run pretrain/nigh
 	$(BIN)/nightshift demo
 
 test: setup  ## the whole test suite (starts its own servers)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 lint: setup
 	$(BIN)/ruff check .

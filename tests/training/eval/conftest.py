@@ -41,7 +41,7 @@ class Models:
     strong: ArtifactRef  # 80 steps
 
 
-@pytest.fixture(autouse=True, scope="session")
+@pytest.fixture(autouse=True, scope="module")
 def one_torch_thread() -> Iterator[None]:
     """Models this small gain nothing from threads, and on a shared 2-core machine a second thread
     per op makes them several times slower."""

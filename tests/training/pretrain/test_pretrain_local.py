@@ -115,6 +115,10 @@ _KILLABLE = textwrap.dedent(
         def on_train_batch_end(self, *args, **kwargs):
             time.sleep(0.15)
 
+    # The same intra-op threads as the parent's uninterrupted run: summation order is part of the
+    # arithmetic, and "the same weights" is checked to 1e-6.
+    import torch
+    torch.set_num_threads(int(sys.argv[3]))
     cfg = tiny_config(max_steps=30, checkpoint_every=5, keep_checkpoints=2)
     pretrain(cfg, sys.argv[1], workdir=sys.argv[2], callbacks=[Slow()])
     """
@@ -129,7 +133,8 @@ def test_sigkilled_run_resumes_to_the_same_weights(tokens: ArtifactRef, tmp_path
     workdir = tmp_path / "killed"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(
-        [sys.executable, "-c", _KILLABLE, str(tokens.path), str(workdir)], cwd=REPO, env=env,
+        [sys.executable, "-c", _KILLABLE, str(tokens.path), str(workdir), str(torch.get_num_threads())],
+        cwd=REPO, env=env,
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip
     try:
