@@ -16,12 +16,10 @@ from prefect.states import Failed, State
 from catalog.artifacts import open_artifact
 from flows.common import flow_config, flow_run_id, prefect_flow_run_url, tracker_for
 from flows.tasks import deploy_task, evaluate_task, policy_task, reward_task, sft_task
-from training.eval.promotion import registry_for
+from training.eval.promotion import registry_for, version_artifact
 
 
 def _base_model(cfg, version: str | None, model_dir: str | None):
-    from training.config import nightshift_home
-
     if model_dir:
         return open_artifact(model_dir, kind="model")
     registry = registry_for(cfg)
@@ -30,9 +28,7 @@ def _base_model(cfg, version: str | None, model_dir: str | None):
         raise ValueError(
             f"{registry.name} has no champion yet; pass version=<n> or model_dir=<model artifact directory>"
         )
-    return open_artifact(
-        registry.model_artifact_path(info.version, nightshift_home() / "registry-cache"), kind="model"
-    )
+    return open_artifact(version_artifact(registry, info.version), kind="model")
 
 
 @flow(name="rlhf", log_prints=True)

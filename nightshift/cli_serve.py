@@ -162,16 +162,15 @@ def cmd_evaluate(args: argparse.Namespace, extra: Sequence[str]) -> int:
     cfg = load_config(args.preset, list(extra))
     champion = args.champion
     if champion is None and args.against_champion:
-        from training.config import nightshift_home
-        from training.eval.promotion import registry_for
+        from training.eval.promotion import champion_artifact, registry_for
 
         registry = registry_for(cfg)
-        champ = registry.champion()
+        champ, path = champion_artifact(cfg, registry)
         if champ is None:
             raise SystemExit(
                 f"error: {registry.name} has no champion yet; pass --champion DIR or drop --against-champion"
             )
-        champion = str(registry.model_artifact_path(champ.version, nightshift_home() / "registry-cache"))
+        champion = str(path)
     from nightshift.cli import _tracked_stage
 
     with _tracked_stage(cfg, "evaluate", args.track) as run:

@@ -340,17 +340,15 @@ class NightshiftServer(StreamingMixin):
         # End-of-text ends a completion; so does the chat end marker, which a chat-tuned model
         # writes when its answer is done (it is not text a completion should contain).
         stop_ids = tuple(i for i in (self.tok.token_to_id(EOT), self.tok.token_to_id(END)) if i is not None)
-        params = [
+        # Every prompt is checked against the context; the batch shares the first one's params
+        # (they differ only in the default max_tokens, which depends on the prompt length).
+        checked = [
             self._params(
                 body, len(p), default_max=16, stops=body.stops(), stop_ids=stop_ids, lp=body.logprobs
             )
             for p in prompts_ids
-        ][0]
-        # One SamplingParams for the batch; re-check every prompt against the context.
-        for p in prompts_ids[1:]:
-            self._params(
-                body, len(p), default_max=16, stops=body.stops(), stop_ids=stop_ids, lp=body.logprobs
-            )
+        ]
+        params = checked[0]
         q, ids = self._submit(prompts_ids, params, body.n)
         rid = new_id("cmpl")
         n_tokens = [len(p) for p in prompts_ids]

@@ -24,7 +24,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch.nn import functional as F
@@ -435,12 +435,3 @@ class Engine:
             return text
         raw = token_bytes(self.tok, token)
         return "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
-
-
-def describe(engine: Engine) -> dict[str, Any]:
-    """Static facts for logs and /health."""
-    return {
-        "max_batch": engine.max_batch,
-        "max_waiting": engine.max_waiting,
-        "block_size": engine.cfg.block_size,
-    }

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from serving.deploy import DeployError, DeployResult, deploy_model
 from serving.deploy import rollback as rollback_deployment
+from training.eval.promotion import registry_for, version_artifact
 
 if TYPE_CHECKING:
     from training.config import Config
@@ -21,16 +22,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def _registry(cfg: Config):
-    from catalog.registry import Registry
-
-    return Registry(cfg.tracking.mlflow_uri, name=cfg.serve.registered_model)
-
-
 def _serve_version(cfg: Config, registry, version: str, who: str) -> DeployResult:
-    from training.config import nightshift_home
-
-    path = registry.model_artifact_path(version, nightshift_home() / "registry-cache")
+    path = version_artifact(registry, version)
     reg = {"name": registry.name, "version": str(version)}
     return deploy_model(cfg, str(path), created_by=who, alias="champion", registry=reg)
 
@@ -42,7 +35,7 @@ def promote(cfg: Config, version: str | int, *, who: str, reason: str = "") -> D
         catalog.registry.RegistryError: no such version, or it is not ready.
         DeployError: the rollout failed (the alias has moved; the previous model keeps serving).
     """
-    registry = _registry(cfg)
+    registry = registry_for(cfg)
     info = registry.get(version)
     report = None
     verdict = info.tags.get("nightshift.gate_summary") or info.gate
@@ -63,7 +56,7 @@ def rollback(cfg: Config, *, who: str, reason: str = "") -> DeployResult:
     """
     from catalog.registry import RegistryError
 
-    registry = _registry(cfg)
+    registry = registry_for(cfg)
     try:
         current = registry.champion()
     except Exception as e:  # no registered model yet, or no MLflow: only deployments to go by

@@ -15,7 +15,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from catalog.db import migrate, session_scope
-from catalog.models import Completion, Deployment, Feedback
+from catalog.models import Completion, Feedback
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,3 @@ class Recorder:
             s.add(fb)
             s.flush()
             return fb.id
-
-    def deployment_exists(self, deployment_id: int) -> bool:
-        with session_scope(self.url) as s:
-            return s.get(Deployment, deployment_id) is not None

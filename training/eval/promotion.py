@@ -55,14 +55,19 @@ def registry_for(cfg: Config) -> Any:
     return Registry(cfg.tracking.mlflow_uri, name=cfg.serve.registered_model)
 
 
-def champion_artifact(cfg: Config, registry: Any) -> tuple[ModelVersionInfo | None, Path | None]:
-    """The champion version and a local directory holding its ``model`` artifact (or ``None``s)."""
+def version_artifact(registry: Any, version: str) -> Path:
+    """A local directory with a version's ``model`` artifact (cached in ``$NIGHTSHIFT_HOME/registry-cache``)."""
     from training.config import nightshift_home
 
+    return registry.model_artifact_path(version, nightshift_home() / "registry-cache")
+
+
+def champion_artifact(cfg: Config, registry: Any) -> tuple[ModelVersionInfo | None, Path | None]:
+    """The champion version and a local directory holding its ``model`` artifact (or ``None``s)."""
     champ = registry.champion()
     if champ is None:
         return None, None
-    return champ, registry.model_artifact_path(champ.version, nightshift_home() / "registry-cache")
+    return champ, version_artifact(registry, champ.version)
 
 
 def evaluate_and_gate(
