@@ -56,7 +56,7 @@ def registry_for(cfg: Config) -> Any:
 
 
 def version_artifact(registry: Any, version: str) -> Path:
-    """A local directory with a version's ``model`` artifact (cached in ``$NIGHTSHIFT_HOME/registry-cache``)."""
+    """A local directory holding a version's ``model`` artifact (cached under registry-cache/)."""
     from training.config import nightshift_home
 
     return registry.model_artifact_path(version, nightshift_home() / "registry-cache")
