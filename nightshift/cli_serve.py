@@ -44,13 +44,25 @@ def _print(res: Any) -> None:
     )
 
 
+def serve_app_args(cfg: Any, model: str) -> dict[str, Any]:
+    """The ``build_app`` args of a Serve config file (also the RayService's, see nightshift.manifests)."""
+    return {
+        "model": model,
+        "serve": cfg.serve.model_dump(mode="json"),
+        "catalog_url": cfg.tracking.catalog_url,
+        "tracking_uri": cfg.tracking.mlflow_uri,
+    }
+
+
 def serve_config_yaml(args: dict[str, Any], cfg: Any) -> str:
     """A Serve config file for `serve deploy` (the same application `nightshift serve` runs)."""
     import yaml
 
+    from serving.options import http_options
+
     doc = {
         "proxy_location": "EveryNode",
-        "http_options": {"host": cfg.serve.host, "port": cfg.serve.port},
+        "http_options": http_options(cfg.serve),
         "applications": [
             {
                 "name": cfg.serve.app_name,
@@ -72,13 +84,7 @@ def cmd_serve(args: argparse.Namespace, extra: Sequence[str]) -> int:
         cfg = load_config(args.preset, list(extra))
         if not args.model:
             raise SystemExit("error: --write-config needs --model (an artifact directory or models:/ URI)")
-        body = {
-            "model": args.model,
-            "serve": cfg.serve.model_dump(mode="json"),
-            "catalog_url": cfg.tracking.catalog_url,
-            "tracking_uri": cfg.tracking.mlflow_uri,
-        }
-        Path(args.write_config).write_text(serve_config_yaml(body, cfg))
+        Path(args.write_config).write_text(serve_config_yaml(serve_app_args(cfg, args.model), cfg))
         print(f"wrote {args.write_config}; deploy it with `serve deploy {args.write_config}`")
         return 0
     cfg = _stack_config(args, extra)

@@ -1,10 +1,10 @@
-"""The local stack of ``nightshift up | down | status``: Prefect server + worker, MLflow, a Ray head.
+"""The local stack of ``nightshift up | down | status``: Prefect server + worker, MLflow, a Ray head
+(and, with ``stack.backend: postgres``, a Postgres and an S3 server: see :mod:`nightshift.backends`).
 
-Every service binds ``cfg.stack.host`` (127.0.0.1) and keeps its state and log under
-``$NIGHTSHIFT_HOME``; each is started by a readable script in ``infra/local/`` and tracked by pid
-file (see :mod:`nightshift.services`). ``up`` is idempotent: a service that is already ours, running
-and healthy is left alone. ``down`` stops only what ``up`` started. After the servers are healthy,
-``up`` applies ``prefect.yaml`` (``prefect deploy --all``) and writes ``$NIGHTSHIFT_HOME/env``.
+Every service binds ``cfg.stack.host`` (127.0.0.1), keeps its state and log under ``$NIGHTSHIFT_HOME``,
+is started by a script in ``infra/local/`` and tracked by pid file (:mod:`nightshift.services`). ``up``
+is idempotent and leaves a healthy service of ours alone; ``down`` stops only what ``up`` started.
+Once the servers are healthy, ``up`` applies ``prefect.yaml`` and writes ``$NIGHTSHIFT_HOME/env``.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from datetime import datetime
 from pathlib import Path
 from urllib.parse import quote
 
+from nightshift import backends
 from nightshift.credentials import client_key, ensure_client_key
 from nightshift.services import (
     Service,
@@ -54,8 +55,10 @@ HEARTBEAT_FRESH_S = 90.0
 # Ray nests session_<date>_<pid>/sockets/plasma_store (~62 chars) under its temp dir, and a unix
 # socket path must fit in 107 bytes.
 RAY_TEMP_DIR_MAX = 40
-# Servers first, so the worker and `prefect deploy` find the API; `down` stops in reverse.
-ORDER = ("prefect-server", "mlflow", "ray-head", "prefect-worker", "dashboard")
+# Stores first (backend 'postgres' only), then servers, so the worker and `prefect deploy` find the API;
+# `down` stops in reverse.
+ORDER = ("postgres", "s3", "prefect-server", "mlflow", "ray-head", "prefect-worker", "dashboard")
+LOOPBACK = ("127.", "localhost", "::1")
 
 
 def _prefect_url(cfg: Config) -> str:
@@ -83,7 +86,9 @@ def stack_env(cfg: Config, *, repo: Path | None = None) -> dict[str, str]:
     Returns:
         ``PREFECT_API_URL``, ``MLFLOW_TRACKING_URI``, ``RAY_ADDRESS``, ``NIGHTSHIFT_HOME``,
         ``NIGHTSHIFT_CATALOG_URL``, ``NIGHTSHIFT_REPO``, ``NIGHTSHIFT_PREFECT_UI``, and the Ray
-        head's auth token settings ``RAY_AUTH_MODE`` / ``RAY_AUTH_TOKEN_PATH``.
+        head's auth token settings ``RAY_AUTH_MODE`` / ``RAY_AUTH_TOKEN_PATH``; with backend
+        ``postgres`` also ``NIGHTSHIFT_ARTIFACTS`` (the S3 root) and the S3 endpoint (and, for the
+        loopback S3 server, its credentials).
     """
     s = cfg.stack
     return {
@@ -96,9 +101,13 @@ def stack_env(cfg: Config, *, repo: Path | None = None) -> dict[str, str]:
         "NIGHTSHIFT_PREFECT_UI": _prefect_url(cfg),
         "RAY_AUTH_MODE": "token",
         "RAY_AUTH_TOKEN_PATH": str(_ray_token_path(nightshift_home())),
+        # A loopback head runs with Ray's cluster mode off (ray-head.sh); a client with it on would swap
+        # 127.0.0.1 for the machine's address and miss the head.
+        **({"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"} if s.host.startswith(LOOPBACK) else {}),
         # The served model, for the official `openai` client (it reads these two variables).
         "OPENAI_BASE_URL": f"http://{cfg.serve.host}:{cfg.serve.port}{cfg.serve.route_prefix.rstrip('/')}/v1",
         **({"OPENAI_API_KEY": key} if (key := client_key(nightshift_home())) else {}),
+        **backends.resolve(cfg, nightshift_home()).client_env(),
     }
 
 
@@ -107,12 +116,8 @@ def _ray_token_path(home: Path) -> Path:
 
 
 def _ensure_ray_token(home: Path) -> None:
-    """Give the Ray head a token of its own.
-
-    Ray 2.60 turns on token auth for a head when ``~/.ray/auth_token`` exists, and any local
-    ``ray.init()`` may (re)write that shared file, locking our clients out of our head. A token
-    under ``$NIGHTSHIFT_HOME``, named in the env of the head and of every client, avoids that.
-    """
+    """Give the Ray head a token under ``$NIGHTSHIFT_HOME``, named in the env of the head and of every
+    client: Ray 2.60 uses ``~/.ray/auth_token`` otherwise, which any local ``ray.init()`` may rewrite."""
     path = _ray_token_path(home)
     if not path.is_file():
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -124,6 +129,8 @@ def _base_env(cfg: Config, home: Path) -> dict[str, str]:
     env = dict(os.environ)
     # Our own services must not inherit a client setting meant for another server or cluster.
     for key in ("PREFECT_API_URL", "PREFECT_PROFILE", "RAY_ADDRESS", "MLFLOW_TRACKING_URI"):
+        env.pop(key, None)
+    for key in backends.INHERITED_SETTINGS:
         env.pop(key, None)
     env.update(
         NIGHTSHIFT_HOME=str(home),
@@ -173,11 +180,13 @@ def _services(cfg: Config, home: Path, repo: Path) -> dict[str, Service]:
         "NIGHTSHIFT_WORK_POOL": s.work_pool,
         "NIGHTSHIFT_WORKER_NAME": WORKER_NAME,
     }
+    stores = backends.resolve(cfg, home)
     return {
+        **backends.services(cfg, home, base, SCRIPTS),
         "prefect-server": Service(
             name="prefect-server",
             script=SCRIPTS / "prefect-server.sh",
-            env={**base, "PREFECT_PORT": str(s.prefect_port)},
+            env={**base, **stores.prefect_env(), "PREFECT_PORT": str(s.prefect_port)},
             ports=(("prefect_port", s.prefect_port),),
             url=_prefect_url(cfg),
             health=http_ok(f"{_prefect_url(cfg)}/api/health"),
@@ -185,7 +194,7 @@ def _services(cfg: Config, home: Path, repo: Path) -> dict[str, Service]:
         "mlflow": Service(
             name="mlflow",
             script=SCRIPTS / "mlflow.sh",
-            env={**base, "MLFLOW_PORT": str(s.mlflow_port)},
+            env={**base, **stores.mlflow_env(), "MLFLOW_PORT": str(s.mlflow_port)},
             ports=(("mlflow_port", s.mlflow_port),),
             url=f"http://{s.host}:{s.mlflow_port}",
             health=http_ok(f"http://{s.host}:{s.mlflow_port}/health"),
@@ -371,10 +380,13 @@ def up(cfg: Config, *, deploy: bool = True, repo: Path | None = None) -> list[Se
         (home / sub).mkdir(parents=True, exist_ok=True)
     _ensure_ray_token(home)
     ensure_client_key(cfg, home)
+    if backends.local_postgres(cfg):
+        backends.ensure_password(home)
     services = _services(cfg, home, repo)
     t0 = time.monotonic()
 
-    def start(names: tuple[str, ...]) -> None:
+    def start(names: tuple[str, ...]) -> set[str]:
+        names = tuple(n for n in names if n in services)
         pids: dict[str, int] = {}
         to_start = []
         for name in names:
@@ -391,7 +403,11 @@ def up(cfg: Config, *, deploy: bool = True, repo: Path | None = None) -> list[Se
             pids[svc.name] = launch(home, svc)
         for name in names:
             wait_healthy(home, services[name], pids[name], cfg.stack.start_timeout_s)
+        return {svc.name for svc in to_start}
 
+    # Backend 'postgres': the database server and the object store, before anything that uses them.
+    launched = start(("postgres", "s3"))
+    backends.prepare(cfg, home, s3_started="s3" in launched)
     # The three servers start side by side; they are independent and each takes seconds.
     start(("prefect-server", "mlflow", "ray-head"))
     _ensure_work_pool(cfg, home)
@@ -426,7 +442,7 @@ def status(cfg: Config) -> list[ServiceStatus]:
     """Report each service: running (our pid is alive), healthy (its check passes), url, pid, log."""
     home = nightshift_home()
     services = _services(cfg, home, REPO_ROOT)
-    return [service_status(home, services[name]) for name in ORDER]
+    return [service_status(home, services[name]) for name in ORDER if name in services]
 
 
 def log_tail(cfg: Config, name: str, lines: int = 30) -> str:

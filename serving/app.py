@@ -6,7 +6,8 @@ Each replica loads the model, starts an :class:`~serving.engine.Engine` thread, 
 
 - ``GET /v1/models``, ``POST /v1/completions``, ``POST /v1/chat/completions`` (``stream: true``
   gives server-sent events ending in ``data: [DONE]``), ``POST /v1/feedback``;
-- ``GET /health`` and ``GET /metrics`` (Prometheus), without auth.
+- ``GET /health``, ``GET /metrics`` (Prometheus) and ``GET /openapi.json`` (see
+  :mod:`serving.openapi`), without auth.
 
 Every response names the model artifact that produced it (``X-Nightshift-Model``) and every
 completion is stored in the catalog with that artifact and the deployment.
@@ -23,12 +24,14 @@ import time
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, Field
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from ray import serve
 
-from serving import errors
+from serving import errors, openapi
 from serving.engine import Delta, QueueFull, SamplingParams
+from serving.limits import LimitSettings, RequestLimits
+from serving.openapi import body_responses, responses
+from serving.options import ServeArgs, deployment_options
 from serving.responses import (
     Choice,
     chat_body,
@@ -38,25 +41,18 @@ from serving.responses import (
 )
 from serving.schemas import ChatCompletionRequest, CompletionRequest, FeedbackRequest
 from serving.streams import StreamingMixin
-from training.serve_config import ServeConfig
+
+__all__ = ["NightshiftServer", "ServeArgs", "build_app", "deployment_options"]
 
 log = logging.getLogger(__name__)
 
 api = FastAPI(title="Nightshift", description="OpenAI-compatible API of the Nightshift GPT.", version="1")
 errors.install(api)
-_BODY_LIMIT = errors.BodyLimitSetting()
-api.add_middleware(errors.BodyLimit, setting=_BODY_LIMIT)
-
-
-class ServeArgs(BaseModel):
-    """What one deployment serves and where it records; ``build_app`` validates these."""
-
-    model: str = Field(description="A `model` artifact directory or a models:/ registry URI.")
-    serve: ServeConfig = Field(default_factory=ServeConfig)
-    catalog_url: str | None = Field(None, description="Catalog to record completions in (None: don't).")
-    tracking_uri: str | None = Field(None, description="MLflow server, for models:/ URIs.")
-    deployment_id: int | None = Field(None, description="The catalog deployment row this rollout is.")
-    registry_version: str | None = Field(None, description="Registry version of a local artifact.")
+openapi.install(api)
+_LIMITS = LimitSettings()
+api.add_middleware(RequestLimits, settings=_LIMITS)
+# Besides the body errors: no key, unknown model, queue full, engine failed.
+_GENERATION_ERRORS = (401, 404, 429, 503)
 
 
 class Handoff:
@@ -107,7 +103,8 @@ class NightshiftServer(StreamingMixin):
         # interval the engine, which takes the GIL back after every tensor op, can wait up to 5 ms
         # each time the loop is busy with HTTP work; a short interval hands it over sooner.
         sys.setswitchinterval(self.cfg.gil_switch_interval_ms / 1000)
-        _BODY_LIMIT.limit = self.cfg.max_body_bytes
+        _LIMITS.max_body_bytes = self.cfg.max_body_bytes
+        _LIMITS.body_timeout_s = self.cfg.body_timeout_s
         self.served = load_served(a.model, tracking_uri=a.tracking_uri)
         self.tok = self.served.tokenizer
         self.block_size = self.served.model.cfg.block_size
@@ -115,6 +112,7 @@ class NightshiftServer(StreamingMixin):
             self.served.model, self.tok, max_batch=self.cfg.max_batch, max_waiting=self.cfg.max_waiting
         ).start()
         self.name = self.cfg.model_name
+        openapi.set_served_model(api, self.name)
         self.headers = {"X-Nightshift-Model": f"model:{self.served.ref.sha256}"}
         version = self.served.registry.get("version") or a.registry_version
         if version:
@@ -193,8 +191,12 @@ class NightshiftServer(StreamingMixin):
                 param="max_tokens",
                 code="context_length_exceeded",
             )
-        if body.n > self.cfg.max_n:
-            raise errors.APIError(400, f"n is {body.n}; at most {self.cfg.max_n} is allowed", param="n")
+        # Every choice of a request decodes in the batch at once, so n is bounded by the batch too.
+        max_n = min(self.cfg.max_n, self.cfg.max_batch)
+        if body.n > max_n:
+            raise errors.APIError(
+                400, f"n is {body.n}; at most {max_n} is allowed (serve.max_n, serve.max_batch)", param="n"
+            )
         return SamplingParams(
             max_tokens=max_tokens,
             temperature=body.temperature,
@@ -292,7 +294,7 @@ class NightshiftServer(StreamingMixin):
 
     # --- routes ---------------------------------------------------------------------------------
 
-    @api.get("/health")
+    @api.get("/health", responses={200: {"model": openapi.Health}, 503: {"model": openapi.Health}})
     async def health(self) -> JSONResponse:
         ok = self.engine.error is None
         return JSONResponse(
@@ -305,17 +307,20 @@ class NightshiftServer(StreamingMixin):
             headers=self.headers,
         )
 
-    @api.get("/metrics")
+    @api.get("/metrics", response_class=PlainTextResponse)
     async def prometheus(self) -> Response:
         return Response(self.metrics.render(self.engine.stats()), media_type="text/plain; version=0.0.4")
 
-    @api.get("/v1/models")
+    @api.get("/v1/models", responses=responses(openapi.ModelList, 401))
     async def models(self, request: Request) -> JSONResponse:
         self._auth(request)
         card = {"id": self.name, "object": "model", "created": int(time.time()), "owned_by": "nightshift"}
         return JSONResponse({"object": "list", "data": [card]}, headers=self.headers)
 
-    @api.post("/v1/completions")
+    @api.post(
+        "/v1/completions",
+        responses=body_responses(openapi.Completion, *_GENERATION_ERRORS, stream=openapi.CompletionChunk),
+    )
     async def completions(self, body: CompletionRequest, request: Request) -> Response:
         from training.chat import END
         from training.data.tokenizer import EOT
@@ -336,6 +341,13 @@ class NightshiftServer(StreamingMixin):
             texts = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)  # type: ignore[arg-type]
             if not texts:
                 raise errors.APIError(400, "prompt must not be an empty list", param="prompt")
+            if len(texts) > self.cfg.max_prompts:
+                raise errors.APIError(
+                    400,
+                    f"prompt is a list of {len(texts)} prompts; at most {self.cfg.max_prompts} are allowed "
+                    "per request (serve.max_prompts); split it over several requests",
+                    param="prompt",
+                )
             prompts_ids = [encode_prompt(self.tok, t) for t in texts]
         # End-of-text ends a completion; so does the chat end marker, which a chat-tuned model
         # writes when its answer is done (it is not text a completion should contain).
@@ -363,7 +375,12 @@ class NightshiftServer(StreamingMixin):
             t0,
         )
 
-    @api.post("/v1/chat/completions")
+    @api.post(
+        "/v1/chat/completions",
+        responses=body_responses(
+            openapi.ChatCompletion, *_GENERATION_ERRORS, stream=openapi.ChatCompletionChunk
+        ),
+    )
     async def chat(self, body: ChatCompletionRequest, request: Request) -> Response:
         from training.chat import encode_chat
 
@@ -392,7 +409,7 @@ class NightshiftServer(StreamingMixin):
         await self._record("chat", rid, [chat.text], choices, body.n, [len(chat.ids)], body)
         return self._json("chat", chat_body(rid, self.name, choices, len(chat.ids), body.logprobs), t0)
 
-    @api.post("/v1/feedback")
+    @api.post("/v1/feedback", responses=body_responses(openapi.FeedbackAck, 401, 404, 503))
     async def feedback(self, body: FeedbackRequest, request: Request) -> JSONResponse:
         self._auth(request)
         if self.recorder is None:
@@ -408,26 +425,6 @@ class NightshiftServer(StreamingMixin):
             {"id": fid, "object": "feedback", "kind": body.kind, "created": int(time.time())},
             headers=self.headers,
         )
-
-
-def deployment_options(cfg: ServeConfig) -> dict[str, Any]:
-    """Replica settings from config: autoscaling, per-replica resources, and a surge rollout.
-
-    ``max_surge_percent=100`` makes Serve start the new replicas of a rollout and wait until they
-    are healthy before it stops the old ones, so a model update has no downtime.
-    """
-    return {
-        "autoscaling_config": {
-            "min_replicas": cfg.min_replicas,
-            "max_replicas": cfg.max_replicas,
-            "initial_replicas": max(cfg.min_replicas, 1),
-            "target_ongoing_requests": cfg.target_ongoing_requests,
-        },
-        "ray_actor_options": {"num_cpus": cfg.replica_cpus},
-        "max_ongoing_requests": cfg.max_ongoing_requests,
-        "max_surge_percent": 100,
-        "health_check_period_s": 2,
-    }
 
 
 def build_app(args: dict[str, Any]) -> serve.Application:

@@ -2,7 +2,7 @@
 
 The deploy stage of ``pretrain/nightly``, ``nightshift serve`` and ``deploy/rollback`` all come
 here. A rollout replaces the application's replicas with a surge (new replicas healthy before
-the old ones stop, see :func:`serving.app.deployment_options`), then checks that the endpoint
+the old ones stop, see :func:`serving.options.deployment_options`), then checks that the endpoint
 answers with the new model before it marks the catalog ``deployment`` row active and retires
 the previous one. A rollout that fails leaves the previous deployment serving and active.
 """
@@ -47,6 +47,7 @@ def endpoint_url(cfg: Config) -> str:
 def _start_serve(cfg: Config) -> None:
     from ray import serve
 
+    from serving.options import http_options
     from training.ray_setup import init_ray
 
     init_ray(cfg.ray)
@@ -55,7 +56,7 @@ def _start_serve(cfg: Config) -> None:
             "ray.address is 'local': the served model lives only as long as this process; "
             "run `nightshift up` and deploy through the stack for a lasting endpoint"
         )
-    serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
+    serve.start(http_options=http_options(cfg.serve))
 
 
 def _wait_for(url: str, sha256: str, timeout: float) -> None:

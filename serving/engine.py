@@ -39,6 +39,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_LOGPROBS = 5  # as the OpenAI completions API
+# Below this a temperature samples greedily: logits / 1e-300 overflow float32 to inf, and the
+# softmax of inf is NaN (a request with such a temperature got arbitrary tokens).
+MIN_TEMPERATURE = 1e-6
 
 
 class QueueFull(RuntimeError):
@@ -339,7 +342,7 @@ class Engine:
         plain, filtered = [], []
         for i, s in enumerate(seqs):
             p = s.req.params
-            if p.temperature > 0:
+            if p.temperature >= MIN_TEMPERATURE:
                 (plain if p.top_p >= 1.0 and not p.top_k else filtered).append(i)
         if not plain and not filtered:
             return out

@@ -13,9 +13,10 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger(__name__)
+
+_FASTAPI_BODY_ERROR = "There was an error parsing the body"
 
 _TYPES = {
     400: "invalid_request_error",
@@ -23,6 +24,7 @@ _TYPES = {
     403: "permission_error",
     404: "not_found_error",
     405: "invalid_request_error",
+    408: "invalid_request_error",
     413: "invalid_request_error",
     422: "invalid_request_error",
     429: "rate_limit_error",
@@ -88,6 +90,13 @@ def install(app: FastAPI) -> None:
         param = _loc(tuple(first.get("loc", ())))
         if first.get("type") == "json_invalid":
             return error_response(400, "the request body is not valid JSON", None, "invalid_json")
+        if param is None and first.get("type") in ("missing", "model_attributes_type", "dict_type"):
+            return error_response(
+                400,
+                "the request body must be a JSON object (Content-Type: application/json)",
+                None,
+                "invalid_json",
+            )
         msgs = []
         for e in errs[:5]:
             where = _loc(tuple(e.get("loc", ())))
@@ -101,11 +110,18 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
-        msg = {
-            404: f"no route {request.method} {request.url.path}; see GET /v1/models and the API docs",
-            405: f"method {request.method} is not allowed on {request.url.path}",
-        }.get(exc.status_code, str(exc.detail))
-        return error_response(exc.status_code, msg)
+        code = getattr(exc, "code", None)
+        msg = str(exc.detail)
+        if exc.status_code == 404:
+            msg = f"no route {request.method} {request.url.path}; see GET /v1/models and the API docs"
+        elif exc.status_code == 405:
+            msg = f"method {request.method} is not allowed on {request.url.path}"
+        elif exc.status_code == 400 and msg == _FASTAPI_BODY_ERROR:
+            # FastAPI's answer when the body reader fails: bytes that are not UTF-8, or JSON nested
+            # deeper than the parser's recursion limit.
+            msg, code = "the request body could not be read as JSON: send a UTF-8 JSON object", "invalid_json"
+        # A 405 keeps its Allow header (RFC 9110, 15.5.6).
+        return error_response(exc.status_code, msg, None, code, exc.headers)
 
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception):
@@ -113,62 +129,3 @@ def install(app: FastAPI) -> None:
         return error_response(
             500, "internal server error; the server logged the details", None, "internal_error"
         )
-
-
-class BodyLimitSetting:
-    """The limit :class:`BodyLimit` enforces; the replica sets it from config once it has one."""
-
-    def __init__(self, limit: int = 1_000_000):
-        self.limit = limit
-
-
-class BodyLimit:
-    """ASGI middleware: refuse request bodies over the limit with 413, before reading them all.
-
-    A declared Content-Length is checked up front; a chunked body is counted as it arrives.
-    """
-
-    def __init__(self, app: ASGIApp, setting: BodyLimitSetting):
-        self.app, self.setting = app, setting
-
-    @property
-    def limit(self) -> int:
-        return self.setting.limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await self._refuse(send)
-            return
-        seen = 0
-        too_big = False
-
-        async def counting_receive() -> Message:
-            nonlocal seen, too_big
-            msg = await receive()
-            if msg["type"] == "http.request":
-                seen += len(msg.get("body", b""))
-                if seen > self.limit:
-                    too_big = True
-                    raise _TooBig
-            return msg
-
-        try:
-            await self.app(scope, counting_receive, send)
-        except _TooBig:
-            await self._refuse(send)
-
-    async def _refuse(self, send: Send) -> None:
-        resp = error_response(413, f"request body is larger than {self.limit} bytes", None, "body_too_large")
-        await resp({"type": "http"}, _empty_receive, send)
-
-
-class _TooBig(Exception):
-    pass
-
-
-async def _empty_receive() -> Message:
-    return {"type": "http.request", "body": b"", "more_body": False}

@@ -4,17 +4,45 @@ Only request bodies are modelled: they are where validation (and its 400 errors)
 Unknown fields are rejected, as the OpenAI API does, so a typo in a parameter name is an error
 and not a silently ignored setting. Sampling parameters the engine does not implement
 (penalties, logit_bias, best_of, echo, suffix) are accepted only at their neutral values.
+
+Types are strict, as the JSON Schema in ``/openapi.json`` states them: ``true`` is not the
+integer 1 and ``"yes"`` is not a boolean. Text may not hold NUL characters (PostgreSQL cannot
+store them) or unpaired surrogates (``"\\ud800"`` is valid JSON but not Unicode text, and neither
+the tokenizer nor UTF-8 can take it).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
+def _text_problem(v: Any) -> str | None:
+    """What is wrong with the text in ``v`` (a string, or strings nested in lists and dicts), if anything."""
+    if isinstance(v, str):
+        if "\x00" in v:
+            return "must not contain NUL characters"
+        try:
+            v.encode("utf-8")
+        except UnicodeEncodeError:
+            return "must be Unicode text (it holds an unpaired surrogate such as \\ud800)"
+    elif isinstance(v, list):
+        return next((p for x in v if (p := _text_problem(x))), None)
+    elif isinstance(v, dict):
+        return next((p for k, x in v.items() if (p := _text_problem(k) or _text_problem(x))), None)
+    return None
+
+
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    @field_validator("*")
+    @classmethod
+    def _text(cls, v: Any) -> Any:
+        if problem := _text_problem(v):
+            raise ValueError(problem)
+        return v
 
 
 class _Sampling(_Body):
@@ -24,7 +52,7 @@ class _Sampling(_Body):
     top_p: float = Field(1.0, gt=0, le=1)
     n: int = Field(1, ge=1)
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1, description="A 64-bit signed integer.")
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = Field(None, max_length=256)

@@ -8,6 +8,9 @@
 * ``postgres_db`` — a fresh, empty database on that server for one test.
 * ``catalog_url`` — a fresh SQLite catalog URL under ``tmp_path`` (not migrated).
 * ``any_db_url`` — parametrized: the test runs on a fresh SQLite URL and on a fresh Postgres DB.
+* ``s3_server`` (session) — a real S3-compatible server (``infra/local/s3.sh``) on loopback with one
+  bucket; sets ``AWS_*`` credentials, ``AWS_ENDPOINT_URL`` and ``MLFLOW_S3_ENDPOINT_URL`` for the session.
+* ``artifact_cache`` — points the cache of remote artifacts (``NIGHTSHIFT_ARTIFACT_CACHE``) at a tmp dir.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -246,3 +250,73 @@ def _delete_serve_apps_of_the_module() -> Iterator[None]:
             serve.delete(name)
         except Exception:  # already gone
             pass
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+S3_TEST_BUCKET = "nightshift-test"
+
+
+class S3Server(NamedTuple):
+    """A running S3-compatible server: its endpoint and the bucket made for the session."""
+
+    endpoint: str
+    bucket: str
+
+    def url(self, *parts: str) -> str:
+        """``s3://<bucket>/<parts...>``."""
+        return "/".join([f"s3://{self.bucket}", *(p.strip("/") for p in parts)])
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A real S3 server on loopback (moto's, started by ``infra/local/s3.sh``) with one bucket.
+
+    The AWS variables it sets (credentials, region, ``AWS_ENDPOINT_URL``, ``MLFLOW_S3_ENDPOINT_URL``)
+    stay for the session, so s3fs, boto3 and MLflow servers started afterwards all reach it.
+    """
+    import boto3
+
+    root = tmp_path_factory.mktemp("s3")
+    port = free_port()
+    log_path = root / "s3.log"
+    env = {
+        **os.environ,
+        "NIGHTSHIFT_HOME": str(root),
+        "S3_PORT": str(port),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    env.pop("S3_RECORDING", None)
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            ["bash", str(REPO_ROOT / "infra" / "local" / "s3.sh")],
+            stdout=log, stderr=subprocess.STDOUT, cwd=root, env=env, start_new_session=True,
+        )  # fmt: skip
+    endpoint = f"http://127.0.0.1:{port}"
+    settings = {
+        "AWS_ACCESS_KEY_ID": "nightshift-test",
+        "AWS_SECRET_ACCESS_KEY": "nightshift-test-secret",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": endpoint,
+        "MLFLOW_S3_ENDPOINT_URL": endpoint,
+    }
+    saved = {k: os.environ.get(k) for k in settings}
+    try:
+        _wait_http(f"{endpoint}/moto-api/", proc, log_path, "s3 server")
+        os.environ.update(settings)
+        boto3.client("s3").create_bucket(Bucket=S3_TEST_BUCKET)
+        yield S3Server(endpoint=endpoint, bucket=S3_TEST_BUCKET)
+    finally:
+        _stop_group(proc)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture
+def artifact_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh, empty cache for remote artifacts (as on a machine that never fetched them)."""
+    cache = tmp_path / "artifact-cache"
+    monkeypatch.setenv("NIGHTSHIFT_ARTIFACT_CACHE", str(cache))
+    return cache

@@ -13,13 +13,15 @@ combination — is collected and raised at once in one :class:`ConfigError`.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError
 
+from training.cluster_config import ClusterConfig
 from training.config_base import ConfigError, Section
 from training.data.config import DataConfig
 from training.eval.config import EvalConfig
@@ -102,6 +104,35 @@ class StackConfig(Section):
         description="`up` creates and activates a Prefect profile 'nightshift' pointing at the local server "
         "(`down` re-activates the previous one), so plain `prefect ...` commands reach it.",
     )
+    # --- storage backends (nightshift/backends.py) ---
+    backend: Literal["embedded", "postgres"] = Field(
+        default_factory=lambda: os.environ.get("NIGHTSHIFT_STACK_BACKEND") or "embedded",
+        description="'embedded': SQLite for Prefect, MLflow and the catalog, artifacts on local disk. "
+        "'postgres': Prefect, MLflow and the catalog on PostgreSQL, artifacts and MLflow's on S3-compatible "
+        "storage; `up` starts both on loopback unless postgres_url / s3_endpoint name external ones.",
+    )
+    postgres_url: str | None = Field(
+        default_factory=lambda: os.environ.get("NIGHTSHIFT_POSTGRES_URL") or None,
+        description="An existing PostgreSQL server for backend 'postgres' "
+        "(postgresql://user:password@host:5432); `up` creates the databases prefect, mlflow and catalog "
+        "on it. Unset: `up` runs a local Postgres 15.",
+    )
+    postgres_port: int = Field(5433, ge=1, le=65535, description="The local Postgres of backend 'postgres'.")
+    postgres_dir: str | None = Field(
+        None,
+        description="Where the local Postgres keeps its cluster (default: $NIGHTSHIFT_HOME/postgres). Run as "
+        "root, the server runs as user postgres, which must be able to reach this directory.",
+    )
+    s3_endpoint: str | None = Field(
+        default_factory=lambda: os.environ.get("NIGHTSHIFT_S3_ENDPOINT") or None,
+        description="An existing S3-compatible endpoint for backend 'postgres' (https://...; credentials "
+        "from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY). Unset: `up` runs an S3 server on loopback.",
+    )
+    s3_port: int = Field(9000, ge=1, le=65535, description="The loopback S3 server of backend 'postgres'.")
+    s3_bucket: str = Field(
+        "nightshift",
+        description="Bucket holding s3://<bucket>/artifacts and MLflow's s3://<bucket>/mlflow.",
+    )
 
     def problems(self) -> list[str]:
         ports = {
@@ -113,8 +144,24 @@ class StackConfig(Section):
             "ray_dashboard_agent_port": self.ray_dashboard_agent_port,
             "dashboard_port": self.dashboard_port,
         }
+        if self.backend == "postgres" and not self.postgres_url:
+            ports["postgres_port"] = self.postgres_port
+        if self.backend == "postgres" and not self.s3_endpoint:
+            ports["s3_port"] = self.s3_port
         seen: dict[int, str] = {}
         out = []
+        if self.postgres_url and not self.postgres_url.startswith(("postgresql://", "postgres://")):
+            out.append(
+                f"postgres_url: {self.postgres_url.split('@')[-1]!r} is not a postgresql:// URL; write "
+                "postgresql://user:password@host:5432"
+            )
+        if self.s3_endpoint and not self.s3_endpoint.startswith(("http://", "https://")):
+            out.append(f"s3_endpoint: {self.s3_endpoint!r} is not an http(s):// URL")
+        if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", self.s3_bucket):
+            out.append(
+                f"s3_bucket: {self.s3_bucket!r} is not a valid bucket name; use 3-63 lowercase letters, "
+                "digits, dots and hyphens"
+            )
         for name, port in ports.items():
             if port in seen:
                 out.append(f"{name}: port {port} is already used by {seen[port]}; pick another")
@@ -139,12 +186,18 @@ class Config(Section):
     rlhf: RLHFConfig = Field(default_factory=RLHFConfig, description="SFT, reward model, PPO, DPO, GRPO.")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation and promotion gates.")
     serve: ServeConfig = Field(default_factory=ServeConfig, description="Serving on Ray Serve.")
+    cluster: ClusterConfig = Field(
+        default_factory=ClusterConfig, description="The GPU cluster `nightshift infra render` targets."
+    )
 
     def problems(self) -> list[str]:
         out: list[str] = []
-        for name in ("data", "model", "train", "tracking", "ray", "stack", "rlhf", "eval", "serve"):
+        sections = ("data", "model", "train", "tracking", "ray", "stack", "rlhf", "eval", "serve", "cluster")
+        for name in sections:
             section: Section = getattr(self, name)
             out.extend(f"{name}.{p}" for p in section.problems())
+        t = self.train
+        out.extend(self.cluster.problems_for(t.num_workers, t.use_gpu, t.cpus_per_worker))
         if self.model.vocab_size < self.data.vocab_size:
             out.append(
                 f"model.vocab_size: {self.model.vocab_size} is smaller than data.vocab_size "

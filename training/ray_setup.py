@@ -46,6 +46,9 @@ def init_ray(cfg: RayConfig | None = None) -> None:
         if cfg.address == "local":
             log.info("starting a local Ray (num_cpus=%s)", cfg.num_cpus)
             ray.init(
+                # "local" always starts a new Ray: without it, ray.init() joins a head that `ray start`
+                # (or `nightshift up`) runs on this machine, and then refuses num_cpus.
+                address="local",
                 num_cpus=cfg.num_cpus,
                 include_dashboard=False,
                 object_store_memory=LOCAL_OBJECT_STORE_BYTES,

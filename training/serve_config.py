@@ -31,6 +31,19 @@ class ServeConfig(Section):
     )
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest request body accepted (413 above).")
     max_n: int = Field(8, ge=1, description="Largest `n` (choices per prompt) accepted.")
+    max_prompts: int = Field(
+        32, ge=1, description="Largest prompt list of one /v1/completions request (400 above)."
+    )
+    # --- slow clients (docs/reliability.md, "Abuse") ---
+    body_timeout_s: float = Field(
+        30, gt=0, description="A request body must have arrived this long after its headers (408 after)."
+    )
+    request_timeout_s: float = Field(
+        300, gt=0, description="Serve proxy: end-to-end limit of one request, a stream included (then cut)."
+    )
+    keep_alive_timeout_s: int = Field(
+        15, ge=1, description="Serve proxy: an idle keep-alive connection is closed after this many seconds."
+    )
     # --- engine ---
     max_batch: int = Field(32, ge=1, description="Sequences decoded together (KV cache slots).")
     max_waiting: int = Field(256, ge=1, description="Requests queued beyond the batch; more get 429.")

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # MLflow tracking server: SQLite backend, artifacts proxied by the server (clients upload and download
 # through HTTP, so they need no access to the artifact directory).
+# Backend `postgres` of the stack sets MLFLOW_BACKEND_STORE_URI (postgresql+psycopg://.../mlflow) and
+# MLFLOW_ARTIFACTS_DESTINATION (s3://<bucket>/mlflow, with MLFLOW_S3_ENDPOINT_URL and AWS credentials);
+# `mlflow server` reads both from the environment, so a password never shows in the process list.
 set -euo pipefail
 
 : "${NIGHTSHIFT_HOME:?set NIGHTSHIFT_HOME to the stack state directory}"
@@ -21,8 +24,10 @@ case "$HOST" in
   *) EXTRA+=(--allowed-hosts "${MLFLOW_ALLOWED_HOSTS:-$HOST:$PORT}") ;;
 esac
 
+export MLFLOW_BACKEND_STORE_URI="${MLFLOW_BACKEND_STORE_URI:-sqlite:///$DIR/mlflow.db}"
+export MLFLOW_ARTIFACTS_DESTINATION="${MLFLOW_ARTIFACTS_DESTINATION:-$DIR/artifacts}"
+
 exec mlflow server \
   --host "$HOST" --port "$PORT" --workers "$WORKERS" \
-  --backend-store-uri "sqlite:///$DIR/mlflow.db" \
-  --serve-artifacts --artifacts-destination "$DIR/artifacts" \
+  --serve-artifacts \
   "${EXTRA[@]}"

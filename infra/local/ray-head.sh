@@ -16,6 +16,13 @@ TEMP_DIR="${RAY_TEMP_DIR:-/tmp/nightshift-ray}"
 export RAY_USAGE_STATS_ENABLED=0
 # A single local node has nothing to drain to; without this, SIGTERM waits up to 30 s before teardown.
 export RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="${RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S:-0}"
+# Ray replaces a loopback --node-ip-address with the machine's outbound address, and then the GCS,
+# raylet, workers, dashboard agent and its metrics port all listen on every interface. With cluster
+# mode off (Ray's switch for single-machine Windows/macOS) a loopback head keeps its node address and
+# every one of them binds 127.0.0.1; a head on a real address still forms a multi-node cluster.
+case "$HOST" in
+  127.* | localhost | ::1) export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="${RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER:-0}" ;;
+esac
 
 CPUS=()
 if [[ -n "${RAY_NUM_CPUS:-}" ]]; then CPUS=(--num-cpus "$RAY_NUM_CPUS"); fi

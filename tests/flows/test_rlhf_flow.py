@@ -37,6 +37,16 @@ def test_feedback_reaches_the_next_rlhf_snapshot(tmp_path, mlflow_server, prefec
         "rlhf.enabled": True,
         "rlhf.algorithm": "dpo",
         "eval.prompt_format": "chat",
+        # The flow's wiring is under test, not the policy's quality: a few steps per stage.
+        "rlhf.sft.steps": 30,
+        "rlhf.sft.batch_size": 8,
+        "rlhf.sft.warmup_steps": 3,
+        "rlhf.reward.steps": 30,
+        "rlhf.reward.batch_size": 8,
+        "rlhf.reward.warmup_steps": 3,
+        "rlhf.dpo.steps": 20,
+        "rlhf.dpo.batch_size": 8,
+        "rlhf.dpo.warmup_steps": 2,
     }
     night = pretrain(preset="tiny", overrides=overrides, return_state=True)
     assert night.is_completed(), night.message

@@ -8,7 +8,8 @@ Rooms (trl's layout, in small files):
 * shared pieces: ``sequences`` (chat-template encoding, padded batches, reply masks), ``logprobs``
   (per-token log-probs, entropies, masked statistics, KL), ``rollout`` (KV-cached batched sampling
   with EOS and truncation), ``heads`` (scalar head on a GPT backbone; the ``reward_model``
-  artifact), ``scoring`` (rollout scores), ``optim`` (AdamW, schedule, batch order)
+  artifact), ``scoring`` (rollout scores), ``optim`` (AdamW, schedule, batch order),
+  ``distributed`` (each training loop here or on ``rlhf.num_workers`` Ray Train workers, DDP)
 * algorithms: ``sft``, ``reward``, ``ppo``, ``dpo``, ``grpo``; ``evaluate`` (held-out accuracy,
   reward, KL to the reference)
 * ``stages``: the tracked stage functions a Prefect task and the CLI call; ``config``: the

@@ -221,6 +221,31 @@ class RLHFConfig(Section):
     dpo: DPOConfig = Field(default_factory=DPOConfig, description="DPO.")
     grpo: GRPOConfig = Field(default_factory=GRPOConfig, description="GRPO.")
     eval: PolicyEvalConfig = Field(default_factory=PolicyEvalConfig, description="Policy evaluation.")
+    # --- where the training loops run (training/rlhf/distributed.py) ---
+    num_workers: int = Field(
+        1,
+        ge=1,
+        description="Data-parallel workers of each RLHF training loop (SFT, reward, PPO, DPO, GRPO). 1 "
+        "trains in this process; more run the loop on Ray Train workers on the Ray of `ray.address` (DDP: "
+        "gloo on CPU, nccl when `device` resolves to cuda), each on its share of the same global batch, so "
+        "the results match the 1-worker run's. Batch sizes must divide by it.",
+    )
+    cpus_per_worker: int | None = Field(
+        None,
+        ge=1,
+        description="CPUs (and torch threads) per Ray worker; default: the local CPUs / num_workers.",
+    )
+    max_failures: int = Field(
+        0,
+        ge=0,
+        description="Ray Train restarts of a failed worker group; a restart trains the loop from its start.",
+    )
+    storage_path: str | None = Field(
+        None,
+        description="Where Ray Train keeps rank 0's final checkpoint (weights and metric history) for the "
+        "driver; default: a temporary directory, removed once loaded. A multi-node cluster needs a path "
+        "every node reaches (shared filesystem or s3://...).",
+    )
 
     def problems(self) -> list[str]:
         out = []
@@ -242,4 +267,32 @@ class RLHFConfig(Section):
             out.append("preferences.refusal: must not be empty")
         if self.device not in ("auto", "cpu") and not self.device.startswith(("cuda", "mps")):
             out.append(f"device: {self.device!r} is not a torch device; use auto, cpu or cuda[:N]")
+        return out + self._worker_problems()
+
+    def _worker_problems(self) -> list[str]:
+        w = self.num_workers
+        if w == 1:
+            return []
+        out = []
+        shared = {
+            "sft.batch_size": self.sft.batch_size,
+            "reward.batch_size": self.reward.batch_size,
+            "dpo.batch_size": self.dpo.batch_size,
+            "ppo.rollout_batch": self.ppo.rollout_batch,
+            "ppo.minibatch": self.ppo.minibatch,
+            "grpo.prompts_per_step": self.grpo.prompts_per_step,
+            "grpo.minibatch": self.grpo.minibatch,
+        }
+        if self.sft.ptx_coef > 0:
+            shared["sft.ptx_batch"] = self.sft.ptx_batch
+        for key, n in shared.items():
+            if n % w:
+                out.append(
+                    f"{key}: {n} is not divisible by num_workers {w} (each worker takes an equal share of "
+                    f"the global batch); use a multiple of {w} or change num_workers"
+                )
+        if self.device.startswith("mps"):
+            out.append(
+                f"device: {self.device!r} is not available to Ray workers (num_workers {w}); use cpu or cuda"
+            )
         return out

@@ -16,6 +16,7 @@ import torch
 from torch.nn import functional as F
 
 from training.rlhf.config import DPOConfig
+from training.rlhf.distributed import LOCAL, Dist
 from training.rlhf.logprobs import sequence_logprob, token_logprobs
 from training.rlhf.optim import LogFn, Optimizer, batch_order, freeze, no_log
 from training.rlhf.ppo import RLResult
@@ -55,7 +56,7 @@ def dpo_loss(
 
 
 def _pair_logprobs(
-    model: GPT, enc: EncodedPairs, idx: Sequence[int], pad: int
+    model: GPT | torch.nn.Module, enc: EncodedPairs, idx: Sequence[int], pad: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     dev = next(model.parameters()).device
     b = enc.batch(idx, pad, dev)
@@ -88,6 +89,7 @@ def train_dpo(
     seed: int = 0,
     log_metrics: LogFn = no_log,
     log_every: int = 10,
+    dist: Dist = LOCAL,
 ) -> RLResult:
     """Optimise ``policy`` in place with DPO on preference pairs.
 
@@ -101,6 +103,8 @@ def train_dpo(
         seed: batch order.
         log_metrics: every ``log_every`` steps: loss, reward_chosen, reward_rejected, margin,
             accuracy, lr.
+        dist: this worker's share of each batch (default: one worker, the whole batch); the
+            held-out accuracy is measured by rank 0 only.
     """
     if not pairs:
         raise ValueError("DPO needs at least one preference pair")
@@ -113,10 +117,11 @@ def train_dpo(
     gen = torch.Generator().manual_seed(seed)
     opt = Optimizer(policy, lr=cfg.lr, steps=cfg.steps, warmup=cfg.warmup_steps, grad_clip=cfg.grad_clip)
     order = batch_order(len(enc), cfg.batch_size, gen)
+    train_policy = dist.wrap(policy)
     history: list[dict[str, float]] = []
     for step in range(1, cfg.steps + 1):
-        idx = next(order)
-        pc, pr = _pair_logprobs(policy, enc, idx, pad)
+        idx = dist.shard(next(order))
+        pc, pr = _pair_logprobs(train_policy, enc, idx, pad)
         loss, rc, rr = dpo_loss(pc, pr, ref_c[idx], ref_r[idx], cfg.beta, cfg.label_smoothing)
         lr = opt.lr
         opt.step(loss)
@@ -129,10 +134,11 @@ def train_dpo(
                 "accuracy": float((rc > rr).float().mean()),
                 "lr": lr,
             }
+            row = dist.mean_metrics(row)  # equal shares: the mean of the means is the batch's
             history.append({"step": step, **row})
             log_metrics(row, step)
     metrics = {k: v for k, v in history[-1].items() if k != "step"}
-    if heldout:
+    if heldout and dist.is_main:
         metrics.update(
             {
                 f"heldout_{k}": v

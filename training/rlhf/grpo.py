@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from training.rlhf.config import GRPOConfig, SamplingConfig
+from training.rlhf.distributed import LOCAL, Dist
 from training.rlhf.logprobs import masked_mean, token_logprobs
 from training.rlhf.optim import LogFn, Optimizer, batch_order, freeze, minibatches, no_log
 from training.rlhf.ppo import RLResult
@@ -92,6 +93,7 @@ def train_grpo(
     reward_model: ScalarModel | None = None,
     seed: int = 0,
     log_metrics: LogFn = no_log,
+    dist: Dist = LOCAL,
 ) -> RLResult:
     """Optimise ``policy`` in place with GRPO on the prompts of ``examples``.
 
@@ -106,6 +108,8 @@ def train_grpo(
         seed: prompt order and sampling.
         log_metrics: per iteration: reward, reward_std, task_reward, accuracy, kl, entropy,
             clip_frac, loss, reply_len, eos_frac, rollout_tokens_per_s.
+        dist: this worker's share of each rollout batch's prompts (whole groups) and minibatches
+            (default: one worker, all of them); the reward normaliser is fitted on the global batch.
     """
     if not examples:
         raise ValueError("GRPO needs prompts; check rlhf.tasks")
@@ -120,17 +124,18 @@ def train_grpo(
     policy.eval()
     prompts = [encode_prompt(tokenizer, ex.messages()) for ex in examples]
     stop_ids, pad = prompts[0][1], pad_id(tokenizer)
-    gen = torch.Generator().manual_seed(seed)
-    sample_gen = torch.Generator(device=dev).manual_seed(seed + 1)
+    gen = torch.Generator().manual_seed(seed)  # the same on every worker: same batches, same order
+    sample_gen = torch.Generator(device=dev).manual_seed(seed + 1 + 7919 * dist.rank)
     n_rows = cfg.prompts_per_step * cfg.group_size
     updates = cfg.iterations * cfg.epochs * -(-n_rows // cfg.minibatch)
     opt = Optimizer(policy, lr=cfg.lr, steps=updates, grad_clip=cfg.grad_clip)
     order = batch_order(len(examples), cfg.prompts_per_step, gen)
     temp = sampling.temperature
-    normalizer = RewardNormalizer() if cfg.normalize_reward else None
+    normalizer = RewardNormalizer(dist=dist) if cfg.normalize_reward else None
+    train_policy = dist.wrap(policy)
     history: list[dict[str, float]] = []
     for it in range(1, cfg.iterations + 1):
-        idx = next(order)
+        idx = dist.shard(next(order))
         t0 = time.perf_counter()
         ro = rollout(
             policy,
@@ -159,9 +164,10 @@ def train_grpo(
             ref_lp, _ = token_logprobs(reference, ro.ids, temperature=temp)
         stats: dict[str, list[float]] = {"loss": [], "clip_frac": [], "kl": [], "entropy": []}
         for _ in range(cfg.epochs):
-            for mb in minibatches(len(ro), cfg.minibatch, gen):
+            # Each reply weighs the same in the loss, so equal shares average to the global loss.
+            for mb in minibatches(len(ro), cfg.minibatch // dist.world, gen):
                 mb = mb.to(dev)
-                lp, ent = token_logprobs(policy, ro.ids[mb], temperature=temp, with_entropy=True)
+                lp, ent = token_logprobs(train_policy, ro.ids[mb], temperature=temp, with_entropy=True)
                 assert ent is not None
                 loss, st = grpo_loss(
                     lp, old_lp[mb], ref_lp[mb], adv[mb], ro.mask[mb], cfg.clip_range, cfg.kl_coef
@@ -186,6 +192,7 @@ def train_grpo(
             "eos_frac": float(ro.finished.float().mean()),
             "rollout_tokens_per_s": ro.num_reply_tokens / max(rollout_s, 1e-9),
         }
+        row = dist.mean_metrics(row, summed=("rollout_tokens_per_s",))
         history.append({"step": it, **row})
         log_metrics(row, it)
     last = history[-1]

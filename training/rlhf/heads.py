@@ -76,8 +76,14 @@ class ScalarModel(nn.Module):
     def cfg(self) -> ModelConfig:
         return self.gpt.cfg
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        """One scalar per position, (B, T)."""
+    def forward(self, idx: torch.Tensor, last: torch.Tensor | None = None) -> torch.Tensor:
+        """One scalar per position, (B, T); with ``last`` (B,), :meth:`score` (B,).
+
+        ``score`` is reachable through ``forward`` because DistributedDataParallel synchronises
+        the gradients of ``forward`` calls only (reward-model training on several workers).
+        """
+        if last is not None:
+            return self.score(idx, last)
         return self.score_head(hidden_states(self.gpt, idx)).squeeze(-1).float()
 
     def score(self, idx: torch.Tensor, last: torch.Tensor) -> torch.Tensor:

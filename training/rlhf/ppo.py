@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from training.rlhf.config import PPOConfig, SamplingConfig
+from training.rlhf.distributed import LOCAL, Dist
 from training.rlhf.heads import ScalarModel
 from training.rlhf.logprobs import masked_mean, masked_whiten, token_logprobs
 from training.rlhf.optim import LogFn, Optimizer, batch_order, freeze, minibatches, no_log
@@ -171,6 +172,7 @@ def train_ppo(
     reward_model: ScalarModel | None = None,
     seed: int = 0,
     log_metrics: LogFn = no_log,
+    dist: Dist = LOCAL,
 ) -> RLResult:
     """Optimise ``policy`` in place with PPO on the prompts of ``examples``.
 
@@ -186,6 +188,8 @@ def train_ppo(
         seed: prompt order and sampling.
         log_metrics: per iteration: reward, task_reward, accuracy, kl, kl_coef, entropy, clip_frac,
             approx_kl, policy_loss, value_loss, value_clip_frac, reply_len, eos_frac, rollout_tokens_per_s.
+        dist: this worker's share of each rollout batch and minibatch (default: one worker, all of
+            them); whitening, the reward normaliser and the KL controller use the global batch.
     """
     if not examples:
         raise ValueError("PPO needs prompts; check rlhf.tasks")
@@ -202,8 +206,8 @@ def train_ppo(
     value_model.eval()
     prompts = [encode_prompt(tokenizer, ex.messages()) for ex in examples]
     stop_ids, pad = prompts[0][1], pad_id(tokenizer)
-    gen = torch.Generator().manual_seed(seed)
-    sample_gen = torch.Generator(device=dev).manual_seed(seed + 1)
+    gen = torch.Generator().manual_seed(seed)  # the same on every worker: same batches, same order
+    sample_gen = torch.Generator(device=dev).manual_seed(seed + 1 + 7919 * dist.rank)
     updates = cfg.iterations * cfg.epochs * -(-cfg.rollout_batch // cfg.minibatch)
     p_opt = Optimizer(policy, lr=cfg.lr, steps=updates, grad_clip=cfg.grad_clip)
     v_opt = Optimizer(value_model, lr=cfg.value_lr, steps=updates, grad_clip=cfg.grad_clip)
@@ -211,9 +215,10 @@ def train_ppo(
     order = batch_order(len(examples), cfg.rollout_batch, gen)
     history: list[dict[str, float]] = []
     temp = sampling.temperature
-    normalizer = RewardNormalizer() if cfg.normalize_reward else None
+    normalizer = RewardNormalizer(dist=dist) if cfg.normalize_reward else None
+    train_policy, train_value = dist.wrap(policy), dist.wrap(value_model)
     for it in range(1, cfg.iterations + 1):
-        idx = next(order)
+        idx = dist.shard(next(order))
         t0 = time.perf_counter()
         ro = rollout(
             policy,
@@ -244,23 +249,25 @@ def train_ppo(
             rewards, kl = per_token_rewards(sc.reward, old_lp, ref_lp, mask, ro.last, kl_ctl.value)
             adv, returns = gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
             if cfg.whiten_advantages:
-                adv = masked_whiten(adv, mask)
+                adv = dist.whiten(adv, mask) if dist.world > 1 else masked_whiten(adv, mask)
         stats: dict[str, list[float]] = {
             k: []
             for k in ("policy_loss", "value_loss", "clip_frac", "approx_kl", "value_clip_frac", "entropy")
         }
         for _ in range(cfg.epochs):
-            for mb in minibatches(len(ro), cfg.minibatch, gen):
+            for mb in minibatches(len(ro), cfg.minibatch // dist.world, gen):
                 mb = mb.to(dev)
                 m = mask[mb]
-                lp, ent = token_logprobs(policy, ro.ids[mb], temperature=temp, with_entropy=True)
+                # Token means over every worker's minibatch rows, as with one worker.
+                share = dist.token_share(m.sum())
+                lp, ent = token_logprobs(train_policy, ro.ids[mb], temperature=temp, with_entropy=True)
                 assert ent is not None
                 pg_loss, pg_stats = ppo_policy_loss(lp, old_lp[mb], adv[mb], m, cfg.clip_range)
                 entropy = masked_mean(ent, m)
-                p_opt.step(pg_loss - cfg.entropy_coef * entropy)
-                values = value_model(ro.ids[mb])[:, :-1]
+                p_opt.step((pg_loss - cfg.entropy_coef * entropy) * share)
+                values = train_value(ro.ids[mb])[:, :-1]
                 vf_loss, vf_clip = ppo_value_loss(values, old_values[mb], returns[mb], m, cfg.value_clip)
-                v_opt.step(cfg.vf_coef * vf_loss)
+                v_opt.step(cfg.vf_coef * vf_loss * share)
                 for k, v in (
                     ("policy_loss", pg_loss),
                     ("value_loss", vf_loss),
@@ -270,7 +277,7 @@ def train_ppo(
                     ("entropy", entropy),
                 ):
                     stats[k].append(v.item())
-        seq_kl = float(kl.sum(-1).mean())
+        seq_kl = dist.mean_metrics({"kl": float(kl.sum(-1).mean())})["kl"]
         row = {
             "reward": float(sc.reward.mean()),
             "task_reward": float(sc.task.mean()),
@@ -282,7 +289,8 @@ def train_ppo(
             "rollout_tokens_per_s": ro.num_reply_tokens / max(rollout_s, 1e-9),
             **{k: sum(v) / len(v) for k, v in stats.items()},
         }
-        kl_ctl.update(seq_kl, len(ro))
+        row = dist.mean_metrics(row, summed=("rollout_tokens_per_s",))
+        kl_ctl.update(seq_kl, len(ro) * dist.world)
         history.append({"step": it, **row})
         log_metrics(row, it)
     last = history[-1]

@@ -17,6 +17,7 @@ import torch
 from torch.nn import functional as F
 
 from training.rlhf.config import RewardConfig
+from training.rlhf.distributed import LOCAL, Dist
 from training.rlhf.heads import ScalarModel
 from training.rlhf.optim import LogFn, Optimizer, batch_order, no_log
 from training.rlhf.preferences import PreferencePair
@@ -74,12 +75,15 @@ def encode_pairs(tokenizer: Tokenizer, pairs: Sequence[PreferencePair], block_si
 
 
 def pair_scores(
-    model: ScalarModel, enc: EncodedPairs, idx: Sequence[int], pad: int
+    model: ScalarModel | torch.nn.Module, enc: EncodedPairs, idx: Sequence[int], pad: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reward of the chosen and the rejected reply of pairs ``idx``, each (B,)."""
+    """Reward of the chosen and the rejected reply of pairs ``idx``, each (B,).
+
+    ``model`` is a :class:`ScalarModel` or its DistributedDataParallel wrapper.
+    """
     dev = next(model.parameters()).device
     b = enc.batch(idx, pad, dev)
-    s = model.score(b.ids, b.last)
+    s = model(b.ids, b.last)
     return s[: len(idx)], s[len(idx) :]
 
 
@@ -124,6 +128,7 @@ def train_reward(
     seed: int = 0,
     log_metrics: LogFn = no_log,
     log_every: int = 10,
+    dist: Dist = LOCAL,
 ) -> RewardResult:
     """Train the reward model in place on preference pairs.
 
@@ -137,6 +142,8 @@ def train_reward(
         log_metrics: receives ``loss``, ``accuracy`` (batch), ``margin``, ``lr`` every ``log_every``
             steps and ``heldout_accuracy`` every ``cfg.eval_every`` steps.
         log_every: steps between logged training metrics.
+        dist: this worker's share of each batch (default: one worker, the whole batch); held-out
+            and final accuracies are measured by rank 0 only.
 
     Raises:
         ValueError: no pairs, or a pair longer than the context.
@@ -157,9 +164,10 @@ def train_reward(
     history: list[dict[str, float]] = []
     order = batch_order(len(enc), cfg.batch_size, gen)
     model.train()
+    train_model = dist.wrap(model)
     for step in range(1, cfg.steps + 1):
-        idx = next(order)
-        ch, rj = pair_scores(model, enc, idx, pad)
+        idx = dist.shard(next(order))
+        ch, rj = pair_scores(train_model, enc, idx, pad)
         loss = bradley_terry_loss(ch, rj)
         lr = opt.lr
         opt.step(loss)
@@ -171,13 +179,16 @@ def train_reward(
                 margin=(ch - rj).mean().item(),
                 lr=lr,
             )
-        if heldout and (step % cfg.eval_every == 0 or step == cfg.steps):
+            row = dist.mean_metrics(row)  # equal shares: the mean of the means is the batch's
+        if heldout and dist.is_main and (step % cfg.eval_every == 0 or step == cfg.steps):
             row["heldout_accuracy"] = reward_accuracy(model, tokenizer, heldout)["accuracy"]
         if row:
             history.append({"step": step, **row})
             log_metrics(row, step)
     model.eval()
     metrics = {"loss": history[-1]["loss"], "steps": cfg.steps}
+    if not dist.is_main:
+        return RewardResult(metrics=metrics, history=history)
     metrics.update({f"train_{k}": v for k, v in reward_accuracy(model, tokenizer, pairs[:512]).items()})
     if heldout:
         metrics.update({f"heldout_{k}": v for k, v in reward_accuracy(model, tokenizer, heldout).items()})

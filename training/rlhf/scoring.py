@@ -7,7 +7,7 @@ come from the tasks) so the logs show the objective measure next to the optimise
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 import torch
@@ -19,6 +19,7 @@ from training.rlhf.tasks import TaskExample, is_correct, score
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
+    from training.rlhf.distributed import Dist
     from training.rlhf.heads import ScalarModel
 
 
@@ -29,18 +30,25 @@ class RewardNormalizer:
     A reward model's scale is arbitrary (Bradley-Terry fixes only differences), so a fixed KL
     coefficient or advantage scale means something different for every reward model. Like OpenAI's
     lm-human-preferences, the gain and bias are fitted once, on the first rollout batch (sampled
-    before any update), and then kept fixed so rewards stay comparable across the run.
+    before any update), and then kept fixed so rewards stay comparable across the run. With
+    several workers (``dist``) the fit is on the whole batch, every worker's rows.
     """
 
     gain: float = 1.0
     bias: float = 0.0
     fitted: bool = False
+    dist: Dist | None = field(default=None, repr=False)
 
     def __call__(self, raw: torch.Tensor) -> torch.Tensor:
         if not self.fitted:
-            std = float(raw.std()) if raw.numel() > 1 else 1.0
+            if self.dist is not None and self.dist.world > 1:
+                mean, var = self.dist.moments(raw.float())
+                std = var**0.5
+            else:
+                std = float(raw.std()) if raw.numel() > 1 else 1.0
+                mean = float(raw.mean())
             self.gain = 1.0 / max(std, 1e-6)
-            self.bias = -float(raw.mean()) * self.gain
+            self.bias = -mean * self.gain
             self.fitted = True
         return raw * self.gain + self.bias
 

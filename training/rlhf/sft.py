@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from training.rlhf.config import SFTConfig
+from training.rlhf.distributed import LOCAL, Dist
 from training.rlhf.optim import LogFn, Optimizer, batch_order, no_log
 from training.rlhf.sequences import Prompt, SequenceBatch, collate, encode_reply, pad_id
 
@@ -58,6 +59,23 @@ def encode_sft(
     return seqs, starts
 
 
+def _global_row(
+    row: dict[str, float],
+    reply_loss: torch.Tensor,
+    n_reply: torch.Tensor,
+    ptx: torch.Tensor | None,
+    ptx_coef: float,
+    dist: Dist,
+) -> dict[str, float]:
+    """The logged row of the global batch: token-mean reply loss, mean ptx loss, summed throughput."""
+    total = float(dist.sum(n_reply.double()))
+    loss = float(dist.sum(reply_loss.detach().double() * n_reply)) / max(total, 1.0)
+    out = dist.mean_metrics(row, summed=("tokens_per_s",))
+    if ptx is not None:
+        loss += ptx_coef * out["ptx_loss"]
+    return out | {"loss": loss}
+
+
 @dataclass
 class SFTResult:
     metrics: dict[str, float]
@@ -74,6 +92,7 @@ def train_sft(
     log_metrics: LogFn = no_log,
     log_every: int = 10,
     pretrain_tokens: torch.Tensor | None = None,
+    dist: Dist = LOCAL,
 ) -> SFTResult:
     """Fine-tune ``model`` in place on (prompt, reply) examples.
 
@@ -87,6 +106,7 @@ def train_sft(
         log_every: steps between logged metrics (the last step is always logged).
         pretrain_tokens: a 1-D tensor of pretraining token ids; with ``cfg.ptx_coef > 0`` each step
             adds ``ptx_coef`` times the next-token loss on ``cfg.ptx_batch`` random windows of it.
+        dist: this worker's share of each batch (default: one worker, the whole batch).
 
     Raises:
         ValueError: no examples, or one longer than the context.
@@ -106,23 +126,27 @@ def train_sft(
         grad_clip=cfg.grad_clip,
     )
     model.train()
+    train_model = dist.wrap(model)
     history: list[dict[str, float]] = []
     order = batch_order(len(seqs), cfg.batch_size, gen)
     t0, tokens = time.perf_counter(), 0
     for step in range(1, cfg.steps + 1):
-        idx = next(order)
+        idx = dist.shard(next(order))
         batch = collate([seqs[i] for i in idx], [starts[i] for i in idx], pad, dev)
-        loss = sft_loss(model, batch)
+        n_reply = batch.mask.sum()
+        reply_loss = sft_loss(train_model, batch)
+        # With several workers the loss is a mean over every worker's reply tokens, as with one.
+        loss = reply_loss * dist.token_share(n_reply) if dist.world > 1 else reply_loss
         ptx = None
         if cfg.ptx_coef > 0 and pretrain_tokens is not None:
             T = model.cfg.block_size
             starts_ = torch.randint(len(pretrain_tokens) - T - 1, (cfg.ptx_batch,), generator=gen)
-            win = torch.stack([pretrain_tokens[s : s + T + 1] for s in starts_.tolist()]).to(dev)
-            _, ptx = model(win[:, :-1].contiguous(), targets=win[:, 1:].contiguous())
+            win = torch.stack([pretrain_tokens[s : s + T + 1] for s in dist.shard(starts_.tolist())]).to(dev)
+            _, ptx = train_model(win[:, :-1].contiguous(), targets=win[:, 1:].contiguous())
             loss = loss + cfg.ptx_coef * ptx
         lr = opt.lr
         norm = opt.step(loss)
-        tokens += int(batch.mask.sum())
+        tokens += int(n_reply)
         if step % log_every == 0 or step == cfg.steps:
             row = {
                 "loss": loss.item(),
@@ -131,6 +155,8 @@ def train_sft(
                 **({"ptx_loss": ptx.item()} if ptx is not None else {}),
                 "tokens_per_s": tokens / max(time.perf_counter() - t0, 1e-9),
             }
+            if dist.world > 1:
+                row = _global_row(row, reply_loss, n_reply, ptx, cfg.ptx_coef, dist)
             history.append({"step": step, **row})
             log_metrics(row, step)
     model.eval()

@@ -246,6 +246,7 @@ def sft_stage(
     """
     import copy
 
+    from training.rlhf.distributed import run_training
     from training.rlhf.sft import train_sft
 
     seed = _seed(cfg, "sft")
@@ -268,9 +269,10 @@ def sft_stage(
         tok_ref = _ref(tokens, "tokens")
         run.use(tok_ref, context="ptx")
         ptx = torch.from_numpy(TokenShards.open(tok_ref).split("train").to_numpy().astype("int64"))
-    res = train_sft(
-        policy, tok, demos, cfg.rlhf.sft, seed=seed, log_metrics=_logger(run), pretrain_tokens=ptx
-    )
+    res = run_training(
+        cfg, train_sft, {"model": policy}, trained=("model",), log_metrics=_logger(run),
+        tokenizer=tok, examples=demos, cfg=cfg.rlhf.sft, seed=seed, pretrain_tokens=ptx,
+    )  # fmt: skip
     metrics = res.metrics | _evaluate(cfg, run, policy, base, tok, splits)
     out_ref, uri = _publish_policy(
         cfg, run, policy, tok, out, {"stage": "sft", "base": ref.sha256, "metrics": metrics}
@@ -291,6 +293,7 @@ def reward_stage(
     Without ``preferences`` the preference set is built and snapshotted first (:func:`preferences_stage`).
     Logs ``heldout_accuracy`` (goal: at least 0.9) and publishes a ``reward_model`` artifact.
     """
+    from training.rlhf.distributed import run_training
     from training.rlhf.heads import save_reward_model, scalar_model_from
     from training.rlhf.reward import train_reward
 
@@ -299,7 +302,10 @@ def reward_stage(
     pref, pairs, heldout = _preferences(cfg, run, ref, preferences)
     run.log_params({"rlhf.reward": cfg.rlhf.reward.model_dump(mode="json")})
     rm = scalar_model_from(gpt)
-    res = train_reward(rm, tok, pairs, cfg.rlhf.reward, heldout=heldout, seed=seed, log_metrics=_logger(run))
+    res = run_training(
+        cfg, train_reward, {"model": rm}, trained=("model",), log_metrics=_logger(run),
+        tokenizer=tok, pairs=pairs, cfg=cfg.rlhf.reward, heldout=heldout, seed=seed,
+    )  # fmt: skip
     out_ref = save_reward_model(
         rm,
         tok,
@@ -327,6 +333,7 @@ def ppo_stage(
 
     import torch
 
+    from training.rlhf.distributed import run_training
     from training.rlhf.heads import scalar_model_from
     from training.rlhf.ppo import train_ppo
 
@@ -349,9 +356,10 @@ def ppo_stage(
         # features, restart the head at 0 (what ScalarModel does for a fresh head).
         torch.nn.init.zeros_(value.score_head.weight)
         torch.nn.init.zeros_(value.score_head.bias)
-    res = train_ppo(
-        pi, reference, value, tok, splits.train, cfg.rlhf.ppo, cfg.rlhf.sampling,
-        reward_model=rm, seed=seed, log_metrics=_logger(run),
+    models = {"policy": pi, "reference": reference, "value_model": value, "reward_model": rm}
+    res = run_training(
+        cfg, train_ppo, models, trained=("policy", "value_model"), log_metrics=_logger(run),
+        tokenizer=tok, examples=splits.train, cfg=cfg.rlhf.ppo, sampling=cfg.rlhf.sampling, seed=seed,
     )  # fmt: skip
     metrics = res.metrics | _evaluate(cfg, run, pi, reference, tok, splits, rm)
     meta = {"stage": "ppo", "base": ref.sha256, "reward_model": rm_ref.sha256, "metrics": metrics}
@@ -370,6 +378,7 @@ def dpo_stage(
     """DPO from the SFT ``policy`` against its frozen copy on the preference set; publishes the policy."""
     import copy
 
+    from training.rlhf.distributed import run_training
     from training.rlhf.dpo import train_dpo
 
     seed = _seed(cfg, "dpo")
@@ -378,9 +387,10 @@ def dpo_stage(
     run.log_params({"rlhf.dpo": cfg.rlhf.dpo.model_dump(mode="json")})
     splits = tasks_from_config(cfg.rlhf, cfg.seed)
     reference = copy.deepcopy(pi)
-    res = train_dpo(
-        pi, reference, tok, pairs, cfg.rlhf.dpo, heldout=heldout, seed=seed, log_metrics=_logger(run)
-    )
+    res = run_training(
+        cfg, train_dpo, {"policy": pi, "reference": reference}, trained=("policy",),
+        log_metrics=_logger(run), tokenizer=tok, pairs=pairs, cfg=cfg.rlhf.dpo, heldout=heldout, seed=seed,
+    )  # fmt: skip
     metrics = res.metrics | _evaluate(cfg, run, pi, reference, tok, splits)
     meta = {"stage": "dpo", "base": ref.sha256, "preferences": pref.sha256, "metrics": metrics}
     out_ref, uri = _publish_policy(cfg, run, pi, tok, out, meta)
@@ -398,6 +408,7 @@ def grpo_stage(
     """GRPO from the SFT ``policy`` on the task prompts, scored by the task or by ``reward_model``."""
     import copy
 
+    from training.rlhf.distributed import run_training
     from training.rlhf.grpo import train_grpo
 
     seed = _seed(cfg, "grpo")
@@ -411,9 +422,10 @@ def grpo_stage(
     )
     splits = tasks_from_config(cfg.rlhf, cfg.seed)
     reference = copy.deepcopy(pi)
-    res = train_grpo(
-        pi, reference, tok, splits.train, cfg.rlhf.grpo, cfg.rlhf.sampling,
-        reward_model=rm, seed=seed, log_metrics=_logger(run),
+    models = {"policy": pi, "reference": reference} | ({"reward_model": rm} if rm is not None else {})
+    res = run_training(
+        cfg, train_grpo, models, trained=("policy",), log_metrics=_logger(run),
+        tokenizer=tok, examples=splits.train, cfg=cfg.rlhf.grpo, sampling=cfg.rlhf.sampling, seed=seed,
     )  # fmt: skip
     metrics = res.metrics | _evaluate(cfg, run, pi, reference, tok, splits, rm)
     meta = {"stage": "grpo", "base": ref.sha256, "metrics": metrics}

@@ -1,0 +1,88 @@
+"""The image every pod and launcher node runs: Python 3.11, requirements.lock, this repository.
+
+One image for the Ray head and workers, the Serve replicas and the Prefect flow-run pods, so
+every process imports the same code against the same pinned packages. torch comes from the
+PyTorch index named by the build argument ``TORCH_INDEX_URL`` (CPU wheels by default; a CUDA
+index for GPU nodes), at the version requirements.lock pins, before the rest of the lock.
+"""
+
+from __future__ import annotations
+
+from importlib import metadata
+
+from training.config import Config
+
+CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+
+
+def _pinned(package: str) -> str:
+    """The installed version without a local label (``2.13.0+cpu`` -> ``2.13.0``), as the lock pins it."""
+    return metadata.version(package).split("+", 1)[0]
+
+
+def dockerfile(cfg: Config) -> str:
+    cc = cfg.cluster
+    torch = _pinned("torch")
+    return f"""\
+# syntax=docker/dockerfile:1
+# Rendered by `nightshift infra render` from the config (training/cluster_config.py); edit the config
+# or nightshift/manifests/, then re-render. Build from the repository root:
+#   docker build -f infra/docker/Dockerfile -t {cc.image} .
+#   GPU nodes: add --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 (a CUDA index)
+FROM python:3.11-slim
+
+# torch's wheel index: CPU wheels by default, a CUDA one (cu126, cu128, ...) for GPU nodes.
+ARG TORCH_INDEX_URL={CPU_INDEX}
+ARG TORCH_VERSION={torch}
+
+ENV PYTHONDONTWRITEBYTECODE=1 \\
+    PYTHONUNBUFFERED=1 \\
+    PIP_NO_CACHE_DIR=1 \\
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \\
+    NIGHTSHIFT_REPO={cc.repo_dir} \\
+    NIGHTSHIFT_HOME={cc.home_dir}
+
+# KubeRay's health probes call wget; git lets MLflow record the code version.
+RUN apt-get update \\
+    && apt-get install -y --no-install-recommends wget git \\
+    && rm -rf /var/lib/apt/lists/*
+
+# User `ray` (uid 1000) in group `users` (100), the group the pods' fsGroup gives the shared volume.
+RUN useradd --create-home --uid 1000 --gid 100 --shell /bin/bash ray \\
+    && mkdir -p {cc.repo_dir} {cc.home_dir} \\
+    && chown ray:users {cc.repo_dir} {cc.home_dir}
+
+WORKDIR {cc.repo_dir}
+
+# Dependencies first, so a code change does not reinstall them.
+COPY requirements.lock ./
+RUN pip install --index-url "$TORCH_INDEX_URL" "torch==$TORCH_VERSION" \\
+    && pip install -r requirements.lock
+
+# The package, editable: configs/, prefect.yaml and flows/ stay where the code looks for them.
+COPY --chown=ray:users . ./
+RUN pip install --no-deps -e .
+
+USER ray
+CMD ["bash"]
+"""
+
+
+def dockerignore() -> str:
+    return """\
+# Rendered by `nightshift infra render`; keeps local state and build litter out of the image.
+.git
+.venv
+.nightshift
+**/__pycache__
+**/*.pyc
+*.egg-info
+.pytest_cache
+.ruff_cache
+build
+dist
+mlruns
+mlflow.db
+tests
+bench
+"""

@@ -1,0 +1,169 @@
+"""The backend the integration tests run against, chosen by ``NIGHTSHIFT_TEST_BACKEND``.
+
+* ``embedded`` (default, part of ``make test``): a SQLite catalog, artifacts in a local directory,
+  the session's MLflow server (SQLite + local artifacts).
+* ``postgres`` (``make test-postgres``): ``nightshift up`` with ``stack.backend: postgres`` on free
+  ports — a Postgres 15 cluster (Debian's binaries) with the databases prefect, mlflow and catalog, an
+  S3 server on loopback, and Prefect, MLflow, Ray and the worker pointed at them. The same tests then
+  use that MLflow (Postgres + S3), fresh catalog databases on that Postgres and the S3 artifact root,
+  and ``test_stack_postgres.py`` (collected only here) runs ``pretrain/nightly`` through the worker.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+BACKEND = os.environ.get("NIGHTSHIFT_TEST_BACKEND", "embedded")
+if BACKEND not in ("embedded", "postgres"):
+    raise pytest.UsageError(f"NIGHTSHIFT_TEST_BACKEND={BACKEND!r}: use 'embedded' or 'postgres'")
+
+# The stack test brings up Postgres and S3 itself; only the postgres pass runs it.
+collect_ignore = [] if BACKEND == "postgres" else ["test_stack_postgres.py"]
+
+
+@dataclass
+class Backend:
+    """Where tracking, the catalog and artifacts go in this pass, and how to look inside them."""
+
+    name: str
+    mlflow_uri: str
+    artifact_root: str
+    tmp: Path
+    postgres_server: str | None = None  # postgresql://postgres:<pw>@127.0.0.1:<port>/postgres
+    bucket: str | None = None
+
+    def new_catalog_url(self) -> str:
+        """A fresh, empty catalog database (SQLite file, or a new database on the Postgres server)."""
+        name = f"t_{uuid.uuid4().hex[:12]}"
+        if self.postgres_server is None:
+            return f"sqlite:///{self.tmp / name}.db"
+        import psycopg
+
+        from nightshift.backends import database_url
+
+        with psycopg.connect(
+            database_url(self.postgres_server, "postgresql", "postgres"), autocommit=True
+        ) as c:
+            c.execute(f'CREATE DATABASE "{name}"')
+        return database_url(self.postgres_server, "postgresql+psycopg", name)
+
+    def database(self, name: str) -> str:
+        """SQLAlchemy URL of one of the stack's databases (``mlflow``, ``prefect``, ``catalog``)."""
+        from nightshift.backends import database_url
+
+        assert self.postgres_server is not None
+        return database_url(self.postgres_server, "postgresql+psycopg", name)
+
+    def objects(self, prefix: str) -> dict[str, int]:
+        """Keys (and sizes) in the bucket under ``prefix``."""
+        import boto3
+
+        assert self.bucket is not None
+        pages = (
+            boto3.client("s3").get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
+        )
+        return {o["Key"]: o["Size"] for page in pages for o in page.get("Contents", [])}
+
+
+def _free_ports(n: int) -> list[int]:
+    """Distinct free loopback ports outside Ray's worker range (10002-19999)."""
+    socks, ports = [], []
+    while len(ports) < n:
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+        if not 10002 <= (port := s.getsockname()[1]) <= 19999:
+            ports.append(port)
+    for s in socks:
+        s.close()
+    return ports
+
+
+STACK_PORTS = [
+    "prefect_port", "mlflow_port", "ray_port", "ray_dashboard_port", "ray_client_port",
+    "ray_dashboard_agent_port", "dashboard_port", "postgres_port", "s3_port",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def postgres_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """``nightshift up`` with ``stack.backend: postgres`` on free ports; yields the config."""
+    from nightshift import stack
+    from training.config import load_config
+
+    home = tmp_path_factory.mktemp("stack_home")
+    # Not under pytest's tmp dir: that is closed to the postgres user the server runs as under root.
+    pg_dir = Path(tempfile.mkdtemp(prefix="nightshift-stack-pg-"))
+    keys = ("NIGHTSHIFT_HOME", "PREFECT_HOME")
+    saved = {k: os.environ.get(k) for k in keys}
+    os.environ["NIGHTSHIFT_HOME"] = str(home)
+    os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect_home"))
+    ports = _free_ports(len(STACK_PORTS) + 1)
+    overrides: dict[str, object] = {f"stack.{k}": p for k, p in zip(STACK_PORTS, ports, strict=False)}
+    overrides.update(
+        {
+            "stack.backend": "postgres",
+            "stack.postgres_dir": str(pg_dir),
+            "stack.ray_num_cpus": 1,
+            "stack.ray_object_store_bytes": 100_000_000,
+            "stack.set_profile": False,
+            "serve.port": ports[-1],
+        }
+    )
+    cfg = load_config("tiny", overrides)
+    try:
+        stack.up(cfg, deploy=True)
+        yield cfg
+    finally:
+        stack.down(cfg)
+        from catalog.db import dispose_engines
+
+        dispose_engines()
+        shutil.rmtree(pg_dir, ignore_errors=True)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
+    tmp = tmp_path_factory.mktemp("backend")
+    if BACKEND == "embedded":
+        mlflow_uri = request.getfixturevalue("mlflow_server")
+        yield Backend(name="embedded", mlflow_uri=mlflow_uri, artifact_root=str(tmp / "artifacts"), tmp=tmp)
+        return
+    from nightshift import backends, stack
+    from training.config import nightshift_home
+
+    cfg = request.getfixturevalue("postgres_stack")
+    env = stack.stack_env(cfg)
+    # This process publishes and opens artifacts on the stack's S3 server, as a flow run would.
+    s3_keys = [k for k in env if k.startswith("AWS_") or k == "MLFLOW_S3_ENDPOINT_URL"]
+    saved = {k: os.environ.get(k) for k in s3_keys}
+    os.environ.update({k: env[k] for k in s3_keys})
+    try:
+        yield Backend(
+            name="postgres",
+            mlflow_uri=env["MLFLOW_TRACKING_URI"],
+            artifact_root=env["NIGHTSHIFT_ARTIFACTS"],
+            tmp=tmp,
+            postgres_server=backends.server_url(cfg, nightshift_home()),
+            bucket=cfg.stack.s3_bucket,
+        )
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
