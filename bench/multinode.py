@@ -107,6 +107,16 @@ def train_config(address: str, steps: int, workers: int) -> Any:
     )
 
 
+def _paced(seconds: float) -> Any:
+    import lightning as L
+
+    class Paced(L.Callback):
+        def on_train_batch_end(self, *args: Any) -> None:
+            time.sleep(seconds)
+
+    return Paced()
+
+
 def actor_nodes(class_part: str) -> dict[str, str]:
     """Alive actors whose class name contains ``class_part``: actor id -> node id (GCS view)."""
     import ray
@@ -165,7 +175,7 @@ def train_phase(cluster: Any, address: str, tokens: Any, work: Path, steps: int)
     for t in threads:
         t.start()
     t0 = time.monotonic()
-    res = pretrain(train_config(address, steps, 2), tokens, workdir=work / "ray2")
+    res = pretrain(train_config(address, steps, 2), tokens, workdir=work / "ray2", callbacks=[_paced(0.25)])
     wall = time.monotonic() - t0
     done.set()
     for t in threads:
