@@ -26,6 +26,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+# How long a rollout may show no sign of starting before the update is sent to Serve again.
+ROLLOUT_STALL_S = 30.0
+
+
 class DeployError(RuntimeError):
     """A rollout or rollback that could not be done; the message says why and what to do."""
 
@@ -79,6 +83,45 @@ def _wait_for(url: str, sha256: str, timeout: float) -> None:
     )
 
 
+def _app_settled(name: str) -> bool:
+    """Serve reports the application RUNNING with every deployment HEALTHY (no rollout under way)."""
+    from ray import serve
+
+    app = serve.status().applications.get(name)
+    if app is None or str(app.status) not in ("RUNNING", "ApplicationStatus.RUNNING"):
+        return False
+    return all(str(d.status) in ("HEALTHY", "DeploymentStatus.HEALTHY") for d in app.deployments.values())
+
+
+def _roll_out(
+    build_app: Any, args: dict[str, Any], cfg: Config, url: str, sha256: str, timeout: float
+) -> None:
+    """``serve.run`` the new application and wait until the endpoint serves ``sha256``.
+
+    Now and then Serve's controller answers ``serve.run`` of an update to a running application
+    without starting a rollout (seen with Ray 2.60 in a process that deployed before): the app stays
+    RUNNING and HEALTHY on the old replicas. When the endpoint still names the old model after
+    ``ROLLOUT_STALL_S`` and Serve reports nothing under way, the update is sent again; a rollout
+    that is under way (replicas starting) is never interrupted.
+    """
+    from ray import serve
+
+    deadline = time.monotonic() + timeout
+    name, prefix = cfg.serve.app_name, cfg.serve.route_prefix
+    serve.run(build_app(args), name=name, route_prefix=prefix)
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            _wait_for(url, sha256, min(ROLLOUT_STALL_S, max(left, 1.0)))
+            return
+        except DeployError:
+            if time.monotonic() >= deadline:
+                raise
+            if _app_settled(name):
+                log.warning("Serve did not start the rollout of %s; sending the update again", sha256[:16])
+                serve.run(build_app(args), name=name, route_prefix=prefix)
+
+
 def deploy_model(
     cfg: Config,
     model: str | ArtifactRef,
@@ -101,7 +144,6 @@ def deploy_model(
     Raises:
         DeployError: the new model did not come up; the previous deployment stays active.
     """
-    from ray import serve
 
     from catalog.artifacts import ArtifactRef, open_artifact
     from catalog.lineage import record_artifact
@@ -143,8 +185,7 @@ def deploy_model(
             "deployment_id": dep_id,
             "registry_version": registry.get("version"),
         }
-        serve.run(build_app(args), name=cfg.serve.app_name, route_prefix=cfg.serve.route_prefix)
-        _wait_for(url, ref.sha256, timeout or cfg.serve.rollout_timeout_s)
+        _roll_out(build_app, args, cfg, url, ref.sha256, timeout or cfg.serve.rollout_timeout_s)
     except Exception as e:
         with session_scope(catalog_url) as s:
             s.get(Deployment, dep_id).status = "failed"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 from training.config import RayConfig
@@ -13,6 +14,7 @@ log = logging.getLogger(__name__)
 # a laptop or CI machine with other processes.
 LOCAL_OBJECT_STORE_BYTES = 768 * 2**20
 _REPO_ROOT = str(Path(__file__).resolve().parent.parent)
+_CLUSTER_MODE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 def quiet_ray_data() -> None:
@@ -25,6 +27,21 @@ def quiet_ray_data() -> None:
     ctx.print_on_execution_start = False
     ctx.enable_auto_log_stats = False
     ctx.verbose_stats_logs = False
+
+
+def _loopback_only() -> None:
+    """Keep a local Ray's processes (GCS, raylet, agents, workers) on 127.0.0.1.
+
+    Ray swaps a loopback node address for the machine's outbound one, and then listens on every
+    interface, unless its "cluster mode" is off. A local Ray is one machine, so it is turned off
+    here, unless the user set ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` themselves. Ray's processes read
+    the variable from the environment they inherit; this process read it when Ray was imported, so
+    the constant is set too (the one place Ray consults it is ``services.get_node_ip_address``).
+    """
+    if os.environ.setdefault(_CLUSTER_MODE_ENV, "0") == "0":
+        from ray._private import ray_constants
+
+        ray_constants.ENABLE_RAY_CLUSTER = False
 
 
 def init_ray(cfg: RayConfig | None = None) -> None:
@@ -45,6 +62,7 @@ def init_ray(cfg: RayConfig | None = None) -> None:
         runtime_env = {"env_vars": {"PYTHONPATH": _REPO_ROOT}}
         if cfg.address == "local":
             log.info("starting a local Ray (num_cpus=%s)", cfg.num_cpus)
+            _loopback_only()
             ray.init(
                 # "local" always starts a new Ray: without it, ray.init() joins a head that `ray start`
                 # (or `nightshift up`) runs on this machine, and then refuses num_cpus.
