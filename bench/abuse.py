@@ -213,25 +213,6 @@ def slow(target: Target, k: int, args: argparse.Namespace) -> dict:
     }
 
 
-def _stack_ports(n: int) -> list[int]:
-    """Free loopback ports outside Ray's worker port range (10002-19999)."""
-    ports: list[int] = []
-    while len(ports) < n:
-        p = free_port()
-        if not 10002 <= p <= 19999 and p not in ports:
-            ports.append(p)
-    return ports
-
-
-STACK_PORTS = (
-    "prefect_port",
-    "mlflow_port",
-    "ray_port",
-    "ray_dashboard_port",
-    "ray_client_port",
-    "ray_dashboard_agent_port",
-    "dashboard_port",
-)
 LOOPBACK = ("127.0.0.1", "::1", "::ffff:127.0.0.1")
 
 
@@ -241,21 +222,14 @@ def check_stack() -> dict:
     import psutil
 
     from nightshift import stack
-    from nightshift.services import read_state
+    from nightshift.services import free_port_overrides, read_state
     from training.config import load_config
 
     home = Path(tempfile.mkdtemp(prefix="nightshift-abuse-stack-"))
     os.environ["NIGHTSHIFT_HOME"] = str(home)
-    overrides: dict = dict(
-        zip((f"stack.{k}" for k in STACK_PORTS), _stack_ports(len(STACK_PORTS)), strict=True)
-    )
+    overrides: dict = {**free_port_overrides()}
     overrides.update(
-        {
-            "stack.ray_num_cpus": 2,
-            "stack.ray_object_store_bytes": 100_000_000,
-            "stack.set_profile": False,
-            "serve.port": _stack_ports(1)[0],
-        }
+        {"stack.ray_num_cpus": 2, "stack.ray_object_store_bytes": 100_000_000, "stack.set_profile": False}
     )
     cfg = load_config("tiny", overrides)
     env = stack.stack_env(cfg)

@@ -31,7 +31,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -48,20 +47,6 @@ WORDS = (
     "the night is long and the stars burn low over the quiet river while the watchman counts "
     "his hours and dreams of morning bread and distant ships"
 ).split()
-
-
-def free_ports(n: int) -> list[int]:
-    """Free loopback ports outside Ray's worker port range (10002-19999)."""
-    socks, ports = [], []
-    while len(ports) < n:
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-        if not 10002 <= (p := s.getsockname()[1]) <= 19999:
-            ports.append(p)
-    for s in socks:
-        s.close()
-    return ports
 
 
 def write_corpus(root: Path, n_docs: int = 30, seed: int = 0) -> Path:
@@ -85,11 +70,11 @@ class Bench:
         from training.config import load_config
 
         self.home, self.rng = home, random.Random(seed)
-        keys = ["prefect_port", "mlflow_port", "ray_port", "ray_dashboard_port", "ray_client_port",
-                "ray_dashboard_agent_port", "dashboard_port"]  # fmt: skip
-        over: dict[str, Any] = {f"stack.{k}": p for k, p in zip(keys, free_ports(len(keys)), strict=True)}
+        from nightshift.services import free_port_overrides
+
+        over: dict[str, Any] = {**free_port_overrides()}
         over.update({"stack.ray_num_cpus": 4, "stack.ray_object_store_bytes": 200_000_000,
-                     "serve.port": free_ports(1)[0], "stack.set_profile": False})  # fmt: skip
+                     "stack.set_profile": False})  # fmt: skip
         self.cfg = load_config("tiny", over)
         self.corpus = write_corpus(home.parent / "corpus")
         self.env: dict[str, str] = {}

@@ -41,14 +41,6 @@ TEXT = (
 ) * 80
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def make_inputs(root: Path) -> tuple[Any, Any]:
     """A real tokenizer and a ``tokens`` artifact of its encoding of ``TEXT`` (train/val)."""
     from catalog.artifacts import publish
@@ -210,13 +202,14 @@ def serve_phase(cluster: Any, model: Any, tok: Any, work: Path, requests_after: 
     from ray import serve
 
     from catalog.db import migrate
+    from nightshift.services import free_ports
     from serving.app import build_app
     from training.model_io import save_model
 
     ref = save_model(model, tok, root=work / "artifacts")
     catalog_url = f"sqlite:///{work}/catalog.db"
     migrate(catalog_url)
-    port = _free_port()
+    port = free_ports(1)[0]
     # One proxy, on the head: every "node" shares this host's loopback, so proxies on each would clash.
     serve.start(http_options={"host": "127.0.0.1", "port": port, "location": "HeadOnly"})
     args = {
@@ -303,6 +296,7 @@ def main() -> None:
     import ray
     from ray.cluster_utils import Cluster
 
+    from nightshift.services import free_ports
     from training.config import RayConfig
     from training.ray_setup import init_ray
 
@@ -310,7 +304,7 @@ def main() -> None:
     t0 = time.monotonic()
     cluster = Cluster(
         initialize_head=True,
-        head_node_args={"num_cpus": 0, "gcs_server_port": _free_port(), "include_dashboard": False},
+        head_node_args={"num_cpus": 0, "gcs_server_port": free_ports(1)[0], "include_dashboard": False},
     )
     try:
         for _ in range(a.nodes):

@@ -153,30 +153,16 @@ def publish(kind: str, root: str | Path | None = None, dest: str | Path | None =
             yield staging
         return
     parent = Path(root) / kind if root is not None else Path(dest).resolve().parent
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = parent / f".staging-{kind}-{uuid.uuid4().hex[:12]}"
-    tmp.mkdir()
-    staging = Staging(kind=kind, path=tmp)
-    try:
+    with _staged(kind, parent) as staging:
         yield staging
-        files = _index(tmp)
-        if not files:
-            raise ArtifactError(f"{kind} artifact staged at {tmp} holds no files; nothing to publish")
-        sha = _identity(files)
-        index = {"kind": kind, "sha256": sha, "files": files, "metadata": staging.metadata}
-        with open(tmp / INDEX, "w") as f:
-            json.dump(index, f, indent=2, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
+        tmp = staging.path
+        files, sha = _content(staging)
+        _write_synced(tmp / INDEX, _index_bytes(_index_dict(staging, sha, files)))
         final = parent / sha[:16] if root is not None else Path(dest).resolve()
-        if final.exists() and root is not None:
-            # Same content already published: keep the existing copy after checking it.
-            shutil.rmtree(tmp)
-            staging.ref = open_artifact(final, kind=kind)
-            return
         if root is not None:
-            # Content-addressed: never replace. Two writers racing on the same content both end with
-            # the one copy that won the rename, and a reader never sees the path missing.
+            # Content-addressed: never replace. When the content is already there (or two writers
+            # race on it), the rename fails and the one copy that won is kept: a reader never sees
+            # the path missing.
             try:
                 os.rename(tmp, final)
             except OSError:
@@ -189,9 +175,33 @@ def publish(kind: str, root: str | Path | None = None, dest: str | Path | None =
         else:
             replace_dir(tmp, final)
         staging.ref = ArtifactRef(kind=kind, path=final, sha256=sha, metadata=staging.metadata, files=files)
+
+
+@contextmanager
+def _staged(kind: str, parent: Path) -> Iterator[Staging]:
+    """A hidden staging directory under ``parent``; removed when the block raises."""
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = parent / f".staging-{kind}-{uuid.uuid4().hex[:12]}"
+    tmp.mkdir()
+    try:
+        yield Staging(kind=kind, path=tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _content(staging: Staging) -> tuple[dict[str, dict[str, Any]], str]:
+    """The staged files' index and the artifact's identity hash."""
+    files = _index(staging.path)
+    if not files:
+        raise ArtifactError(
+            f"{staging.kind} artifact staged at {staging.path} holds no files; nothing to publish"
+        )
+    return files, _identity(files)
+
+
+def _index_dict(staging: Staging, sha: str, files: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    return {"kind": staging.kind, "sha256": sha, "files": files, "metadata": staging.metadata}
 
 
 def open_artifact(path: str | Path, kind: str | None = None, verify: bool = True) -> ArtifactRef:
@@ -310,18 +320,12 @@ def _same_content(raw: bytes, sha: str, files: dict[str, dict[str, Any]]) -> boo
 def _publish_remote(kind: str, root: str) -> Iterator[Staging]:
     base = join(root, kind)
     parent = cache_dir(base)
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = parent / f".staging-{kind}-{uuid.uuid4().hex[:12]}"
-    tmp.mkdir()
-    staging = Staging(kind=kind, path=tmp)
-    try:
+    with _staged(kind, parent) as staging:
         yield staging
-        files = _index(tmp)
-        if not files:
-            raise ArtifactError(f"{kind} artifact staged at {tmp} holds no files; nothing to publish")
-        sha = _identity(files)
+        tmp = staging.path
+        files, sha = _content(staging)
         url = join(base, sha[:16])
-        raw = _index_bytes({"kind": kind, "sha256": sha, "files": files, "metadata": staging.metadata})
+        raw = _index_bytes(_index_dict(staging, sha, files))
         store = ObjectStore(url)
         existing = _remote_index(store)
         if existing is not None and _same_content(existing, sha, files):
@@ -342,9 +346,6 @@ def _publish_remote(kind: str, root: str) -> Iterator[Staging]:
         staging.ref = ArtifactRef(
             kind=kind, path=final, sha256=sha, metadata=index.get("metadata", {}), files=files, location=url
         )
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _open_remote(url: str, kind: str | None, verify: bool) -> ArtifactRef:

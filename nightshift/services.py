@@ -158,6 +158,35 @@ def _write_json(path: Path, data: Mapping[str, Any]) -> None:
 # --- checks ----------------------------------------------------------------------------------------
 
 
+# Ray gives its worker processes ports in this range (Ray's default); a service port there can clash.
+RAY_WORKER_PORTS = range(10002, 20000)
+
+
+def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
+    """``n`` distinct ports free on ``host`` a moment ago, outside :data:`RAY_WORKER_PORTS`."""
+    socks, ports = [], []
+    try:
+        while len(ports) < n:
+            s = socket.socket()
+            socks.append(s)  # held open until all are picked, so the OS never hands one out twice
+            s.bind((host, 0))
+            if (port := s.getsockname()[1]) not in RAY_WORKER_PORTS:
+                ports.append(port)
+    finally:
+        for s in socks:
+            s.close()
+    return ports
+
+
+def free_port_overrides() -> dict[str, int]:
+    """Config overrides that put every ``stack.*_port`` and ``serve.port`` on a free port (a second
+    stack beside the default one: tests and benches)."""
+    from training.config import StackConfig
+
+    keys = [f"stack.{k}" for k in StackConfig.model_fields if k.endswith("_port")] + ["serve.port"]
+    return dict(zip(keys, free_ports(len(keys)), strict=True))
+
+
 def port_in_use(host: str, port: int) -> bool:
     """Whether something already listens on ``host:port`` (binding the same way a server would)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

@@ -86,11 +86,12 @@ def _wait_for(url: str, sha256: str, timeout: float) -> None:
 def _app_settled(name: str) -> bool:
     """Serve reports the application RUNNING with every deployment HEALTHY (no rollout under way)."""
     from ray import serve
+    from ray.serve.schema import ApplicationStatus, DeploymentStatus
 
     app = serve.status().applications.get(name)
-    if app is None or str(app.status) not in ("RUNNING", "ApplicationStatus.RUNNING"):
+    if app is None or app.status != ApplicationStatus.RUNNING:
         return False
-    return all(str(d.status) in ("HEALTHY", "DeploymentStatus.HEALTHY") for d in app.deployments.values())
+    return all(d.status == DeploymentStatus.HEALTHY for d in app.deployments.values())
 
 
 def _roll_out(

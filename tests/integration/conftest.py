@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -74,30 +73,11 @@ class Backend:
         return {o["Key"]: o["Size"] for page in pages for o in page.get("Contents", [])}
 
 
-def _free_ports(n: int) -> list[int]:
-    """Distinct free loopback ports outside Ray's worker range (10002-19999)."""
-    socks, ports = [], []
-    while len(ports) < n:
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-        if not 10002 <= (port := s.getsockname()[1]) <= 19999:
-            ports.append(port)
-    for s in socks:
-        s.close()
-    return ports
-
-
-STACK_PORTS = [
-    "prefect_port", "mlflow_port", "ray_port", "ray_dashboard_port", "ray_client_port",
-    "ray_dashboard_agent_port", "dashboard_port", "postgres_port", "s3_port",
-]  # fmt: skip
-
-
 @pytest.fixture(scope="session")
 def postgres_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     """``nightshift up`` with ``stack.backend: postgres`` on free ports; yields the config."""
     from nightshift import stack
+    from nightshift.services import free_port_overrides
     from training.config import load_config
 
     home = tmp_path_factory.mktemp("stack_home")
@@ -107,8 +87,7 @@ def postgres_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]
     saved = {k: os.environ.get(k) for k in keys}
     os.environ["NIGHTSHIFT_HOME"] = str(home)
     os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect_home"))
-    ports = _free_ports(len(STACK_PORTS) + 1)
-    overrides: dict[str, object] = {f"stack.{k}": p for k, p in zip(STACK_PORTS, ports, strict=False)}
+    overrides: dict[str, object] = {**free_port_overrides()}
     overrides.update(
         {
             "stack.backend": "postgres",
@@ -116,7 +95,6 @@ def postgres_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]
             "stack.ray_num_cpus": 1,
             "stack.ray_object_store_bytes": 100_000_000,
             "stack.set_profile": False,
-            "serve.port": ports[-1],
         }
     )
     cfg = load_config("tiny", overrides)

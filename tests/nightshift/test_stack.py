@@ -19,36 +19,19 @@ from pathlib import Path
 import pytest
 
 from nightshift import stack
-from nightshift.services import process_start_time, read_state, state_path, stop
+from nightshift.services import (
+    free_port_overrides,
+    free_ports,
+    process_start_time,
+    read_state,
+    state_path,
+    stop,
+)
 from training.config import Config, load_config
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
 SERVICES = ["prefect-server", "mlflow", "ray-head", "prefect-worker", "dashboard"]
-PORT_KEYS = [
-    "prefect_port",
-    "mlflow_port",
-    "ray_port",
-    "ray_dashboard_port",
-    "ray_client_port",
-    "ray_dashboard_agent_port",
-    "dashboard_port",
-]
-
-
-def _free_ports(n: int) -> list[int]:
-    """Ports the OS considers free now, outside Ray's worker port range (10002-19999)."""
-    socks, ports = [], []
-    while len(ports) < n:
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-        socks.append(s)
-        if not 10002 <= port <= 19999:
-            ports.append(port)
-    for s in socks:
-        s.close()
-    return ports
 
 
 @pytest.fixture(scope="module")
@@ -59,9 +42,8 @@ def cfg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Config]:
     os.environ["NIGHTSHIFT_HOME"] = str(home)
     # The profile `up` activates goes to this tmp PREFECT_HOME, never the developer's ~/.prefect.
     os.environ["PREFECT_HOME"] = str(prefect_home)
-    overrides = dict(zip((f"stack.{k}" for k in PORT_KEYS), _free_ports(len(PORT_KEYS)), strict=True))
+    overrides: dict[str, object] = {**free_port_overrides()}
     overrides.update({"stack.ray_num_cpus": 1, "stack.ray_object_store_bytes": 100_000_000})
-    overrides["serve.port"] = _free_ports(1)[0]
     config = load_config("tiny", overrides)
     yield config
     stack.down(config)
@@ -209,7 +191,7 @@ def test_nightly_deployment_runs_to_completed(
 
 
 def test_port_held_by_a_foreign_socket_is_a_clear_error(cfg: Config, tmp_path: Path) -> None:
-    (port,) = _free_ports(1)
+    (port,) = free_ports(1)
     foreign = socket.socket()
     foreign.bind(("127.0.0.1", port))
     foreign.listen()
