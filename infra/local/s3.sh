@@ -17,4 +17,5 @@ if [[ -n "${S3_RECORDING:-}" ]]; then
   export MOTO_ENABLE_RECORDING=true MOTO_RECORDER_FILEPATH="$S3_RECORDING"
 fi
 
-exec moto_server --host "$HOST" --port "$PORT"
+# moto's server, with requests recorded and applied one at a time (see nightshift/local_s3.py).
+exec python -m nightshift.local_s3 --host "$HOST" --port "$PORT"
