@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
         except RecordingError as e:
             sys.exit(f"error: {e}")
         if dropped:
-            print(f"dropped a cut-off last line of {recording} (a request that was never answered)", flush=True)
+            print(f"dropped a cut-off last line of {recording} (its request was never answered)", flush=True)
     serialise_requests()
     from moto.server import main as moto_main
 

@@ -1,4 +1,4 @@
-"""The loopback S3 server's recording: whole lines under concurrent uploads, and a replay that restores them."""
+"""The loopback S3 server's recording: whole lines under concurrent uploads, and a replay restoring them."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from nightshift.local_s3 import RecordingError, check_recording
 from nightshift.services import http_json
 from tests.conftest import REPO_ROOT, _stop_group, _wait_http, free_port
 
-CREDS = {"aws_access_key_id": "nightshift-test", "aws_secret_access_key": "secret", "region_name": "us-east-1"}
+CREDS = {"aws_access_key_id": "test", "aws_secret_access_key": "secret", "region_name": "us-east-1"}
 
 
 def _start(home: Path, port: int, recording: Path) -> subprocess.Popen[bytes]:
