@@ -82,12 +82,17 @@ def deploy(args: argparse.Namespace, root: Path) -> Target:
     from catalog.db import migrate
     from serving.app import build_app
     from serving.options import http_options
-    from training.serve_config import ServeConfig
+    from training.serve_config import ServeConfig, proxy_env
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     proxy = ServeConfig(
-        port=free_port(), request_timeout_s=args.request_timeout, keep_alive_timeout_s=args.keep_alive
+        port=free_port(),
+        request_timeout_s=args.request_timeout,
+        keep_alive_timeout_s=args.keep_alive,
+        header_timeout_s=args.header_timeout,
     )
+    # Ray's processes (the proxy among them) take the header timeout from the environment at start.
+    os.environ.update(proxy_env(proxy.header_timeout_s))
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     serve.start(http_options=http_options(proxy))
     ref = make_model_artifact(root / "artifacts")
     catalog_url = f"sqlite:///{root}/catalog.db"
@@ -111,7 +116,8 @@ def deploy(args: argparse.Namespace, root: Path) -> Target:
     wait_http(url + "/health")
     print(
         f"deployed at {url}: max_body_bytes {LIMIT}, body_timeout_s {args.body_timeout}, "
-        f"proxy request_timeout_s {args.request_timeout}, keep_alive_timeout_s {args.keep_alive}"
+        f"proxy request_timeout_s {args.request_timeout}, keep_alive_timeout_s {args.keep_alive}, "
+        f"header_timeout_s {args.header_timeout}"
     )
     return Target(url, KEY)
 
@@ -199,7 +205,11 @@ def slow(target: Target, k: int, args: argparse.Namespace) -> dict:
         "slow_headers": {
             "connections": k,
             "window_s": args.header_window,
-            "all_closed_by_server_after_s": headers.closed_after_s,
+            "status": headers.status,
+            "answered_after_s_max": round(headers.answered_after_s, 1) if headers.answered_after_s else None,
+            "all_closed_by_server_after_s": round(headers.closed_after_s, 1)
+            if headers.closed_after_s
+            else None,
             "others_meanwhile": others([headers]),
         },
         "stalled_streams": {
@@ -296,7 +306,8 @@ def main() -> None:
     ap.add_argument("--body-timeout", type=float, default=5.0, help="serve.body_timeout_s")
     ap.add_argument("--request-timeout", type=float, default=20.0, help="serve.request_timeout_s")
     ap.add_argument("--keep-alive", type=int, default=5, help="serve.keep_alive_timeout_s")
-    ap.add_argument("--header-window", type=float, default=30.0, help="how long slow headers are kept up")
+    ap.add_argument("--header-timeout", type=float, default=5.0, help="serve.header_timeout_s")
+    ap.add_argument("--header-window", type=float, default=20.0, help="how long slow headers are kept up")
     ap.add_argument("--stack", action="store_true", help="also check the whole stack's sockets")
     ap.add_argument("--stack-only", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--json", type=Path, help="write the figures here too")

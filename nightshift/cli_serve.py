@@ -72,7 +72,14 @@ def serve_config_yaml(args: dict[str, Any], cfg: Any) -> str:
             }
         ],
     }
-    return yaml.safe_dump(doc, sort_keys=False)
+    from training.serve_config import proxy_env
+
+    env = " ".join(f"{k}={v}" for k, v in proxy_env(cfg.serve.header_timeout_s).items())
+    note = (
+        "# The proxy's request-header timeout (serve.header_timeout_s) needs these in the environment\n"
+        f"# of `ray start` on every node: {env}\n"
+    )
+    return note + yaml.safe_dump(doc, sort_keys=False)
 
 
 def cmd_serve(args: argparse.Namespace, extra: Sequence[str]) -> int:

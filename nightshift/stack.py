@@ -41,6 +41,7 @@ from nightshift.services import (
     wait_healthy,
 )
 from training.config import Config, nightshift_home
+from training.serve_config import proxy_env
 
 __all__ = ["ServiceStatus", "StackError", "down", "stack_env", "status", "up"]
 
@@ -174,6 +175,7 @@ def _services(cfg: Config, home: Path, repo: Path) -> dict[str, Service]:
         "RAY_NUM_CPUS": str(s.ray_num_cpus or ""),
         "RAY_AUTH_MODE": "token",
         "RAY_AUTH_TOKEN_PATH": str(_ray_token_path(home)),
+        **proxy_env(cfg.serve.header_timeout_s),  # the Serve proxy's header timeout
     }
     worker_env = {
         **stack_env(cfg, repo=repo),

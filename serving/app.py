@@ -95,7 +95,9 @@ class NightshiftServer(StreamingMixin):
         from serving.engine import Engine
         from serving.loader import load_served
         from serving.metrics import Metrics
+        from serving.replica_bind import bind_to_node_address
 
+        bind_to_node_address()  # before Serve starts this replica's gRPC server (on [::] otherwise)
         a = ServeArgs(**args)
         self.cfg = a.serve
         torch.set_num_threads(self.cfg.torch_threads)

@@ -10,6 +10,7 @@ the previous one. A rollout that fails leaves the previous deployment serving an
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -53,7 +54,10 @@ def _start_serve(cfg: Config) -> None:
 
     from serving.options import http_options
     from training.ray_setup import init_ray
+    from training.serve_config import HEADER_TIMEOUT_ENV
 
+    # Read by the proxy when a local Ray starts here (a running Ray keeps what it started with).
+    os.environ.setdefault(HEADER_TIMEOUT_ENV, f"{cfg.serve.header_timeout_s:g}")
     init_ray(cfg.ray)
     if cfg.ray.address == "local":
         log.warning(

@@ -204,6 +204,13 @@ def any_db_url(request: pytest.FixtureRequest) -> str:
     return request.getfixturevalue("postgres_db")
 
 
+# The Serve proxy's header timeout (serving/proxy_guard.py) in this session's Ray, shorter than the
+# default so that the slow-header test is quick. Ray's processes take it from the environment of
+# whichever test starts Ray first, so it is set before any can.
+SESSION_HEADER_TIMEOUT_S = 3.0
+os.environ.setdefault("NIGHTSHIFT_SERVE_HEADER_TIMEOUT_S", f"{SESSION_HEADER_TIMEOUT_S:g}")
+
+
 @pytest.fixture(scope="session")
 def ray_local() -> Iterator[None]:
     """One small local Ray (2 CPUs) shared by every test of the session that needs Ray."""

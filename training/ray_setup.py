@@ -44,6 +44,19 @@ def _loopback_only() -> None:
         ray_constants.ENABLE_RAY_CLUSTER = False
 
 
+def _serve_proxy_env() -> None:
+    """Give a local Ray's processes the Serve proxy's header timeout (``serving/proxy_guard.py``).
+
+    The proxy reads it from the environment it inherits from its raylet, so it must be set before Ray
+    starts; ``$NIGHTSHIFT_SERVE_HEADER_TIMEOUT_S`` already set (``serving.deploy`` sets it from
+    ``serve.header_timeout_s``) wins.
+    """
+    from training.serve_config import proxy_env
+
+    for key, value in proxy_env().items():
+        os.environ.setdefault(key, value)
+
+
 def init_ray(cfg: RayConfig | None = None) -> None:
     """Initialise Ray once per process; later calls are no-ops.
 
@@ -63,6 +76,7 @@ def init_ray(cfg: RayConfig | None = None) -> None:
         if cfg.address == "local":
             log.info("starting a local Ray (num_cpus=%s)", cfg.num_cpus)
             _loopback_only()
+            _serve_proxy_env()
             ray.init(
                 # "local" always starts a new Ray: without it, ray.init() joins a head that `ray start`
                 # (or `nightshift up`) runs on this machine, and then refuses num_cpus.

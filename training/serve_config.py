@@ -8,6 +8,18 @@ from pydantic import Field
 
 from training.config_base import Section
 
+# The Serve proxy's header timeout (serving/proxy_guard.py) reaches Ray's proxy process through its
+# environment, inherited from the raylet: these must be set before Ray starts.
+PROXY_CALLBACK_ENV = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
+PROXY_CALLBACK = "serving.proxy_guard.install"
+HEADER_TIMEOUT_ENV = "NIGHTSHIFT_SERVE_HEADER_TIMEOUT_S"
+DEFAULT_HEADER_TIMEOUT_S = 10.0
+
+
+def proxy_env(header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S) -> dict[str, str]:
+    """The environment Ray's processes need for the Serve proxy to take ``serve.header_timeout_s``."""
+    return {PROXY_CALLBACK_ENV: PROXY_CALLBACK, HEADER_TIMEOUT_ENV: f"{header_timeout_s:g}"}
+
 
 class ServeConfig(Section):
     # --- where ---
@@ -43,6 +55,12 @@ class ServeConfig(Section):
     )
     keep_alive_timeout_s: int = Field(
         15, ge=1, description="Serve proxy: an idle keep-alive connection is closed after this many seconds."
+    )
+    header_timeout_s: float = Field(
+        DEFAULT_HEADER_TIMEOUT_S,
+        ge=0,
+        description="Serve proxy: a request's headers must have arrived this long after it began (408 "
+        "and closed after; 0 turns it off). Ray's processes must start with it (serving/proxy_guard.py).",
     )
     # --- engine ---
     max_batch: int = Field(32, ge=1, description="Sequences decoded together (KV cache slots).")

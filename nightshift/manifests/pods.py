@@ -15,6 +15,7 @@ from typing import Any
 from nightshift.manifests import REPO_ROOT
 from training.cluster_config import ClusterConfig
 from training.config import CONFIG_DIR, Config
+from training.serve_config import proxy_env
 
 RAY_CLIENT_PORT = 10001
 RAY_GCS_PORT = 6379
@@ -53,6 +54,8 @@ def cluster_env(cfg: Config) -> dict[str, str]:
         "NIGHTSHIFT_ARTIFACTS": cc.artifact_root,
         "PREFECT_API_URL": cc.prefect_api_url,
         "NIGHTSHIFT_PREFECT_UI": prefect_ui(cc),
+        # Ray's processes inherit these: the Serve proxy's header timeout (serving/proxy_guard.py).
+        **proxy_env(cfg.serve.header_timeout_s),
     }
 
 

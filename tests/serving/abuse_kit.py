@@ -82,7 +82,7 @@ def request_bytes(
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b"")
 
 
-def _read_reply(sock: socket.socket, name: str, t0: float, timeout: float, head: bool = False) -> Reply:
+def read_reply(sock: socket.socket, name: str, t0: float, timeout: float, head: bool = False) -> Reply:
     sock.settimeout(timeout)
     buf = b""
     try:
@@ -144,7 +144,7 @@ def send_raw(target: Target, name: str, data: bytes, *, timeout: float = 60) -> 
             sock.sendall(data)
         except ConnectionError:
             pass  # the server may answer (413) and close before it has read everything
-        return _read_reply(sock, name, t0, timeout, head=data.startswith(b"HEAD "))
+        return read_reply(sock, name, t0, timeout, head=data.startswith(b"HEAD "))
 
 
 def completion_body(target: Target, **extra) -> bytes:

@@ -175,7 +175,10 @@ def slow_headers(
     target: Target, *, connections: int = 20, interval_s: float = 0.5, window_s: float = 10
 ) -> SlowResult:
     """Slow loris on the headers: ``connections`` sockets that each send one header line per
-    ``interval_s`` and never finish, while a normal client keeps asking for completions."""
+    ``interval_s`` and never finish, while a normal client keeps asking for completions.
+
+    The result's status is the one every connection got (None unless all got the same), answered
+    and closed after the last of them was."""
     stats = Others()
     t0 = time.monotonic()
     socks = []
@@ -185,6 +188,7 @@ def slow_headers(
         s.setblocking(False)
         socks.append(s)
     closed_at: dict[int, float] = {}
+    answers: dict[int, tuple[int | None, float]] = {}
     try:
         while time.monotonic() - t0 < window_s and len(closed_at) < connections:
             for i, s in enumerate(socks):
@@ -192,8 +196,18 @@ def slow_headers(
                     continue
                 try:
                     s.send(b"X-Slow: 1\r\n")
-                    if s.recv(65536) == b"":
-                        closed_at[i] = time.monotonic() - t0
+                except BlockingIOError:
+                    pass
+                except ConnectionError:
+                    closed_at[i] = time.monotonic() - t0
+                    continue
+                try:
+                    while data := s.recv(65536):
+                        if i not in answers:
+                            head = data.split(b"\r\n", 1)[0].split()
+                            code = int(head[1]) if len(head) > 1 and head[1].isdigit() else None
+                            answers[i] = (code, time.monotonic() - t0)
+                    closed_at[i] = time.monotonic() - t0  # b"": the server closed it
                 except BlockingIOError:
                     pass
                 except ConnectionError:
@@ -204,7 +218,10 @@ def slow_headers(
         for s in socks:
             s.close()
     last = max(closed_at.values()) if len(closed_at) == connections else None
-    return SlowResult(None, None, last, stats)
+    codes = {code for code, _ in answers.values()}
+    status = codes.pop() if len(answers) == connections and len(codes) == 1 else None
+    answered = max(t for _, t in answers.values()) if len(answers) == connections else None
+    return SlowResult(status, answered, last, stats)
 
 
 @dataclass

@@ -8,6 +8,8 @@ the figures quoted in docs/reliability.md.
 from __future__ import annotations
 
 import os
+import socket
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -15,18 +17,22 @@ import psutil
 import pytest
 
 from serving.auth import digest
+from tests.conftest import SESSION_HEADER_TIMEOUT_S
 from tests.serving.abuse_fuzz import run_schemathesis
 from tests.serving.abuse_kit import (
     Target,
     auth_attempts,
     completion_body,
     path_tricks,
+    read_reply,
     request_bytes,
     send_raw,
     valid_key_variants,
 )
 from tests.serving.abuse_load import healthy, oversized_bodies, slow_body, slow_headers, stalled_stream
 from tests.serving.conftest import KEY, make_model_artifact, wait_http
+
+LOOPBACK = ("127.0.0.1", "::1", "::ffff:127.0.0.1")
 
 pytestmark = pytest.mark.slow
 
@@ -166,9 +172,23 @@ def test_a_slow_body_gets_408_and_its_connection_closed_while_others_are_served(
     assert res.others.served > 0 and res.others.failed == 0, res.others.statuses
 
 
-def test_slow_headers_do_not_hold_up_other_clients(target: Target) -> None:
-    res = slow_headers(target, connections=20, window_s=3)
+def test_slow_headers_get_408_and_are_closed_while_others_are_served(target: Target) -> None:
+    # The session's Ray runs the proxy with a header timeout of SESSION_HEADER_TIMEOUT_S.
+    res = slow_headers(target, connections=20, window_s=SESSION_HEADER_TIMEOUT_S + 8)
+    assert res.status == 408 and res.closed_after_s is not None, res
     assert res.others.served > 0 and res.others.failed == 0, res.others.statuses
+
+
+def test_an_idle_keep_alive_connection_outlives_the_header_timeout(target: Target) -> None:
+    # Only a request under way has a header deadline; between requests the keep-alive timeout rules.
+    request = request_bytes("GET", target.prefix + "/v1/models", [("Authorization", f"Bearer {target.key}")])
+    with socket.create_connection((target.host, target.port), timeout=10) as sock:
+        for i in range(3):
+            if i:
+                time.sleep(SESSION_HEADER_TIMEOUT_S + 1.5)
+            sock.sendall(request)
+            reply = read_reply(sock, f"request {i} on one connection", time.monotonic(), 10)
+            assert reply.status == 200 and not reply.closed, reply
 
 
 def test_a_stream_nobody_reads_leaves_the_batch_and_others_are_served(target: Target) -> None:
@@ -182,4 +202,17 @@ def test_a_stream_nobody_reads_leaves_the_batch_and_others_are_served(target: Ta
 def test_the_serve_proxy_listens_on_loopback_only(target: Target) -> None:
     listening = [c for c in psutil.net_connections("inet") if c.status == psutil.CONN_LISTEN]
     ours = [c for c in listening if c.laddr.port == target.port]
-    assert ours and all(c.laddr.ip in ("127.0.0.1", "::1", "::ffff:127.0.0.1") for c in ours), ours
+    assert ours and all(c.laddr.ip in LOOPBACK for c in ours), ours
+
+
+def test_every_process_of_the_local_ray_listens_on_loopback_only(target: Target) -> None:
+    # GCS, raylet, workers, the Serve controller and proxy, and the replicas with their
+    # inter-deployment gRPC servers (which Ray binds to every interface unless told otherwise).
+    sockets = []
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            sockets += [(proc.name(), c.laddr) for c in proc.net_connections("inet") if c.status == "LISTEN"]
+        except psutil.Error:
+            continue
+    assert any("ServeReplica" in name for name, _ in sockets), sockets
+    assert sockets and all(addr.ip in LOOPBACK for _, addr in sockets), sockets
