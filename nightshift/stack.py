@@ -53,8 +53,7 @@ PROFILE = "nightshift"
 WORKER_NAME = "nightshift-worker"
 # Prefect workers heartbeat every 30 s by default; three missed beats means the worker is gone.
 HEARTBEAT_FRESH_S = 90.0
-# Ray nests session_<date>_<pid>/sockets/plasma_store (~62 chars) under its temp dir, and a unix
-# socket path must fit in 107 bytes.
+# Ray nests session_<date>_<pid>/sockets/plasma_store (~62 chars) under it; a socket path fits 107 bytes.
 RAY_TEMP_DIR_MAX = 40
 # Stores first (backend 'postgres' only), then servers, so the worker and `prefect deploy` find the API;
 # `down` stops in reverse.
@@ -102,8 +101,7 @@ def stack_env(cfg: Config, *, repo: Path | None = None) -> dict[str, str]:
         "NIGHTSHIFT_PREFECT_UI": _prefect_url(cfg),
         "RAY_AUTH_MODE": "token",
         "RAY_AUTH_TOKEN_PATH": str(_ray_token_path(nightshift_home())),
-        # A loopback head runs with Ray's cluster mode off (ray-head.sh); a client with it on would swap
-        # 127.0.0.1 for the machine's address and miss the head.
+        # Cluster mode off, as the loopback head (ray-head.sh): on, a client would swap 127.0.0.1 away.
         **({"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"} if s.host.startswith(LOOPBACK) else {}),
         # The served model, for the official `openai` client (it reads these two variables).
         "OPENAI_BASE_URL": f"http://{cfg.serve.host}:{cfg.serve.port}{cfg.serve.route_prefix.rstrip('/')}/v1",
