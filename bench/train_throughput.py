@@ -10,10 +10,12 @@ c. ``pretrain()`` in one process (Lightning);
 d. Lightning through Ray Train on the local Ray: 1 worker with all CPUs (the fair overhead
    comparison) and 2 workers with one CPU each.
 
-Steady state only: the first ``--warmup`` steps of each path are not timed. ``--compile`` adds (b)
-and (c) with ``torch.compile`` (the model; inductor's C++ backend on CPU) and prints the time of
-their untimed first steps, which include compiling. Run:
-``python bench/train_throughput.py [--steps 12] [--warmup 2] [--peak-flops F] [--compile]``.
+Steady state only: the first ``--warmup`` steps of each path are not timed. The machine's speed
+drifts by more than the overheads measured, so (b) runs right before and after each other path,
+each is compared with the mean of those two runs, and the medians over ``--rounds`` are reported.
+``--compile`` adds (b) and (c) with ``torch.compile`` (the model; inductor's C++ backend on CPU)
+and prints the time of their untimed first steps, which include compiling. Run:
+``python bench/train_throughput.py [--steps 30] [--rounds 3] [--peak-flops F] [--compile]``.
 """
 
 from __future__ import annotations
@@ -23,9 +25,11 @@ import json
 import logging
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -158,8 +162,9 @@ def lightning_path(
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--steps", type=int, default=12, help="optimizer steps per path")
+    ap.add_argument("--steps", type=int, default=30, help="optimizer steps per path")
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps of the plain loop (as StepMetrics)")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of every path (medians are reported)")
     ap.add_argument("--peak-flops", type=float, default=None, help="skip the matmul measurement")
     ap.add_argument("--no-ray", action="store_true", help="skip the Ray Train paths")
     ap.add_argument("--compile", action="store_true", help="also (b) and (c) with torch.compile")
@@ -181,41 +186,58 @@ def main() -> None:
         print(f"(a) fp32 matmul peak: {peak / 1e9:.1f} GFLOP/s")
         shaped = gemm_rate(gemm_shapes(cfg))
         print(f"(a') fp32 matmul at the model's GEMM shapes: {shaped / 1e9:.1f} GFLOP/s (not the MFU peak)")
-        rows = [("(b) plain PyTorch loop", plain_loop(cfg, tokens, args.steps, args.warmup))]
-        rows.append(
-            ("(c) Lightning, 1 process", lightning_path(bench_config(args.steps), tokens, root / "c", peak))
-        )
+
+        def plain() -> float:
+            return plain_loop(cfg, tokens, args.steps, args.warmup)
+
+        paths: list[tuple[str, Callable[[Path], float]]] = [
+            ("(c) Lightning, 1 process", lambda d: lightning_path(bench_config(args.steps), tokens, d, peak))
+        ]
         if not args.no_ray:
-            for n, label in (
-                (1, "(d) Lightning + Ray Train, 1 worker x all CPUs"),
-                (2, "(d') Ray Train, 2 workers"),
-            ):
-                rows.append(
-                    (label, lightning_path(bench_config(args.steps), tokens, root / f"d{n}", peak, n))
-                )
+            paths += [
+                (
+                    "(d) Lightning + Ray Train, 1 worker x all CPUs",
+                    lambda d: lightning_path(bench_config(args.steps), tokens, d, peak, 1),
+                ),
+                (
+                    "(d') Ray Train, 2 workers",
+                    lambda d: lightning_path(bench_config(args.steps), tokens, d, peak, 2),
+                ),
+            ]
+        # This machine's speed drifts by several percent within a minute (a shared host), more than
+        # the overheads measured here. So the plain loop runs right before and right after every
+        # other path, each path is compared with the mean of its two neighbours, and the medians
+        # over the rounds are reported.
+        rates: dict[str, list[float]] = {"(b) plain PyTorch loop": []}
+        overheads: dict[str, list[float]] = {"(b) plain PyTorch loop": []}
+        for r in range(args.rounds):
+            before = plain()
+            rates["(b) plain PyTorch loop"].append(before)
+            for i, (label, run) in enumerate(paths):
+                tps = run(root / f"r{r}-{i}")
+                after = plain()
+                rates["(b) plain PyTorch loop"].append(after)
+                rates.setdefault(label, []).append(tps)
+                overheads.setdefault(label, []).append((before + after) / 2 / tps - 1)
+                print(f"  round {r + 1}: {label}: {tps:.0f} tokens/s; plain loop {before:.0f}, {after:.0f}")
+                before = after
+        overheads["(b) plain PyTorch loop"] = [0.0]
         compiled = []
         if args.compile:
-            compiled.append(
-                ("(b*) plain PyTorch loop, compiled", plain_loop(cfg, tokens, args.steps, args.warmup, True))
-            )
+            base_c = plain_loop(cfg, tokens, args.steps, args.warmup, True)
+            compiled.append(("(b*) plain PyTorch loop, compiled", base_c, 0.0))
             cfg_c = bench_config(args.steps, compile=True)
-            compiled.append(
-                ("(c*) Lightning, 1 process, train.compile", lightning_path(cfg_c, tokens, root / "cc", peak))
-            )
-        # The baseline runs again last and the faster of its two runs counts: on a shared machine
-        # a neighbour's burst of work would otherwise flatter the paths measured after it.
-        again = plain_loop(cfg, tokens, args.steps, args.warmup)
-        print(f"plain loop, first and last run: {rows[0][1]:.0f} and {again:.0f} tokens/s")
-        rows[0] = (rows[0][0], max(rows[0][1], again))
-        base = rows[0][1]
+            tps_c = lightning_path(cfg_c, tokens, root / "cc", peak)
+            compiled.append(("(c*) Lightning, 1 process, train.compile", tps_c, base_c / tps_c - 1))
         mfu_shaped = "MFU@a'"  # MFU against (a'), labelled apart from the honest one against (a)
-        print(f"{'path':<50} {'tokens/s':>10} {'MFU':>7} {'vs (b)':>8} {mfu_shaped:>7}")
-        # Compiled rows compare with the compiled plain loop (b*).
-        refs = [base] * len(rows) + [compiled[0][1] if compiled else base] * len(compiled)
-        for (label, tps), ref in zip(rows + compiled, refs, strict=True):
-            over = (ref / tps - 1) * 100
+        print(f"medians of {args.rounds} rounds; overhead against the plain loop runs around each path")
+        print(f"{'path':<50} {'tokens/s':>10} {'MFU':>7} {'overhead':>9} {mfu_shaped:>7}")
+        rows = [
+            (label, statistics.median(rates[label]), statistics.median(overheads[label])) for label in rates
+        ]
+        for label, tps, over in rows + compiled:
             print(
-                f"{label:<50} {tps:>10.0f} {fpt * tps / peak:>7.1%} {over:>+7.1f}% {fpt * tps / shaped:>7.1%}"
+                f"{label:<50} {tps:>10.0f} {fpt * tps / peak:>7.1%} {over:>+9.1%} {fpt * tps / shaped:>7.1%}"
             )
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
+from training.losses import token_cross_entropy
 from training.model_config import ModelConfig
 
 
@@ -178,9 +179,7 @@ class GPT(nn.Module):
         logits = self.lm_head(x)  # (B, T, vocab)
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(
-                logits.float().view(-1, logits.size(-1)), targets.view(-1), ignore_index=-100
-            )
+            loss = token_cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1))
         return logits, loss
 
     def new_cache(self, batch: int, max_len: int | None = None) -> KVCache:
