@@ -102,6 +102,15 @@ def gemm_rate(shapes: list[tuple[int, int, int]], reps: int = 5) -> float:
     return flops / seconds
 
 
+def settle(busy_pct: float = 15.0, longest_s: float = 15.0) -> None:
+    """Wait until the machine is idle (a Ray run's workers tear down for seconds after it returns)."""
+    import psutil
+
+    deadline = time.monotonic() + longest_s
+    while time.monotonic() < deadline and psutil.cpu_percent(interval=1.0) > busy_pct:
+        pass
+
+
 def plain_loop(cfg: Config, tokens: ArtifactRef, steps: int, warmup: int, compile: bool = False) -> float:
     """Tokens/s of a bare PyTorch loop: same windows, AdamW groups, clipping and schedule."""
     from training.pretrain.data import TrainWindows
@@ -188,6 +197,7 @@ def main() -> None:
         print(f"(a') fp32 matmul at the model's GEMM shapes: {shaped / 1e9:.1f} GFLOP/s (not the MFU peak)")
 
         def plain() -> float:
+            settle()
             return plain_loop(cfg, tokens, args.steps, args.warmup)
 
         paths: list[tuple[str, Callable[[Path], float]]] = [
@@ -214,6 +224,7 @@ def main() -> None:
             before = plain()
             rates["(b) plain PyTorch loop"].append(before)
             for i, (label, run) in enumerate(paths):
+                settle()
                 tps = run(root / f"r{r}-{i}")
                 after = plain()
                 rates["(b) plain PyTorch loop"].append(after)
