@@ -226,18 +226,10 @@ def open_artifact(path: str | Path, kind: str | None = None, verify: bool = True
     index = _parse_index(index_path.read_bytes(), str(index_path))
     if kind is not None and index.get("kind") != kind:
         raise ArtifactError(f"{path} is a '{index.get('kind')}' artifact, expected '{kind}'")
-    files = index["files"]
     if verify:
         actual = {p.relative_to(path).as_posix() for p in _content_files(path)}
         _check_files(str(path), path, actual, index)
-    return ArtifactRef(
-        kind=index["kind"],
-        path=path,
-        sha256=index["sha256"],
-        metadata=index.get("metadata", {}),
-        files=files,
-        location=cached_location(path),
-    )
+    return _ref_from_index(index, path, cached_location(path))
 
 
 def _parse_index(raw: bytes, where: str) -> dict[str, Any]:
@@ -265,6 +257,17 @@ def _check_files(where: str, root: Path, actual: set[str], index: dict[str, Any]
 
 
 # --- object storage ----------------------------------------------------------------------------------
+
+
+def _ref_from_index(index: dict[str, Any], path: Path, location: str | None) -> ArtifactRef:
+    return ArtifactRef(
+        kind=index["kind"],
+        path=path,
+        sha256=index["sha256"],
+        metadata=index.get("metadata", {}),
+        files=index["files"],
+        location=location,
+    )
 
 
 def _write_synced(path: Path, raw: bytes) -> None:
@@ -392,11 +395,4 @@ def _open_remote(url: str, kind: str | None, verify: bool) -> ArtifactRef:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return ArtifactRef(
-        kind=index["kind"],
-        path=final,
-        sha256=index["sha256"],
-        metadata=index.get("metadata", {}),
-        files=files,
-        location=url,
-    )
+    return _ref_from_index(index, final, url)

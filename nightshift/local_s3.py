@@ -22,6 +22,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from catalog.files import write_atomic
+
 # moto's own control endpoints (the replay among them) stay outside the lock: the replay handler
 # sends the recorded requests back to this server, and they must be able to take it.
 _CONTROL_PREFIX = "/moto-api/"
@@ -55,9 +57,9 @@ def check_recording(path: Path) -> int:
     if not tail:
         return 0
     if _is_json(tail):  # a whole entry without its newline: keep it, end it properly
-        _write_atomic(path, data + b"\n")
+        write_atomic(path, data + b"\n", sync=True)
         return 0
-    _write_atomic(path, data[: len(data) - len(tail)])
+    write_atomic(path, data[: len(data) - len(tail)], sync=True)
     return 1
 
 
@@ -67,15 +69,6 @@ def _is_json(line: bytes) -> bool:
     except ValueError:
         return False
     return True
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def serialise_requests() -> None:

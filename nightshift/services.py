@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from catalog.files import write_atomic
+
 log = logging.getLogger(__name__)
 
 # A health check returns None when healthy, or a short reason why not.
@@ -149,10 +151,7 @@ def owned_pid(home: Path, name: str) -> int | None:
 
 
 def _write_json(path: Path, data: Mapping[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(data, indent=2, sort_keys=True))
 
 
 # --- checks ----------------------------------------------------------------------------------------

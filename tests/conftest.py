@@ -306,19 +306,15 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
         "AWS_ENDPOINT_URL": endpoint,
         "MLFLOW_S3_ENDPOINT_URL": endpoint,
     }
-    saved = {k: os.environ.get(k) for k in settings}
     try:
-        _wait_http(f"{endpoint}/moto-api/", proc, log_path, "s3 server")
-        os.environ.update(settings)
-        boto3.client("s3").create_bucket(Bucket=S3_TEST_BUCKET)
-        yield S3Server(endpoint=endpoint, bucket=S3_TEST_BUCKET)
+        with pytest.MonkeyPatch.context() as mp:
+            _wait_http(f"{endpoint}/moto-api/", proc, log_path, "s3 server")
+            for k, v in settings.items():
+                mp.setenv(k, v)
+            boto3.client("s3").create_bucket(Bucket=S3_TEST_BUCKET)
+            yield S3Server(endpoint=endpoint, bucket=S3_TEST_BUCKET)
     finally:
         _stop_group(proc)
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 @pytest.fixture

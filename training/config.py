@@ -21,6 +21,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, Field, ValidationError
 
+from catalog.files import write_atomic
 from training.cluster_config import ClusterConfig
 from training.config_base import ConfigError, Section
 from training.data.config import DataConfig
@@ -210,11 +211,7 @@ class Config(Section):
 
     def save(self, path: str | Path) -> Path:
         """Write this config as YAML (atomically), e.g. next to the artifact it produced."""
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
-        os.replace(tmp, path)
-        return path
+        return write_atomic(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
 def _preset_path(preset: str | Path) -> Path:

@@ -1,10 +1,11 @@
-"""Start or join Ray the same way everywhere (CLI, Prefect tasks, tests, benchmarks)."""
+"""Start or join Ray the same way everywhere (CLI, Prefect tasks, tests, benchmarks), and run Ray Train."""
 
 from __future__ import annotations
 
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 from training.config import RayConfig
 
@@ -105,3 +106,18 @@ def init_ray(cfg: RayConfig | None = None) -> None:
                 runtime_env=runtime_env,
             )
     quiet_ray_data()
+
+
+def fit_or_raise(trainer: Any, what: str) -> Any:
+    """``trainer.fit()``'s result; a failure, raised or held in the result, becomes one error naming ``what``.
+
+    Raises:
+        RuntimeError: training failed more often than its ``FailureConfig`` allows.
+    """
+    try:
+        result = trainer.fit()
+    except Exception as e:
+        raise RuntimeError(f"{what} on Ray Train failed: {e}") from e
+    if getattr(result, "error", None):
+        raise RuntimeError(f"{what} on Ray Train failed: {result.error}") from result.error
+    return result

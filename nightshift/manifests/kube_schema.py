@@ -186,51 +186,51 @@ RAY_CLUSTER_SPEC = _obj(
         "gcsFaultToleranceOptions": {"type": "object"},
     },
 )
-RAYJOB = _obj(
-    ["apiVersion", "kind", "metadata", "spec"],
-    {
-        "apiVersion": {"const": "ray.io/v1"},
-        "kind": {"const": "RayJob"},
-        "metadata": METADATA,
-        "spec": _obj(
-            ["entrypoint", "rayClusterSpec"],
-            {
-                "entrypoint": {"type": "string", "minLength": 1},
-                "runtimeEnvYAML": {"type": "string"},
-                "jobId": {"type": "string"},
-                "submissionMode": {"enum": ["K8sJobMode", "HTTPMode", "InteractiveMode", "SidecarMode"]},
-                "shutdownAfterJobFinishes": {"type": "boolean"},
-                "ttlSecondsAfterFinished": {"type": "integer", "minimum": 0},
-                "activeDeadlineSeconds": {"type": "integer", "minimum": 1},
-                "backoffLimit": {"type": "integer", "minimum": 0},
-                "entrypointNumCpus": {"type": "number"},
-                "entrypointNumGpus": {"type": "number"},
-                "entrypointResources": {"type": "string"},
-                "submitterPodTemplate": POD_TEMPLATE,
-                "rayClusterSpec": RAY_CLUSTER_SPEC,
-                "clusterSelector": STRING_MAP,
-                "suspend": {"type": "boolean"},
-            },
-        ),
-    },
+
+
+def _ray_resource(kind: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """A KubeRay custom resource (``ray.io/v1``) of ``kind`` with ``spec``."""
+    return _obj(
+        ["apiVersion", "kind", "metadata", "spec"],
+        {"apiVersion": {"const": "ray.io/v1"}, "kind": {"const": kind}, "metadata": METADATA, "spec": spec},
+    )
+
+
+RAYJOB = _ray_resource(
+    "RayJob",
+    _obj(
+        ["entrypoint", "rayClusterSpec"],
+        {
+            "entrypoint": {"type": "string", "minLength": 1},
+            "runtimeEnvYAML": {"type": "string"},
+            "jobId": {"type": "string"},
+            "submissionMode": {"enum": ["K8sJobMode", "HTTPMode", "InteractiveMode", "SidecarMode"]},
+            "shutdownAfterJobFinishes": {"type": "boolean"},
+            "ttlSecondsAfterFinished": {"type": "integer", "minimum": 0},
+            "activeDeadlineSeconds": {"type": "integer", "minimum": 1},
+            "backoffLimit": {"type": "integer", "minimum": 0},
+            "entrypointNumCpus": {"type": "number"},
+            "entrypointNumGpus": {"type": "number"},
+            "entrypointResources": {"type": "string"},
+            "submitterPodTemplate": POD_TEMPLATE,
+            "rayClusterSpec": RAY_CLUSTER_SPEC,
+            "clusterSelector": STRING_MAP,
+            "suspend": {"type": "boolean"},
+        },
+    ),
 )
-RAYSERVICE = _obj(
-    ["apiVersion", "kind", "metadata", "spec"],
-    {
-        "apiVersion": {"const": "ray.io/v1"},
-        "kind": {"const": "RayService"},
-        "metadata": METADATA,
-        "spec": _obj(
-            ["serveConfigV2", "rayClusterConfig"],
-            {
-                "serveConfigV2": {"type": "string", "minLength": 1},
-                "rayClusterConfig": RAY_CLUSTER_SPEC,
-                "serveService": {"type": "object"},
-                "upgradeStrategy": {"type": "object"},
-                "excludeHeadPodFromServeSvc": {"type": "boolean"},
-                "serviceUnhealthySecondThreshold": {"type": "integer"},
-                "deploymentUnhealthySecondThreshold": {"type": "integer"},
-            },
-        ),
-    },
+RAYSERVICE = _ray_resource(
+    "RayService",
+    _obj(
+        ["serveConfigV2", "rayClusterConfig"],
+        {
+            "serveConfigV2": {"type": "string", "minLength": 1},
+            "rayClusterConfig": RAY_CLUSTER_SPEC,
+            "serveService": {"type": "object"},
+            "upgradeStrategy": {"type": "object"},
+            "excludeHeadPodFromServeSvc": {"type": "boolean"},
+            "serviceUnhealthySecondThreshold": {"type": "integer"},
+            "deploymentUnhealthySecondThreshold": {"type": "integer"},
+        },
+    ),
 )

@@ -8,11 +8,11 @@ text. The committed files under ``infra/`` are ``render(load_config(DEFAULT_PRES
 from __future__ import annotations
 
 import difflib
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from catalog.files import write_atomic
 from nightshift.manifests import DEFAULT_PRESET, docker, kuberay, launcher, pods, prefect_pool
 from nightshift.manifests.text import dump_json, dump_yaml
 from training.config import Config, load_config
@@ -75,12 +75,7 @@ def write_files(files: Mapping[str, str], out: str | Path) -> list[Path]:
     """Write each file under ``out`` atomically (a temporary sibling renamed into place)."""
     written = []
     for rel, text in files.items():
-        path = Path(out) / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
-        written.append(path)
+        written.append(write_atomic(Path(out) / rel, text))
     return written
 
 

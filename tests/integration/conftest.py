@@ -29,6 +29,18 @@ if BACKEND not in ("embedded", "postgres"):
 collect_ignore = [] if BACKEND == "postgres" else ["test_stack_postgres.py"]
 
 
+def rows(url: str, sql: str, **params: object) -> list[tuple]:
+    """The rows of one SQL query on the database at ``url``."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return [tuple(r) for r in conn.execute(text(sql), params)]
+    finally:
+        engine.dispose()
+
+
 @dataclass
 class Backend:
     """Where tracking, the catalog and artifacts go in this pass, and how to look inside them."""
@@ -83,10 +95,6 @@ def postgres_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]
     home = tmp_path_factory.mktemp("stack_home")
     # Not under pytest's tmp dir: that is closed to the postgres user the server runs as under root.
     pg_dir = Path(tempfile.mkdtemp(prefix="nightshift-stack-pg-"))
-    keys = ("NIGHTSHIFT_HOME", "PREFECT_HOME")
-    saved = {k: os.environ.get(k) for k in keys}
-    os.environ["NIGHTSHIFT_HOME"] = str(home)
-    os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect_home"))
     overrides: dict[str, object] = {**free_port_overrides()}
     overrides.update(
         {
@@ -97,21 +105,19 @@ def postgres_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]
             "stack.set_profile": False,
         }
     )
-    cfg = load_config("tiny", overrides)
-    try:
-        stack.up(cfg, deploy=True)
-        yield cfg
-    finally:
-        stack.down(cfg)
-        from catalog.db import dispose_engines
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("NIGHTSHIFT_HOME", str(home))
+        mp.setenv("PREFECT_HOME", str(tmp_path_factory.mktemp("prefect_home")))
+        cfg = load_config("tiny", overrides)
+        try:
+            stack.up(cfg, deploy=True)
+            yield cfg
+        finally:
+            stack.down(cfg)
+            from catalog.db import dispose_engines
 
-        dispose_engines()
-        shutil.rmtree(pg_dir, ignore_errors=True)
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+            dispose_engines()
+            shutil.rmtree(pg_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -127,10 +133,10 @@ def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     cfg = request.getfixturevalue("postgres_stack")
     env = stack.stack_env(cfg)
     # This process publishes and opens artifacts on the stack's S3 server, as a flow run would.
-    s3_keys = [k for k in env if k.startswith("AWS_") or k == "MLFLOW_S3_ENDPOINT_URL"]
-    saved = {k: os.environ.get(k) for k in s3_keys}
-    os.environ.update({k: env[k] for k in s3_keys})
-    try:
+    with pytest.MonkeyPatch.context() as mp:
+        for k in env:
+            if k.startswith("AWS_") or k == "MLFLOW_S3_ENDPOINT_URL":
+                mp.setenv(k, env[k])
         yield Backend(
             name="postgres",
             mlflow_uri=env["MLFLOW_TRACKING_URI"],
@@ -139,9 +145,3 @@ def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
             postgres_server=backends.server_url(cfg, nightshift_home()),
             bucket=cfg.stack.s3_bucket,
         )
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v

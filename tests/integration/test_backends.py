@@ -12,26 +12,16 @@ import uuid
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
 
 from catalog import lineage
 from catalog.artifacts import INDEX, ArtifactRef, open_artifact, publish
 from catalog.db import migrate, session_scope
 from catalog.models import Artifact
-from tests.integration.conftest import Backend
+from tests.integration.conftest import Backend, rows
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 WORDS = "the night shift trains a model while the lab sleeps and every stage writes an artifact".split()
-
-
-def _rows(url: str, sql: str, **params: object) -> list[tuple]:
-    engine = create_engine(url)
-    try:
-        with engine.connect() as conn:
-            return [tuple(r) for r in conn.execute(text(sql), params)]
-    finally:
-        engine.dispose()
 
 
 def _key(backend: Backend, url: str) -> str:
@@ -92,18 +82,18 @@ def test_catalog_lineage(backend: Backend) -> None:
     with session_scope(url) as s:
         model_row = s.query(Artifact).filter_by(sha256=model.sha256).one()
         assert {a.kind for a in lineage.upstream(s, model_row.id)} == {"tokens", "corpus"}
-    assert _rows(url, "SELECT count(*) FROM lineage_edges") == [(4,)]
-    assert sorted(_rows(url, "SELECT stage, status FROM runs")) == [
+    assert rows(url, "SELECT count(*) FROM lineage_edges") == [(4,)]
+    assert sorted(rows(url, "SELECT stage, status FROM runs")) == [
         ("nightly", "completed"),
         ("pretrain", "completed"),
         ("tokenize", "completed"),
     ]
-    uris = {kind: uri for kind, uri in _rows(url, "SELECT kind, uri FROM artifacts")}
+    uris = {kind: uri for kind, uri in rows(url, "SELECT kind, uri FROM artifacts")}
     assert uris["model"] == model.uri
     if backend.name == "postgres":
         assert url.startswith("postgresql+psycopg://")
         # The schema is Alembic's, in its own version table, beside whatever else shares the database.
-        assert _rows(url, "SELECT count(*) FROM catalog_alembic_version") == [(1,)]
+        assert rows(url, "SELECT count(*) FROM catalog_alembic_version") == [(1,)]
 
 
 def _corpus(root: str, n_docs: int = 60) -> ArtifactRef:
@@ -169,7 +159,7 @@ def test_tracked_stages_land_in_the_backend(backend: Backend, tmp_path: Path, mo
     logged = {a.path for a in client.list_artifacts(pretrain_run, "model")}
     assert "model/artifact.json" in logged and pre.model_uri
 
-    uris = dict(_rows(cfg.tracking.catalog_url, "SELECT kind, uri FROM artifacts"))
+    uris = dict(rows(cfg.tracking.catalog_url, "SELECT kind, uri FROM artifacts"))
     assert set(uris) == {"corpus", "tokenizer", "tokens", "model"}
     assert uris["model"] == pre.model.uri
     with session_scope(cfg.tracking.catalog_url) as s:
@@ -187,7 +177,7 @@ def test_tracked_stages_land_in_the_backend(backend: Backend, tmp_path: Path, mo
             assert uri.startswith(f"{backend.artifact_root}/{kind}/")
             assert f"{_key(backend, uri)}/{INDEX}" in backend.objects(f"{root}/{kind}/")
         # MLflow's own records: its runs are rows in the stack's `mlflow` database ...
-        found = _rows(
+        found = rows(
             backend.database("mlflow"), "SELECT run_uuid FROM runs WHERE run_uuid = :r", r=pretrain_run
         )
         assert found == [(pretrain_run,)]

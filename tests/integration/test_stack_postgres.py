@@ -12,28 +12,18 @@ import sys
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
 
 from catalog.artifacts import INDEX, open_artifact
 from nightshift import stack
 from nightshift.backends import password_path
 from nightshift.services import process_start_time, stop
 from tests.flows.conftest import write_corpus
-from tests.integration.conftest import Backend
+from tests.integration.conftest import Backend, rows
 from training.config import Config, nightshift_home
 
 pytestmark = [pytest.mark.integration, pytest.mark.stack, pytest.mark.postgres, pytest.mark.slow]
 
 SERVICES = ["postgres", "s3", "prefect-server", "mlflow", "ray-head", "prefect-worker", "dashboard"]
-
-
-def _rows(url: str, sql: str, **params: object) -> list[tuple]:
-    engine = create_engine(url)
-    try:
-        with engine.connect() as conn:
-            return [tuple(r) for r in conn.execute(text(sql), params)]
-    finally:
-        engine.dispose()
 
 
 def _cmdlines_of_group(pgid: int) -> list[str]:
@@ -62,7 +52,7 @@ def test_every_service_runs_on_postgres_and_s3(postgres_stack: Config, backend: 
     env_file = nightshift_home() / "env"
     assert stat.S_IMODE(env_file.stat().st_mode) == 0o600 and "NIGHTSHIFT_ARTIFACTS" in env_file.read_text()
     # Prefect keeps its state in Postgres: the deployments `up` applied are rows of its database.
-    names = {r[0] for r in _rows(backend.database("prefect"), "SELECT name FROM deployment")}
+    names = {r[0] for r in rows(backend.database("prefect"), "SELECT name FROM deployment")}
     assert {"nightly", "adhoc", "promote", "rollback"} <= names
     # The generated password reaches the servers through their environment, never their command lines.
     password = password_path(nightshift_home()).read_text().strip()
@@ -96,7 +86,7 @@ def test_nightly_deployment_runs_on_postgres_and_s3(
 
     # Prefect: the flow run and its final state are rows in the `prefect` database (beside the runs
     # the nightly schedule has queued).
-    flow_runs = _rows(
+    flow_runs = rows(
         backend.database("prefect"),
         "SELECT fr.state_type, count(*) FROM flow_run fr JOIN deployment d ON fr.deployment_id = d.id "
         "WHERE d.name = 'nightly' GROUP BY fr.state_type",
@@ -104,16 +94,16 @@ def test_nightly_deployment_runs_on_postgres_and_s3(
     assert dict(flow_runs).get("COMPLETED") == 1, flow_runs
     # MLflow: the pipeline's runs are rows in the `mlflow` database, the registered version too ...
     mlflow_db = backend.database("mlflow")
-    stages = {r[0] for r in _rows(mlflow_db, "SELECT name FROM runs")}
+    stages = {r[0] for r in rows(mlflow_db, "SELECT name FROM runs")}
     assert {"pretrain", "ingest", "tokenize", "evaluate"} <= stages
-    assert _rows(mlflow_db, "SELECT count(*) FROM model_versions WHERE name = 'nightshift-gpt'") == [(1,)]
+    assert rows(mlflow_db, "SELECT count(*) FROM model_versions WHERE name = 'nightshift-gpt'") == [(1,)]
     # ... and what they logged (datacard, model files, the pyfunc model) are objects under mlflow/.
     logged = backend.objects("mlflow/")
     assert any(k.endswith("/artifacts/DATACARD.md") for k in logged)
     assert any(k.endswith("/model.safetensors") for k in logged)
     # The catalog: rows in the `catalog` database whose URIs are objects in the bucket.
     catalog_url = stack.stack_env(cfg)["NIGHTSHIFT_CATALOG_URL"]
-    uris = dict(_rows(catalog_url, "SELECT kind, uri FROM artifacts WHERE kind <> 'source'"))
+    uris = dict(rows(catalog_url, "SELECT kind, uri FROM artifacts WHERE kind <> 'source'"))
     assert {"corpus", "tokenizer", "tokens", "model", "eval_report"} <= set(uris)
     stored = backend.objects("artifacts/")
     for kind, uri in uris.items():
@@ -137,7 +127,7 @@ def test_objects_outlive_a_restart_of_the_s3_server(
     assert again["s3"].healthy
     assert backend.objects("") == before
     catalog_url = stack.stack_env(cfg)["NIGHTSHIFT_CATALOG_URL"]
-    (uri,) = _rows(catalog_url, "SELECT uri FROM artifacts WHERE kind = 'model'")[0]
+    (uri,) = rows(catalog_url, "SELECT uri FROM artifacts WHERE kind = 'model'")[0]
     monkeypatch.setenv("NIGHTSHIFT_ARTIFACT_CACHE", str(tmp_path / "cache"))
     assert open_artifact(uri, kind="model").uri == uri
 

@@ -38,20 +38,15 @@ SERVICES = ["prefect-server", "mlflow", "ray-head", "prefect-worker", "dashboard
 def cfg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Config]:
     home = tmp_path_factory.mktemp("nightshift_home")
     prefect_home = tmp_path_factory.mktemp("prefect_home")
-    saved = {k: os.environ.get(k) for k in ("NIGHTSHIFT_HOME", "PREFECT_HOME")}
-    os.environ["NIGHTSHIFT_HOME"] = str(home)
-    # The profile `up` activates goes to this tmp PREFECT_HOME, never the developer's ~/.prefect.
-    os.environ["PREFECT_HOME"] = str(prefect_home)
     overrides: dict[str, object] = {**free_port_overrides()}
     overrides.update({"stack.ray_num_cpus": 1, "stack.ray_object_store_bytes": 100_000_000})
-    config = load_config("tiny", overrides)
-    yield config
-    stack.down(config)
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("NIGHTSHIFT_HOME", str(home))
+        # The profile `up` activates goes to this tmp PREFECT_HOME, never the developer's ~/.prefect.
+        mp.setenv("PREFECT_HOME", str(prefect_home))
+        config = load_config("tiny", overrides)
+        yield config
+        stack.down(config)
 
 
 @pytest.fixture(scope="module")

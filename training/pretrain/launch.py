@@ -264,7 +264,7 @@ def fit_with_ray(payload: dict[str, Any], cfg: Config) -> None:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from training.ray_setup import init_ray
+    from training.ray_setup import fit_or_raise, init_ray
 
     tc = cfg.train
     init_ray(cfg.ray)
@@ -288,9 +288,4 @@ def fit_with_ray(payload: dict[str, Any], cfg: Config) -> None:
             checkpoint_config=CheckpointConfig(num_to_keep=tc.keep_checkpoints),
         ),
     )
-    try:
-        result = trainer.fit()
-    except Exception as e:
-        raise RuntimeError(f"pretraining on Ray Train failed: {e}") from e
-    if getattr(result, "error", None):
-        raise RuntimeError(f"pretraining on Ray Train failed: {result.error}") from result.error
+    fit_or_raise(trainer, "pretraining")

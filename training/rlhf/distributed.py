@@ -222,7 +222,7 @@ def fit_on_ray(
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from training.pretrain.launch import _own_niceness
-    from training.ray_setup import init_ray
+    from training.ray_setup import fit_or_raise, init_ray
 
     missing = sorted(set(trained) - set(models))
     if missing:
@@ -258,12 +258,7 @@ def fit_on_ray(
         ),
     )
     try:
-        try:
-            result = trainer.fit()
-        except Exception as e:
-            raise RuntimeError(f"{name} on Ray Train failed: {e}") from e
-        if getattr(result, "error", None):
-            raise RuntimeError(f"{name} on Ray Train failed: {result.error}") from result.error
+        result = fit_or_raise(trainer, name)
         if result.checkpoint is None:
             raise RuntimeError(f"{name}: rank 0 reported no checkpoint; see the Ray worker logs")
         with result.checkpoint.as_directory() as d:
