@@ -223,12 +223,18 @@ def engine_steps(base: str) -> float:
 
 
 def replica_rss(base: str) -> float:
+    """The replica's resident memory, its engine process's included."""
     import httpx
 
-    for line in httpx.get(base + "/metrics", timeout=10).text.splitlines():
-        if line.startswith("process_resident_memory_bytes"):
-            return float(line.split()[-1])
-    raise RuntimeError("no process_resident_memory_bytes in /metrics")
+    names = ("process_resident_memory_bytes", "nightshift_engine_process_resident_memory_bytes")
+    found = [
+        float(line.split()[-1])
+        for line in httpx.get(base + "/metrics", timeout=10).text.splitlines()
+        if line.split(" ")[0] in names
+    ]
+    if not found:
+        raise RuntimeError("no process_resident_memory_bytes in /metrics")
+    return sum(found)
 
 
 def load_run(base: str, ps: list[str], total: int, concurrency: int) -> dict[str, object]:
@@ -289,6 +295,11 @@ def main() -> None:
     ap.add_argument(
         "--serve-threads", type=int, default=None, help="serve.torch_threads (default: the small preset's)"
     )
+    ap.add_argument(
+        "--compare-thread",
+        action="store_true",
+        help="also measure (c) with the engine as a thread of the replica (serve.engine_process: false)",
+    )
     ap.add_argument("--load", action="store_true", help="also run 2,000 requests at concurrency 32")
     ap.add_argument("--load-requests", type=int, default=2000)
     args = ap.parse_args()
@@ -329,25 +340,43 @@ def main() -> None:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve_cfg = {"auth": "none", "torch_threads": serve_threads, "max_batch": 32, "max_waiting": 512}
-    serve.run(
-        build_app({"model": str(ref.path), "serve": serve_cfg, "catalog_url": f"sqlite:///{tmp}/catalog.db"}),
-        name="bench",
-        route_prefix="/",
-    )
     base = f"http://127.0.0.1:{port}"
-    http = []
-    for clients, per in ((1, args.prompts), (4, 6), (16, 4)):
-        steps0 = engine_steps(base)
-        r = bench_http(base, ps, clients, per, args.max_tokens)
-        # Tokens per decode step: how full the running batch was (warm-up requests included).
-        r["mean_batch"] = r.pop("tokens_all") / max(1.0, engine_steps(base) - steps0)
-        http.append(r)
-        print(
-            f"(c) HTTP, {clients:>2} clients: {r['tokens_per_s']:.0f} tokens/s, "
-            f"TTFT p50 {r['ttft_p50_ms']:.1f} ms, p99 {r['ttft_p99_ms']:.1f} ms ({r['requests']} requests, "
-            f"mean batch {r['mean_batch']:.1f})"
-        )
+
+    def deploy(engine_process: bool) -> None:
+        serve_cfg = {
+            "auth": "none",
+            "torch_threads": serve_threads,
+            "max_batch": 32,
+            "max_waiting": 512,
+            "engine_process": engine_process,
+        }
+        app = {"model": str(ref.path), "serve": serve_cfg, "catalog_url": f"sqlite:///{tmp}/catalog.db"}
+        serve.run(build_app(app), name="bench", route_prefix="/")
+
+    def levels(label: str, which: tuple[tuple[int, int], ...]) -> list[dict[str, float]]:
+        out = []
+        for clients, per in which:
+            steps0 = engine_steps(base)
+            r = bench_http(base, ps, clients, per, args.max_tokens)
+            # Tokens per decode step: how full the running batch was (warm-up requests included).
+            r["mean_batch"] = r.pop("tokens_all") / max(1.0, engine_steps(base) - steps0)
+            out.append(r)
+            print(
+                f"(c) HTTP, engine {label}, {clients:>2} clients: {r['tokens_per_s']:.0f} tokens/s, "
+                f"TTFT p50 {r['ttft_p50_ms']:.1f} ms, p99 {r['ttft_p99_ms']:.1f} ms ({r['requests']} "
+                f"requests, mean batch {r['mean_batch']:.1f})"
+            )
+        return out
+
+    all_levels = ((1, args.prompts), (4, 6), (16, 8))
+    thread_http = None
+    if args.compare_thread:
+        # The engine as a thread of the replica (serve.engine_process: false), same run, first.
+        deploy(False)
+        thread_http = levels("thread", all_levels)
+        serve.delete("bench")
+    deploy(True)
+    http = levels("process", all_levels)
     at16 = http[-1]["tokens_per_s"]
     # Same threads on both sides: what HTTP + Serve add to the engine the replica runs.
     overhead = http[0]["ttft_p50_ms"] - singles[serve_threads]["ttft_p50_ms"]
@@ -358,6 +387,7 @@ def main() -> None:
         "hf_generate_single_by_threads": hfs,
         "serve_torch_threads": serve_threads,
         "http": http,
+        "http_engine_thread": thread_http,
         "x_vs_engine_single_at_16": at16 / single["tokens_per_s"],
         "x_vs_hf_at_16": at16 / hf["tokens_per_s"],
         "http_serve_ttft_overhead_p50_ms": overhead,
@@ -365,6 +395,8 @@ def main() -> None:
     print(f"\n16 clients vs our single stream: {summary['x_vs_engine_single_at_16']:.1f}x (goal >= 6x)")
     print(f"16 clients vs HF generate():     {summary['x_vs_hf_at_16']:.1f}x (goal >= 4x)")
     print(f"HTTP + Serve added to p50 TTFT:  {overhead:.1f} ms (goal <= 15 ms)")
+    if thread_http:
+        print(f"16 clients, engine process vs engine thread: {at16 / thread_http[-1]['tokens_per_s']:.2f}x")
     if args.load:
         rss0 = replica_rss(base)
         warm = load_run(base, ps, 200, 32)

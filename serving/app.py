@@ -28,7 +28,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from ray import serve
 
 from serving import errors, openapi
-from serving.engine import Delta, QueueFull, SamplingParams
+from serving.engine import QueueFull, SamplingParams
 from serving.limits import LimitSettings, RequestLimits
 from serving.openapi import body_responses, responses
 from serving.options import ServeArgs, deployment_options
@@ -40,7 +40,7 @@ from serving.responses import (
     new_id,
 )
 from serving.schemas import ChatCompletionRequest, CompletionRequest, FeedbackRequest
-from serving.streams import StreamingMixin
+from serving.streams import EventQueue, StreamingMixin
 
 __all__ = ["NightshiftServer", "ServeArgs", "build_app", "deployment_options"]
 
@@ -93,6 +93,7 @@ class NightshiftServer(StreamingMixin):
 
         from serving.auth import KeyCheck, collect_digests
         from serving.engine import Engine
+        from serving.engine_process import EngineProcess
         from serving.loader import load_served
         from serving.metrics import Metrics
         from serving.replica_bind import bind_to_node_address
@@ -110,9 +111,19 @@ class NightshiftServer(StreamingMixin):
         self.served = load_served(a.model, tracking_uri=a.tracking_uri)
         self.tok = self.served.tokenizer
         self.block_size = self.served.model.cfg.block_size
-        self.engine = Engine(
-            self.served.model, self.tok, max_batch=self.cfg.max_batch, max_waiting=self.cfg.max_waiting
-        ).start()
+        self.engine: Engine | EngineProcess
+        if self.cfg.engine_process:
+            self.engine = EngineProcess(
+                self.served.ref.path,
+                block_size=self.block_size,
+                max_batch=self.cfg.max_batch,
+                max_waiting=self.cfg.max_waiting,
+                threads=self.cfg.torch_threads,
+            ).start()
+        else:
+            self.engine = Engine(
+                self.served.model, self.tok, max_batch=self.cfg.max_batch, max_waiting=self.cfg.max_waiting
+            ).start()
         self.name = self.cfg.model_name
         openapi.set_served_model(api, self.name)
         self.headers = {"X-Nightshift-Model": f"model:{self.served.ref.sha256}"}
@@ -129,7 +140,7 @@ class NightshiftServer(StreamingMixin):
                     "set $NIGHTSHIFT_API_KEYS, or set serve.auth: none for a local demo"
                 )
             self.keys = KeyCheck(digests)
-        self.metrics = Metrics()
+        self.metrics = Metrics(getattr(self.engine, "pid", None))
         self._handoff = Handoff()
         self.recorder = None
         self.deployment_id = a.deployment_id
@@ -211,9 +222,9 @@ class NightshiftServer(StreamingMixin):
 
     def _submit(
         self, prompts: list[list[int]], params: SamplingParams, n: int
-    ) -> tuple[asyncio.Queue, list[int]]:
+    ) -> tuple[EventQueue, list[int]]:
         """Queue every prompt x n; events arrive on the returned asyncio queue as (prompt_index, delta)."""
-        q: asyncio.Queue[tuple[int, Delta]] = asyncio.Queue()
+        q = EventQueue()
         self._handoff.bind()
         post = self._handoff.post
         ids: list[int] = []

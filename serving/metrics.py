@@ -9,9 +9,14 @@ _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
 class Metrics:
-    def __init__(self) -> None:
+    """Args: engine_pid: the engine process's pid, whose memory and CPU are exported as
+    ``nightshift_engine_process_*`` (None: the engine is a thread of the replica)."""
+
+    def __init__(self, engine_pid: int | None = None) -> None:
         self.registry = r = CollectorRegistry()
         ProcessCollector(registry=r)  # process_resident_memory_bytes, cpu seconds, open fds
+        if engine_pid is not None:
+            ProcessCollector(namespace="nightshift_engine", pid=lambda: engine_pid, registry=r)
         self.requests = Counter(
             "nightshift_requests", "HTTP requests by route and status.", ["route", "status"], registry=r
         )

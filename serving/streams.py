@@ -16,14 +16,39 @@ from serving.engine import Delta
 from serving.responses import DONE, Choice, chat_chunk, chat_logprobs, completion_chunk, sse, usage
 
 
+class EventQueue(asyncio.Queue):
+    """A request's engine events; a stream waiting out its interval is woken by a finished choice,
+    so the last chunk (and the client's next request) is not held back by the interval."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.wake: asyncio.Future[None] | None = None
+
+    def put_nowait(self, item: tuple[int, Delta]) -> None:
+        super().put_nowait(item)
+        if item[1].finish_reason and self.wake is not None and not self.wake.done():
+            self.wake.set_result(None)
+
+    async def sleep(self, seconds: float) -> None:
+        """Sleep ``seconds``, or until a choice finishes."""
+        loop = asyncio.get_running_loop()
+        self.wake = loop.create_future()
+        timer = loop.call_later(seconds, lambda f: f.done() or f.set_result(None), self.wake)
+        try:
+            await self.wake
+        finally:
+            timer.cancel()
+            self.wake = None
+
+
 class StreamingMixin:
     """Streaming responses; needs ``cfg``, ``engine``, ``metrics``, ``name``, ``headers``, ``_record``."""
 
     async def _events(
-        self, q: asyncio.Queue, ids: list[int], total: int
+        self, q: EventQueue, ids: list[int], total: int
     ) -> AsyncIterator[list[tuple[int, Delta]]]:
         """Batches of events: everything queued is sent in one write, at most one write per
-        ``serve.stream_interval_ms`` after the first.
+        ``serve.stream_interval_ms`` after the first; a finished choice goes out at once.
 
         Every write crosses from the replica to the proxy as a message of its own, and under load
         a replica makes tokens far faster than per-token messages can carry them; writing what
@@ -37,10 +62,10 @@ class StreamingMixin:
         try:
             while done < total:
                 batch = [await q.get()]
-                if last_sent is not None and gap > 0:
+                if last_sent is not None and gap > 0 and not batch[0][1].finish_reason:
                     wait = last_sent + gap - time.perf_counter()
                     if wait > 0:
-                        await asyncio.sleep(wait)
+                        await q.sleep(wait)
                 while not q.empty():
                     batch.append(q.get_nowait())
                 if any(d.text or d.finish_reason for _, d in batch):

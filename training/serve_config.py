@@ -66,6 +66,11 @@ class ServeConfig(Section):
     max_batch: int = Field(32, ge=1, description="Sequences decoded together (KV cache slots).")
     max_waiting: int = Field(256, ge=1, description="Requests queued beyond the batch; more get 429.")
     torch_threads: int = Field(2, ge=1, description="Intra-op threads of each replica's engine.")
+    engine_process: bool = Field(
+        True,
+        description="Run each replica's engine in a child process (its own GIL, so decode steps do not "
+        "wait for the replica's HTTP work); false runs it as a thread of the replica.",
+    )
     gil_switch_interval_ms: float = Field(
         0.5, gt=0, description="Python's GIL switch interval in a replica (engine thread vs event loop)."
     )
