@@ -12,7 +12,9 @@ d. Lightning through Ray Train on the local Ray: 1 worker with all CPUs (the fai
 
 Steady state only: the first ``--warmup`` steps of each path are not timed. The machine's speed
 drifts by more than the overheads measured, so (b) runs right before and after each other path,
-each is compared with the mean of those two runs, and the medians over ``--rounds`` are reported.
+each is compared with the mean of those two runs, and the medians over ``--rounds`` are reported;
+for the same reason the matmul peak is measured again before every run of (b), and each run's MFU
+is taken against the peak(s) measured next to it.
 ``--compile`` adds (b) and (c) with ``torch.compile`` (the model; inductor's C++ backend on CPU)
 and prints the time of their untimed first steps, which include compiling. Run:
 ``python bench/train_throughput.py [--steps 30] [--rounds 3] [--peak-flops F] [--compile]``.
@@ -130,7 +132,7 @@ def plain_loop(cfg: Config, tokens: ArtifactRef, steps: int, warmup: int, compil
         if step == warmup:
             t0 = time.perf_counter()
         x, y = data[step]
-        _, loss = model(x, y)
+        _, loss = model(x, y, return_logits=False)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
         opt.step()
@@ -174,7 +176,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30, help="optimizer steps per path")
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps of the plain loop (as StepMetrics)")
     ap.add_argument("--rounds", type=int, default=3, help="rounds of every path (medians are reported)")
-    ap.add_argument("--peak-flops", type=float, default=None, help="skip the matmul measurement")
+    ap.add_argument("--peak-flops", type=float, default=None, help="a fixed peak (FLOP/s)")
     ap.add_argument("--no-ray", action="store_true", help="skip the Ray Train paths")
     ap.add_argument("--compile", action="store_true", help="also (b) and (c) with torch.compile")
     args = ap.parse_args()
@@ -196,8 +198,13 @@ def main() -> None:
         shaped = gemm_rate(gemm_shapes(cfg))
         print(f"(a') fp32 matmul at the model's GEMM shapes: {shaped / 1e9:.1f} GFLOP/s (not the MFU peak)")
 
+        peaks: list[float] = []
+
         def plain() -> float:
             settle()
+            # The peak again right before each plain run: the machine's speed drifts, and MFU
+            # compares work done with what the same cores could do at that time.
+            peaks.append(args.peak_flops or measure_matmul_peak(n=2048, seconds=1.5))
             return plain_loop(cfg, tokens, args.steps, args.warmup)
 
         paths: list[tuple[str, Callable[[Path], float]]] = [
@@ -220,15 +227,19 @@ def main() -> None:
         # over the rounds are reported.
         rates: dict[str, list[float]] = {"(b) plain PyTorch loop": []}
         overheads: dict[str, list[float]] = {"(b) plain PyTorch loop": []}
+        mfus: dict[str, list[float]] = {"(b) plain PyTorch loop": []}
         for r in range(args.rounds):
             before = plain()
             rates["(b) plain PyTorch loop"].append(before)
+            mfus["(b) plain PyTorch loop"].append(fpt * before / peaks[-1])
             for i, (label, run) in enumerate(paths):
                 settle()
                 tps = run(root / f"r{r}-{i}")
                 after = plain()
                 rates["(b) plain PyTorch loop"].append(after)
+                mfus["(b) plain PyTorch loop"].append(fpt * after / peaks[-1])
                 rates.setdefault(label, []).append(tps)
+                mfus.setdefault(label, []).append(fpt * tps / ((peaks[-2] + peaks[-1]) / 2))
                 overheads.setdefault(label, []).append((before + after) / 2 / tps - 1)
                 print(f"  round {r + 1}: {label}: {tps:.0f} tokens/s; plain loop {before:.0f}, {after:.0f}")
                 before = after
@@ -241,15 +252,25 @@ def main() -> None:
             tps_c = lightning_path(cfg_c, tokens, root / "cc", peak)
             compiled.append(("(c*) Lightning, 1 process, train.compile", tps_c, base_c / tps_c - 1))
         mfu_shaped = "MFU@a'"  # MFU against (a'), labelled apart from the honest one against (a)
-        print(f"medians of {args.rounds} rounds; overhead against the plain loop runs around each path")
+        print(
+            f"matmul peak measured before each plain run: median {statistics.median(peaks) / 1e9:.1f}, "
+            f"range {min(peaks) / 1e9:.1f}-{max(peaks) / 1e9:.1f} GFLOP/s"
+        )
+        print(f"medians of {args.rounds} rounds; overhead against the plain loop runs around each path;")
+        print("MFU against the peak measured next to each run (the first peak for compiled runs)")
         print(f"{'path':<50} {'tokens/s':>10} {'MFU':>7} {'overhead':>9} {mfu_shaped:>7}")
         rows = [
-            (label, statistics.median(rates[label]), statistics.median(overheads[label])) for label in rates
-        ]
-        for label, tps, over in rows + compiled:
-            print(
-                f"{label:<50} {tps:>10.0f} {fpt * tps / peak:>7.1%} {over:>+9.1%} {fpt * tps / shaped:>7.1%}"
+            (
+                label,
+                statistics.median(rates[label]),
+                statistics.median(mfus[label]),
+                statistics.median(overheads[label]),
             )
+            for label in rates
+        ]
+        rows += [(label, tps, fpt * tps / peak, over) for label, tps, over in compiled]
+        for label, tps, mfu, over in rows:
+            print(f"{label:<50} {tps:>10.0f} {mfu:>7.1%} {over:>+9.1%} {fpt * tps / shaped:>7.1%}")
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

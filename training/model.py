@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from training.losses import token_cross_entropy
+from training.losses import linear_cross_entropy, token_cross_entropy
 from training.model_config import ModelConfig
 
 
@@ -158,12 +158,19 @@ class GPT(nn.Module):
     # --- forward --------------------------------------------------------------------------------
 
     def forward(
-        self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        *,
+        return_logits: bool = True,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Logits for ``idx`` (B, T); with ``targets`` also the mean cross-entropy (ignore index -100).
 
         With a ``cache`` the tokens are positions ``cache.pos ..`` of a longer sequence, and the
-        cache is advanced by T.
+        cache is advanced by T. ``return_logits=False`` (with ``targets``) returns ``(None, loss)``
+        and lets a training step on CPU fuse the output head with the loss
+        (:func:`~training.losses.linear_cross_entropy`).
         """
         B, T = idx.shape
         start = cache.pos if cache is not None else 0
@@ -176,6 +183,8 @@ class GPT(nn.Module):
         if cache is not None:
             cache.pos += T
         x = self.transformer.ln_f(x)
+        if targets is not None and not return_logits:
+            return None, linear_cross_entropy(x.view(B * T, -1), self.lm_head.weight, targets.view(-1))
         logits = self.lm_head(x)  # (B, T, vocab)
         loss = None
         if targets is not None:

@@ -1,4 +1,4 @@
-"""The CPU token cross-entropy equals F.cross_entropy in value and gradient."""
+"""The CPU token cross-entropy, and the output head fused with it, equal F.cross_entropy in value and gradient."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from training.losses import token_cross_entropy
+from training.losses import linear_cross_entropy, token_cross_entropy
 
 
 def _pair(n: int = 64, v: int = 50, ignored: int = 5, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,3 +68,50 @@ def test_the_model_loss_trains_like_torch() -> None:
     torch.testing.assert_close(loss, want)
     for n, p in model.named_parameters():
         torch.testing.assert_close(grads[n], p.grad, rtol=1e-5, atol=1e-6, msg=n)
+
+
+@pytest.mark.parametrize(("n", "ignored"), [(64, 0), (300, 7), (300, 300)])
+def test_the_fused_head_equals_logits_then_cross_entropy(n: int, ignored: int) -> None:
+    # 300 rows over a vocab of 2,000: chunks of 262 rows, the last one short.
+    g = torch.Generator().manual_seed(1)
+    h = torch.randn(n, 24, generator=g)
+    w = torch.randn(2000, 24, generator=g) * 0.3
+    targets = torch.randint(0, 2000, (n,), generator=g)
+    targets[torch.randperm(n, generator=g)[:ignored]] = -100
+    h1, w1, h2, w2 = (t.clone().requires_grad_() for t in (h, w, h, w))
+    want = F.cross_entropy(h1 @ w1.t(), targets, ignore_index=-100)
+    got = linear_cross_entropy(h2, w2, targets)
+    if ignored == n:
+        assert torch.isnan(got) and torch.isnan(want)
+        got.backward()
+        assert (h2.grad == 0).all() and (w2.grad == 0).all()
+        return
+    (want * 0.7).backward()
+    (got * 0.7).backward()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(h2.grad, h1.grad, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(w2.grad, w1.grad, rtol=1e-4, atol=1e-6)
+    with torch.no_grad():  # no gradient wanted: the plain path, same value
+        torch.testing.assert_close(linear_cross_entropy(h, w, targets), want.detach())
+
+
+def test_the_model_without_logits_trains_like_with_them() -> None:
+    from training.model import GPT
+    from training.model_config import ModelConfig
+
+    cfg = ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=300, dropout=0.0)
+    torch.manual_seed(0)
+    model = GPT(cfg)
+    idx = torch.randint(0, 300, (3, 16))
+    targets = idx.roll(-1, 1)
+    targets[:, :4] = -100
+    logits, loss = model(idx, targets, return_logits=False)
+    assert logits is None
+    (loss * 3).backward()  # the tied embedding gets the head's gradient and the input's
+    fused = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    _, want = model(idx, targets)
+    (want * 3).backward()
+    torch.testing.assert_close(loss, want)
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(fused[n], p.grad, rtol=1e-5, atol=1e-6, msg=n)

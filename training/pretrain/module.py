@@ -63,12 +63,12 @@ class GPTPretrainModule(L.LightningModule):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Mean next-token cross-entropy of inputs ``x`` (B, T) against targets ``y`` (B, T)."""
-        _, loss = self.model(x, y)
+        _, loss = self.model(x, y, return_logits=False)
         return loss
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
-        _, loss = self.model(x, y)
+        _, loss = self.model(x, y, return_logits=False)
         self._loss_sum = self._loss_sum.to(loss.device) + loss.detach()
         self._loss_n += 1
         if self._loss_n == self.train_cfg.grad_accum:  # the last micro-batch before an optimizer step

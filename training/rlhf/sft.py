@@ -35,7 +35,7 @@ def sft_targets(batch: SequenceBatch) -> torch.Tensor:
 
 def sft_loss(model: GPT, batch: SequenceBatch) -> torch.Tensor:
     """Mean cross-entropy over the reply tokens of ``batch`` (prompt tokens contribute nothing)."""
-    _, loss = model(batch.ids[:, :-1], targets=sft_targets(batch))
+    _, loss = model(batch.ids[:, :-1], targets=sft_targets(batch), return_logits=False)
     assert loss is not None
     return loss
 
@@ -142,7 +142,8 @@ def train_sft(
             T = model.cfg.block_size
             starts_ = torch.randint(len(pretrain_tokens) - T - 1, (cfg.ptx_batch,), generator=gen)
             win = torch.stack([pretrain_tokens[s : s + T + 1] for s in dist.shard(starts_.tolist())]).to(dev)
-            _, ptx = train_model(win[:, :-1].contiguous(), targets=win[:, 1:].contiguous())
+            x, y = win[:, :-1].contiguous(), win[:, 1:].contiguous()
+            _, ptx = train_model(x, targets=y, return_logits=False)
             loss = loss + cfg.ptx_coef * ptx
         lr = opt.lr
         norm = opt.step(loss)

@@ -20,14 +20,15 @@ def test_prompt_tokens_give_zero_gradient(model, tokenizer) -> None:
 
     def keep(_module, _inputs, out: torch.Tensor) -> None:
         out.retain_grad()
-        captured["logits"] = out
+        captured["hidden"] = out
 
-    handle = model.lm_head.register_forward_hook(keep)
+    # The final hidden states: the output head reads them (fused with the loss on CPU), nothing else.
+    handle = model.transformer.ln_f.register_forward_hook(keep)
     try:
         sft_loss(model, batch).backward()
     finally:
         handle.remove()
-    grad = captured["logits"].grad  # (B, T-1, V): d loss / d logits at every position
+    grad = captured["hidden"].grad  # (B, T-1, C): d loss / d hidden state at every position
     assert grad is not None
     per_position = grad.abs().sum(-1)
     assert float(per_position[~batch.mask].abs().max()) == 0.0  # prompt and padding: exactly zero
