@@ -1,4 +1,4 @@
-"""The CPU token cross-entropy, and the output head fused with it, equal F.cross_entropy in value and gradient."""
+"""The CPU token cross-entropy, and the head fused with it, equal F.cross_entropy in value and gradient."""
 
 from __future__ import annotations
 
