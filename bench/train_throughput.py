@@ -12,7 +12,8 @@ d. Lightning through Ray Train on the local Ray: 1 worker with all CPUs (the fai
 
 Steady state only: the first ``--warmup`` steps of each path are not timed. The machine's speed
 drifts by more than the overheads measured, so (b) runs right before and after each other path,
-each is compared with the mean of those two runs, and the medians over ``--rounds`` are reported;
+each is compared with the mean of those two runs (with Ray shut down, as before any Ray path ran),
+and the medians over ``--rounds`` are reported;
 for the same reason the matmul peak is measured again before every run of (b), and each run's MFU
 is taken against the peak(s) measured next to it.
 ``--compile`` adds (b) and (c) with ``torch.compile`` (the model; inductor's C++ backend on CPU)
@@ -167,7 +168,14 @@ def lightning_path(
         "cfg": cfg.model_dump(mode="json"), "tokens": str(tokens.path), "workdir": str(workdir),
         "threads": cfg.train.cpus_per_worker, "peak_flops": peak, "callbacks": [],
     }  # fmt: skip
-    fit_with_ray(payload, cfg)
+    try:
+        fit_with_ray(payload, cfg)
+    finally:
+        # The plain loop that follows must not share the machine with an idle Ray: its daemons
+        # and idle workers cost a loop on 2 CPUs 1-3%, which would hide that much of Ray's overhead.
+        import ray
+
+        ray.shutdown()
     return json.loads((workdir / "summary.json").read_text())["tokens_per_s"]
 
 
