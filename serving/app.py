@@ -108,9 +108,10 @@ class NightshiftServer(StreamingMixin):
         sys.setswitchinterval(self.cfg.gil_switch_interval_ms / 1000)
         _LIMITS.max_body_bytes = self.cfg.max_body_bytes
         _LIMITS.body_timeout_s = self.cfg.body_timeout_s
-        self.served = load_served(a.model, tracking_uri=a.tracking_uri)
+        # An engine process loads the weights itself: the replica only verifies the artifact.
+        self.served = load_served(a.model, tracking_uri=a.tracking_uri, weights=not self.cfg.engine_process)
         self.tok = self.served.tokenizer
-        self.block_size = self.served.model.cfg.block_size
+        self.block_size = self.served.cfg.block_size
         self.engine: Engine | EngineProcess
         if self.cfg.engine_process:
             self.engine = EngineProcess(
@@ -121,6 +122,7 @@ class NightshiftServer(StreamingMixin):
                 threads=self.cfg.torch_threads,
             ).start()
         else:
+            assert self.served.model is not None
             self.engine = Engine(
                 self.served.model, self.tok, max_batch=self.cfg.max_batch, max_waiting=self.cfg.max_waiting
             ).start()

@@ -115,11 +115,7 @@ class Generates:
     """:meth:`generate` for anything with the engine's ``submit`` and ``error``."""
 
     error: BaseException | None
-
-    def submit(
-        self, prompt: Sequence[int], params: SamplingParams, sink: Callable[[Delta], None], n: int = 1
-    ) -> int:
-        raise NotImplementedError
+    submit: Callable[..., int]  # (prompt, params, sink, n) -> request id
 
     def generate(self, prompt: Sequence[int], params: SamplingParams, n: int = 1) -> list[Delta]:
         """Blocking convenience: run one request to the end and return each choice's final delta

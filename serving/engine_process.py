@@ -256,18 +256,16 @@ def _child(fd: int, model_dir: str, threads: int, max_batch: int) -> None:
         raise
     out: list[tuple[int, Delta]] = []  # appended and flushed by the engine thread only
     engine: Engine
-
-    sent: dict[str, int] = {}
+    running_sent = -1
 
     def flush() -> None:
-        nonlocal sent
+        nonlocal running_sent
         stats = engine.stats()
         del stats["waiting"]  # the parent counts its own
-        if out or stats["running"] != sent.get("running"):  # a cancel changes it with no delta
-            batch = out.copy()
+        if out or stats["running"] != running_sent:  # a cancel changes it with no delta
+            conn.send(("deltas", out.copy(), stats))
             out.clear()
-            conn.send(("deltas", batch, stats))
-            sent = stats
+            running_sent = stats["running"]
         if engine.error is not None:
             conn.send(("error", f"the generation engine failed: {engine.error!r}"))
 

@@ -19,13 +19,15 @@ if TYPE_CHECKING:
 
     from catalog.artifacts import ArtifactRef
     from training.model import GPT
+    from training.model_config import ModelConfig
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class Served:
-    model: GPT
+    model: GPT | None  # None when loaded without weights (an engine process loads them)
+    cfg: ModelConfig
     tokenizer: Tokenizer
     ref: ArtifactRef
     source: str  # what was asked for
@@ -84,17 +86,29 @@ def fetch(
 
 
 def load_served(
-    source: str, *, tracking_uri: str | None = None, cache_dir: str | Path | None = None
+    source: str,
+    *,
+    tracking_uri: str | None = None,
+    cache_dir: str | Path | None = None,
+    weights: bool = True,
 ) -> Served:
     """Load the model to serve from an artifact path or a ``models:/`` URI (hash-verified).
+
+    ``weights=False`` verifies the artifact and reads its config and tokenizer only (``model`` is
+    None): for a replica whose engine process loads the weights itself.
 
     Raises:
         ValueError: see :func:`fetch`.
         catalog.artifacts.ArtifactError: the artifact is missing, of another kind, or changed.
     """
-    from training.model_io import load_model
+    from training.model_io import load_model, open_model
 
     path, registry = fetch(source, tracking_uri=tracking_uri, cache_dir=cache_dir)
-    model, tok, ref = load_model(path)
+    if weights:
+        model, tok, ref = load_model(path)
+        cfg = model.cfg
+    else:
+        model = None
+        cfg, tok, ref = open_model(path)
     log.info("serving %s (artifact %s)", source, ref.sha256[:16])
-    return Served(model, tok, ref, source, registry)
+    return Served(model, cfg, tok, ref, source, registry)

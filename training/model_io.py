@@ -160,11 +160,19 @@ def load_model(
     """
     from safetensors.torch import load_file
 
+    cfg, tok, ref = open_model(path_or_ref, verify=verify)
+    weights = load_file(str(ref.path / WEIGHTS_FILE), device="cpu")
+    model = build_model(cfg, weights, device=device, where=str(ref.path))
+    return model, tok, ref
+
+
+def open_model(
+    path_or_ref: str | Path | ArtifactRef, *, verify: bool = True
+) -> tuple[ModelConfig, Tokenizer, ArtifactRef]:
+    """A ``model`` artifact's config, tokenizer and ref, without its weights (see :func:`load_model`)."""
     path = path_or_ref.path if isinstance(path_or_ref, ArtifactRef) else Path(path_or_ref)
     ref = open_artifact(path, kind=KIND, verify=verify)
     cfg = read_config(ref.path / CONFIG_FILE)
     tok = load_tokenizer(ref.path / TOKENIZER_FILE)
     check_vocab(cfg, tok, str(ref.path))
-    weights = load_file(str(ref.path / WEIGHTS_FILE), device="cpu")
-    model = build_model(cfg, weights, device=device, where=str(ref.path))
-    return model, tok, ref
+    return cfg, tok, ref

@@ -49,7 +49,7 @@ def test_a_second_backward_through_the_same_graph_is_refused() -> None:
         loss.backward()
 
 
-def test_the_model_loss_trains_like_torch() -> None:
+def _tiny_model_batch():
     from training.model import GPT
     from training.model_config import ModelConfig
 
@@ -59,6 +59,11 @@ def test_the_model_loss_trains_like_torch() -> None:
     idx = torch.randint(0, 300, (3, 16))
     targets = idx.roll(-1, 1)
     targets[:, :4] = -100  # SFT-style: no loss on the prompt
+    return model, idx, targets
+
+
+def test_the_model_loss_trains_like_torch() -> None:
+    model, idx, targets = _tiny_model_batch()
     logits, loss = model(idx, targets)
     loss.backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters()}
@@ -96,15 +101,7 @@ def test_the_fused_head_equals_logits_then_cross_entropy(n: int, ignored: int) -
 
 
 def test_the_model_without_logits_trains_like_with_them() -> None:
-    from training.model import GPT
-    from training.model_config import ModelConfig
-
-    cfg = ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=300, dropout=0.0)
-    torch.manual_seed(0)
-    model = GPT(cfg)
-    idx = torch.randint(0, 300, (3, 16))
-    targets = idx.roll(-1, 1)
-    targets[:, :4] = -100
+    model, idx, targets = _tiny_model_batch()
     logits, loss = model(idx, targets, return_logits=False)
     assert logits is None
     (loss * 3).backward()  # the tied embedding gets the head's gradient and the input's
