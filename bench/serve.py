@@ -194,6 +194,7 @@ def bench_http(base: str, ps: list[str], clients: int, per_client: int, max_toke
                 await one(c, ps[(k * per_client + j) % len(ps)])
 
         limits = httpx.Limits(max_connections=clients)
+        t_all = time.perf_counter()
         async with httpx.AsyncClient(base_url=base, timeout=300, limits=limits) as c:
             await asyncio.gather(*(one(c, ps[k]) for k in range(clients)))  # warm-up
             ttfts.clear()
@@ -208,18 +209,20 @@ def bench_http(base: str, ps: list[str], clients: int, per_client: int, max_toke
             "ttft_p50_ms": 1e3 * pct(ttfts, 0.5),
             "ttft_p99_ms": 1e3 * pct(ttfts, 0.99),
             "tokens_all": tokens_all,
+            "seconds_all": time.perf_counter() - t_all,
         }
 
     return asyncio.run(run())
 
 
-def engine_steps(base: str) -> float:
+def replica_metric(base: str, name: str) -> float:
+    """One unlabelled sample of the replica's ``/metrics``."""
     import httpx
 
     for line in httpx.get(base + "/metrics", timeout=10).text.splitlines():
-        if line.startswith("nightshift_engine_decode_steps "):
+        if line.startswith(name + " "):
             return float(line.split()[-1])
-    raise RuntimeError("no nightshift_engine_decode_steps in /metrics")
+    raise RuntimeError(f"no {name} in /metrics")
 
 
 def replica_rss(base: str) -> float:
@@ -300,6 +303,12 @@ def main() -> None:
         action="store_true",
         help="also measure (c) with the engine as a thread of the replica (serve.engine_process: false)",
     )
+    ap.add_argument(
+        "--compare-uncapped",
+        action="store_true",
+        help="also measure the engine process with serve.stream_writes_per_s 0 (every stream written "
+        "every serve.stream_interval_ms, however many are open), first",
+    )
     ap.add_argument("--load", action="store_true", help="also run 2,000 requests at concurrency 32")
     ap.add_argument("--load-requests", type=int, default=2000)
     args = ap.parse_args()
@@ -342,13 +351,14 @@ def main() -> None:
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     base = f"http://127.0.0.1:{port}"
 
-    def deploy(engine_process: bool) -> None:
+    def deploy(engine_process: bool, **serve_extra: object) -> None:
         serve_cfg = {
             "auth": "none",
             "torch_threads": serve_threads,
             "max_batch": 32,
             "max_waiting": 512,
             "engine_process": engine_process,
+            **serve_extra,
         }
         app = {"model": str(ref.path), "serve": serve_cfg, "catalog_url": f"sqlite:///{tmp}/catalog.db"}
         serve.run(build_app(app), name="bench", route_prefix="/")
@@ -356,15 +366,24 @@ def main() -> None:
     def levels(label: str, which: tuple[tuple[int, int], ...]) -> list[dict[str, float]]:
         out = []
         for clients, per in which:
-            steps0 = engine_steps(base)
+            steps0 = replica_metric(base, "nightshift_engine_decode_steps")
+            writes0 = replica_metric(base, "nightshift_stream_writes_total")
             r = bench_http(base, ps, clients, per, args.max_tokens)
-            # Tokens per decode step: how full the running batch was (warm-up requests included).
-            r["mean_batch"] = r.pop("tokens_all") / max(1.0, engine_steps(base) - steps0)
+            # Tokens per decode step: how full the running batch was; stream writes: how often each
+            # stream was written (serve.stream_interval_ms, stretched by serve.stream_writes_per_s).
+            # Both over the warm-up requests too.
+            tokens_all, seconds_all = r.pop("tokens_all"), r.pop("seconds_all")
+            steps = replica_metric(base, "nightshift_engine_decode_steps") - steps0
+            writes = replica_metric(base, "nightshift_stream_writes_total") - writes0
+            r["mean_batch"] = tokens_all / max(1.0, steps)
+            r["tokens_per_write"] = tokens_all / max(1.0, writes)
+            r["stream_write_interval_ms"] = 1e3 * clients * seconds_all / max(1.0, writes)
             out.append(r)
             print(
                 f"(c) HTTP, engine {label}, {clients:>2} clients: {r['tokens_per_s']:.0f} tokens/s, "
                 f"TTFT p50 {r['ttft_p50_ms']:.1f} ms, p99 {r['ttft_p99_ms']:.1f} ms ({r['requests']} "
-                f"requests, mean batch {r['mean_batch']:.1f})"
+                f"requests, mean batch {r['mean_batch']:.1f}; a write per stream every "
+                f"{r['stream_write_interval_ms']:.0f} ms, {r['tokens_per_write']:.1f} tokens each)"
             )
         return out
 
@@ -374,6 +393,11 @@ def main() -> None:
         # The engine as a thread of the replica (serve.engine_process: false), same run, first.
         deploy(False)
         thread_http = levels("thread", all_levels)
+        serve.delete("bench")
+    uncapped_http = None
+    if args.compare_uncapped:
+        deploy(True, stream_writes_per_s=0)
+        uncapped_http = levels("process, writes uncapped", all_levels)
         serve.delete("bench")
     deploy(True)
     http = levels("process", all_levels)
@@ -388,6 +412,7 @@ def main() -> None:
         "serve_torch_threads": serve_threads,
         "http": http,
         "http_engine_thread": thread_http,
+        "http_writes_uncapped": uncapped_http,
         "x_vs_engine_single_at_16": at16 / single["tokens_per_s"],
         "x_vs_hf_at_16": at16 / hf["tokens_per_s"],
         "http_serve_ttft_overhead_p50_ms": overhead,
@@ -397,6 +422,8 @@ def main() -> None:
     print(f"HTTP + Serve added to p50 TTFT:  {overhead:.1f} ms (goal <= 15 ms)")
     if thread_http:
         print(f"16 clients, engine process vs engine thread: {at16 / thread_http[-1]['tokens_per_s']:.2f}x")
+    if uncapped_http:
+        print(f"16 clients, writes capped vs uncapped: {at16 / uncapped_http[-1]['tokens_per_s']:.2f}x")
     if args.load:
         rss0 = replica_rss(base)
         warm = load_run(base, ps, 200, 32)

@@ -34,6 +34,12 @@ class Metrics:
         self.rejected = Counter(
             "nightshift_rejected", "Requests refused because the queue was full.", registry=r
         )
+        self.open_streams = Gauge("nightshift_open_streams", "Streaming responses being sent.", registry=r)
+        self.stream_writes = Counter(
+            "nightshift_stream_writes",
+            "Writes of streaming responses (each carries one or more chunks).",
+            registry=r,
+        )
         self.disconnects = Counter(
             "nightshift_client_disconnects", "Requests dropped after the client left.", registry=r
         )

@@ -3,6 +3,8 @@
 A stream sends what the engine produced since the last write in one write: under load a replica
 makes tokens faster than one SSE write each can carry through the proxy, so coalescing what is
 ready keeps streaming cheap, while a lone client still gets each token as soon as it exists.
+The interval between writes grows with the number of open streams (``serve.stream_writes_per_s``),
+so the replica's write rate, and the proxy's work, stays bounded however many clients stream.
 """
 
 import asyncio
@@ -44,6 +46,23 @@ class EventQueue(asyncio.Queue):
 class StreamingMixin:
     """Streaming responses; needs ``cfg``, ``engine``, ``metrics``, ``name``, ``headers``, ``_record``."""
 
+    _open_streams = 0
+
+    def stream_gap(self) -> float:
+        """Seconds between a stream's writes now: ``serve.stream_interval_ms``, or longer when the
+        open streams would otherwise write more than ``serve.stream_writes_per_s`` in all.
+
+        Each write costs the replica and the Serve proxy about the same whatever it carries, and
+        on a busy machine that cost comes out of the decode loop's CPU: 16 streams writing every
+        20 ms made about 800 writes/s, which took the proxy and the replica's event loop about 0.8
+        of a core (bench/serve.py). A bounded write rate gives each of 16 streams a write every
+        ~64 ms at the default, still many tokens per second each.
+        """
+        gap = self.cfg.stream_interval_ms / 1000
+        if self.cfg.stream_writes_per_s > 0:
+            gap = max(gap, self._open_streams / self.cfg.stream_writes_per_s)
+        return gap
+
     async def _events(
         self, q: EventQueue, ids: list[int], total: int
     ) -> AsyncIterator[list[tuple[int, Delta]]]:
@@ -57,11 +76,13 @@ class StreamingMixin:
         to first token is not affected.
         """
         done = 0
-        gap = self.cfg.stream_interval_ms / 1000
         last_sent: float | None = None
+        self._open_streams += 1
+        self.metrics.open_streams.inc()
         try:
             while done < total:
                 batch = [await q.get()]
+                gap = self.stream_gap()
                 if last_sent is not None and gap > 0 and not batch[0][1].finish_reason:
                     wait = last_sent + gap - time.perf_counter()
                     if wait > 0:
@@ -70,6 +91,7 @@ class StreamingMixin:
                     batch.append(q.get_nowait())
                 if any(d.text or d.finish_reason for _, d in batch):
                     last_sent = time.perf_counter()
+                    self.metrics.stream_writes.inc()
                 for _, d in batch:
                     if d.finish_reason == "error":
                         raise errors.APIError(503, "the generation engine failed", code="engine_error")
@@ -77,6 +99,8 @@ class StreamingMixin:
                         done += 1
                 yield batch
         finally:
+            self._open_streams -= 1
+            self.metrics.open_streams.dec()
             if done < total:  # the client went away (or the stream failed): free the batch slots
                 for rid in ids:
                     self.engine.cancel(rid)

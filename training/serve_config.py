@@ -77,6 +77,12 @@ class ServeConfig(Section):
     stream_interval_ms: float = Field(
         20, ge=0, description="A stream writes what accumulated at most this often after its first token."
     )
+    stream_writes_per_s: float = Field(
+        250,
+        ge=0,
+        description="Stream writes per second a replica aims at over all its open streams: with many "
+        "streams each writes less often than stream_interval_ms (0: no replica-wide aim).",
+    )
     # --- replicas ---
     replica_cpus: float = Field(
         0.5, gt=0, description="Logical CPUs a replica reserves in Ray (small: training needs the rest)."

@@ -172,3 +172,4 @@ def test_queue_full_gives_429_and_disconnect_frees_the_batch(live):
     assert health["running"] == 0
     metrics = httpx.get(live.url + "/metrics").text
     assert "nightshift_completion_tokens_total" in metrics and "process_resident_memory_bytes" in metrics
+    assert "nightshift_open_streams 0.0" in metrics  # the stream that left is no longer counted

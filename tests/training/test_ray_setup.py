@@ -37,3 +37,28 @@ def test_local_ray_listens_on_loopback_only() -> None:
     addresses = json.loads(done.stdout.strip().splitlines()[-1])
     assert len(addresses) >= 5  # GCS, raylet, agents, worker, driver
     assert set(addresses) <= {"127.0.0.1", "::1", "::ffff:127.0.0.1"}, addresses
+
+
+def test_local_trainer_leaves_out_cluster_only_actors(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a local Ray the trainer starts no dataset manager, placement-group cleaner, preemption
+    watcher or Train metrics; on a cluster address it is Ray Train's own, with every default."""
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
+    from ray.train.v2._internal.callbacks.metrics import ControllerMetricsCallback
+    from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
+
+    from training.config import RayConfig
+    from training.ray_setup import LOCAL_TRAIN_ENV, torch_trainer
+
+    for key in LOCAL_TRAIN_ENV:
+        monkeypatch.delenv(key, raising=False)
+    kwargs = {"scaling_config": ScalingConfig(num_workers=2), "run_config": RunConfig(name="t")}
+    cluster = torch_trainer(lambda: None, RayConfig(address="ray://head:10001"), **kwargs)
+    kinds = {type(c) for c in cluster._create_default_callbacks()}
+    assert {DatasetsCallback, PlacementGroupCleanerCallback, ControllerMetricsCallback} <= kinds
+    assert all(key not in os.environ for key in LOCAL_TRAIN_ENV)
+
+    local = torch_trainer(lambda: None, RayConfig(address="local"), **kwargs)
+    kinds = {type(c) for c in local._create_default_callbacks()}
+    assert not kinds & {DatasetsCallback, PlacementGroupCleanerCallback, ControllerMetricsCallback}
+    assert all(os.environ[key] == value for key, value in LOCAL_TRAIN_ENV.items())

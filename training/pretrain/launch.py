@@ -262,9 +262,9 @@ def fit_with_ray(payload: dict[str, Any], cfg: Config) -> None:
         RuntimeError: when training fails more often than ``train.max_failures`` allows.
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchConfig
 
-    from training.ray_setup import fit_or_raise, init_ray
+    from training.ray_setup import fit_or_raise, init_ray, torch_trainer
 
     tc = cfg.train
     init_ray(cfg.ray)
@@ -272,8 +272,9 @@ def fit_with_ray(payload: dict[str, Any], cfg: Config) -> None:
     if tc.use_gpu:
         resources["GPU"] = 1.0
     workdir = Path(payload["workdir"])
-    trainer = TorchTrainer(
+    trainer = torch_trainer(
         fit_worker,
+        cfg.ray,
         train_loop_config={**payload, "ray": True, "niceness": _own_niceness()},
         scaling_config=ScalingConfig(
             num_workers=tc.num_workers, use_gpu=tc.use_gpu, resources_per_worker=resources

@@ -219,10 +219,10 @@ def fit_on_ray(
     """
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchConfig
 
     from training.pretrain.launch import _own_niceness
-    from training.ray_setup import fit_or_raise, init_ray
+    from training.ray_setup import fit_or_raise, init_ray, torch_trainer
 
     missing = sorted(set(trained) - set(models))
     if missing:
@@ -239,8 +239,9 @@ def fit_on_ray(
     temporary = rc.storage_path is None
     storage = tempfile.mkdtemp(prefix="nightshift-rlhf-") if temporary else str(rc.storage_path)
     log.info("%s: %d Ray Train workers x %d threads (gpu=%s)", name, rc.num_workers, threads, gpu)
-    trainer = TorchTrainer(
+    trainer = torch_trainer(
         _worker,
+        cfg.ray,
         train_loop_config={
             "payload": payload,
             "trained": list(trained),
