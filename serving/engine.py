@@ -188,10 +188,23 @@ class Engine(Generates):
     # --- public API (any thread) ----------------------------------------------------------------
 
     def start(self) -> Engine:
+        """Run the decode loop on a thread of its own (see :meth:`run`)."""
         if self._thread is None:
             self._thread = threading.Thread(target=self._loop, name="nightshift-engine", daemon=True)
             self._thread.start()
         return self
+
+    def run(self) -> None:
+        """Run the decode loop in the calling thread until :meth:`stop` (or until the engine fails).
+
+        With more than one torch thread, run the loop in the thread that did the process's other
+        torch work (its main thread, usually): GNU OpenMP shortens its spin-wait to almost nothing
+        once it manages more threads than there are CPUs, which a second thread's team of workers
+        makes happen. A decode loop on a new thread of a process whose main thread already ran
+        parallel torch ops then pays a sleep and a wake-up for every operator; on 2 CPUs a small
+        matmul took 4x as long.
+        """
+        self._loop()
 
     def stop(self) -> None:
         with self._lock:

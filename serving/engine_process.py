@@ -254,7 +254,7 @@ def _child(fd: int, model_dir: str, threads: int, max_batch: int) -> None:
     except Exception as e:  # the parent raises it from start()
         conn.send(("failed", f"{type(e).__name__}: {e}"))
         raise
-    out: list[tuple[int, Delta]] = []  # appended and flushed by the engine thread only
+    out: list[tuple[int, Delta]] = []  # appended and flushed by the decode loop (this thread) only
     engine: Engine
     running_sent = -1
 
@@ -270,24 +270,33 @@ def _child(fd: int, model_dir: str, threads: int, max_batch: int) -> None:
             conn.send(("error", f"the generation engine failed: {engine.error!r}"))
 
     # The parent bounds the queue (it answers 429 before a request crosses), so none is refused here.
-    engine = Engine(model, tok, max_batch=max_batch, max_waiting=sys.maxsize, on_step=flush).start()
-    conn.send(("ready", os.getpid()))
-    while True:
-        try:
-            msg = conn.recv()
-        except (EOFError, OSError):
-            break  # the replica is gone
-        if msg[0] == "submit":
-            _, rid, prompt, params, n = msg
+    engine = Engine(model, tok, max_batch=max_batch, max_waiting=sys.maxsize, on_step=flush)
+
+    def read() -> None:
+        while True:
             try:
-                engine.submit(prompt, params, lambda d, rid=rid: out.append((rid, d)), n, request_id=rid)
-            except RuntimeError:
-                pass  # the engine failed: flush() has told the parent
-        elif msg[0] == "cancel":
-            engine.cancel(msg[1])
-        elif msg[0] == "stop":
-            break
-    os._exit(0)  # the engine thread may be mid-step; nothing of it needs to outlive the replica
+                msg = conn.recv()
+            except (EOFError, OSError):
+                break  # the replica is gone
+            if msg[0] == "submit":
+                _, rid, prompt, params, n = msg
+                try:
+                    engine.submit(prompt, params, lambda d, rid=rid: out.append((rid, d)), n, request_id=rid)
+                except RuntimeError:
+                    pass  # the engine failed: flush() has told the parent
+            elif msg[0] == "cancel":
+                engine.cancel(msg[1])
+            elif msg[0] == "stop":
+                break
+        os._exit(0)  # the decode loop may be mid-step; nothing of it needs to outlive the replica
+
+    # Requests are read on a thread and decoded on this one, which loaded the model: all of the
+    # process's parallel torch work stays on one thread, so OpenMP's workers keep spin-waiting
+    # between operators instead of sleeping (Engine.run).
+    threading.Thread(target=read, name="nightshift-engine-reader", daemon=True).start()
+    conn.send(("ready", os.getpid()))
+    engine.run()  # returns only if the engine fails; the reader then answers until the replica goes
+    threading.Event().wait()
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -122,3 +122,24 @@ def test_queue_bound_and_cancel(model, tok):
     finally:
         eng.stop()
     assert tok.token_to_id(EOT) == 0
+
+
+def test_run_decodes_in_the_calling_thread_until_stopped(model, tok):
+    """``Engine.run`` is the decode loop in the caller's thread (the engine process's main thread):
+    requests from other threads are served there, and ``stop`` returns it."""
+    eng = Engine(model, tok, max_batch=2)
+    p = prompts(tok, 1)[0]
+    got: list[Delta] = []
+
+    def client():
+        try:
+            got.extend(eng.generate(p, SamplingParams(max_tokens=6, temperature=0)))
+        finally:
+            eng.stop()
+
+    t = threading.Thread(target=client)
+    t.start()
+    eng.run()  # returns once the client has its answer and stopped the engine
+    t.join(timeout=10)
+    assert got[0].token_ids == model.generate(p, 6, temperature=0.0).tokens[0]
+    assert eng.error is None and eng.stats()["running"] == 0
