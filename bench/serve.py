@@ -141,13 +141,16 @@ def bench_engine_single(model, tok, ps: list[str], max_tokens: int) -> dict[str,
     }
 
 
-def bench_hf(ref, tok, ps: list[str], max_tokens: int, tmp: Path) -> dict[str, float]:
+def load_hf(ref, tmp: Path):
+    """The bench model exported to GPT-2 format and loaded as ``transformers``' GPT2LMHeadModel."""
     from transformers import GPT2LMHeadModel
 
     from training.hf import export_hf
 
-    out = export_hf(ref, tmp / "hf")
-    hf = GPT2LMHeadModel.from_pretrained(out).eval()
+    return GPT2LMHeadModel.from_pretrained(export_hf(ref, tmp / "hf")).eval()
+
+
+def bench_hf(hf, tok, ps: list[str], max_tokens: int) -> dict[str, float]:
     gen_kw = dict(
         max_new_tokens=max_tokens, min_new_tokens=max_tokens, do_sample=True, top_k=0, temperature=1.0
     )
@@ -202,6 +205,7 @@ def main() -> None:
     serve_threads = args.serve_threads or load_config("small").serve.torch_threads
     tmp = Path(tempfile.mkdtemp(prefix="nightshift-bench-serve-"))
     model, tok, ref = make_model(tmp / "artifacts")
+    hf_model = load_hf(ref, tmp)
     ps = prompts(64)
     # Each baseline at every thread count, and the faster one counts: on small models the
     # per-op cost of synchronising threads can outweigh the second core, so either can win.
@@ -214,7 +218,7 @@ def main() -> None:
             f"(a) engine in-process, 1 stream, {threads} thread(s): {singles[threads]['tokens_per_s']:.0f} "
             f"tokens/s, TTFT p50 {singles[threads]['ttft_p50_ms']:.1f} ms"
         )
-        hfs[threads] = bench_hf(ref, tok, ps[: args.prompts], args.max_tokens, tmp / f"hf{threads}")
+        hfs[threads] = bench_hf(hf_model, tok, ps[: args.prompts], args.max_tokens)
         print(
             f"(b) HF transformers generate(), 1 stream, {threads} thread(s): "
             f"{hfs[threads]['tokens_per_s']:.0f} tokens/s"
@@ -315,7 +319,7 @@ def main() -> None:
     single_after = bench_engine_single(model, tok, ps[: args.prompts], args.max_tokens)
     print(f"(a) again after (c), {single_threads} thread(s): {single_after['tokens_per_s']:.0f} tokens/s")
     torch.set_num_threads(hf_threads)
-    hf_after = bench_hf(ref, tok, ps[: args.prompts], args.max_tokens, tmp / "hf-after")
+    hf_after = bench_hf(hf_model, tok, ps[: args.prompts], args.max_tokens)
     print(f"(b) again after (c), {hf_threads} thread(s): {hf_after['tokens_per_s']:.0f} tokens/s")
     single = (singles[single_threads]["tokens_per_s"] + single_after["tokens_per_s"]) / 2
     hf = (hfs[hf_threads]["tokens_per_s"] + hf_after["tokens_per_s"]) / 2

@@ -324,7 +324,8 @@ class NightshiftServer(StreamingMixin):
 
     @api.get("/metrics", response_class=PlainTextResponse)
     async def prometheus(self) -> Response:
-        return Response(self.metrics.render(self.engine.stats()), media_type="text/plain; version=0.0.4")
+        body = self.metrics.render(self.engine.stats(), self._open_streams)
+        return Response(body, media_type="text/plain; version=0.0.4")
 
     @api.get("/v1/models", responses=responses(openapi.ModelList, 401))
     async def models(self, request: Request) -> JSONResponse:

@@ -44,8 +44,9 @@ class Metrics:
             "nightshift_client_disconnects", "Requests dropped after the client left.", registry=r
         )
 
-    def render(self, engine_stats: dict[str, int]) -> bytes:
+    def render(self, engine_stats: dict[str, int], open_streams: int) -> bytes:
         self.running.set(engine_stats["running"])
+        self.open_streams.set(open_streams)
         self.waiting.set(engine_stats["waiting"])
         self.steps.set(engine_stats["steps"])
         return generate_latest(self.registry)

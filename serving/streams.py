@@ -78,7 +78,6 @@ class StreamingMixin:
         done = 0
         last_sent: float | None = None
         self._open_streams += 1
-        self.metrics.open_streams.inc()
         try:
             while done < total:
                 batch = [await q.get()]
@@ -100,7 +99,6 @@ class StreamingMixin:
                 yield batch
         finally:
             self._open_streams -= 1
-            self.metrics.open_streams.dec()
             if done < total:  # the client went away (or the stream failed): free the batch slots
                 for rid in ids:
                     self.engine.cancel(rid)

@@ -108,11 +108,11 @@ def init_ray(cfg: RayConfig | None = None) -> None:
     quiet_ray_data()
 
 
-# Ray Train parts that have nothing to do on one machine. Every Python process Ray keeps alive wakes
-# 100 times a second (the core worker's signal check), and on 2 CPUs each one costs training about
-# 0.5% of its throughput (bench/train_throughput.py):
+# Ray Train parts that have nothing to do on one machine, turned off by their own variables. Every
+# Python process Ray keeps alive wakes 100 times a second (the core worker's signal check), and on
+# 2 CPUs each one takes about 0.5% of a core from training (bench/train_throughput.py):
 # - the preemption watcher polls for nodes being drained, which a one-machine Ray never has;
-# - Ray Train's metrics go to a metrics agent that a local Ray runs without (enable_metrics_collection);
+# - Ray Train's metrics go to a metrics agent that a local Ray runs without (enable_metrics_collection).
 LOCAL_TRAIN_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_TRAIN_METRICS_ENABLED": "0"}
 
 
