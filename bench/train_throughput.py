@@ -19,6 +19,15 @@ is taken against the peak(s) measured next to it.
 ``--compile`` adds (b) and (c) with ``torch.compile`` (the model; inductor's C++ backend on CPU)
 and prints the time of their untimed first steps, which include compiling. Run:
 ``python bench/train_throughput.py [--steps 30] [--rounds 3] [--peak-flops F] [--compile]``.
+
+``--gpu`` measures instead one GPU at ``--preset`` (default ``gpt2-124m``: 12 layers, 768 dims,
+context 1024, vocab 50304), bf16-mixed and compiled, with the preset's per-worker micro-batch
+accumulated to the preset's tokens per step (``--batch-size``, ``--grad-accum`` change them): the
+bf16 matmul peak (8192³) before and after, (b*) the plain loop under bf16 autocast and (c*)
+``pretrain()`` in one process. MFU is against the mean measured peak, and also printed against the
+card's datasheet dense bf16 peak where the card is known. Ray is not among the paths (one GPU is
+one worker). ``--gpu-device cpu`` rehearses the mode on the CPU (with ``--preset tiny``).
+Run: ``python bench/train_throughput.py --gpu [--steps 20] [--warmup 3]``.
 """
 
 from __future__ import annotations
@@ -49,19 +58,19 @@ from training.model_config import ModelConfig, TrainConfig  # noqa: E402
 VOCAB = 4096
 
 
-def make_tokens(root: Path, n_train: int = 400_000, n_val: int = 20_000) -> ArtifactRef:
+def make_tokens(root: Path, n_train: int = 400_000, n_val: int = 20_000, vocab: int = VOCAB) -> ArtifactRef:
     """A random ``tokens`` artifact (throughput does not depend on what the tokens say)."""
     rng = np.random.default_rng(0)
     with publish("tokens", root=root) as st:
         splits = {}
         for name, n in (("train", n_train), ("val", n_val)):
-            rng.integers(0, VOCAB, size=n, dtype=np.uint16).tofile(st.path / f"{name}-00000.bin")
+            rng.integers(0, vocab, size=n, dtype=np.uint16).tofile(st.path / f"{name}-00000.bin")
             splits[name] = {
                 "tokens": n,
                 "documents": 1,
                 "shards": [{"file": f"{name}-00000.bin", "tokens": n}],
             }
-        meta = {"format": "nightshift.tokens/1", "dtype": "uint16", "vocab_size": VOCAB, "eot_id": VOCAB - 1}
+        meta = {"format": "nightshift.tokens/1", "dtype": "uint16", "vocab_size": vocab, "eot_id": vocab - 1}
         (st.path / "meta.json").write_text(json.dumps({**meta, "splits": splits}))
     assert st.ref is not None
     return st.ref
@@ -114,34 +123,56 @@ def settle(busy_pct: float = 15.0, longest_s: float = 15.0) -> None:
         pass
 
 
-def plain_loop(cfg: Config, tokens: ArtifactRef, steps: int, warmup: int, compile: bool = False) -> float:
-    """Tokens/s of a bare PyTorch loop: same windows, AdamW groups, clipping and schedule."""
+def plain_loop(
+    cfg: Config, tokens: ArtifactRef, steps: int, warmup: int, compile: bool = False, device: str = "cpu"
+) -> float:
+    """Tokens/s of a bare PyTorch loop: same windows, AdamW groups, clipping, schedule, accumulation.
+
+    On a GPU it runs as Lightning's bf16-mixed does (``torch.autocast`` to bfloat16 around the
+    forward, fp32 weights and optimizer) when ``train.precision`` resolves to bf16-mixed.
+    """
     from training.pretrain.data import TrainWindows
     from training.pretrain.optim import build_adamw, lr_lambda
 
+    dev = torch.device(device)
+    cuda = dev.type == "cuda"
+
+    def sync() -> None:
+        if cuda:
+            torch.cuda.synchronize(dev)
+
     torch.manual_seed(0)
     tc = cfg.train
-    model = GPT(cfg.model)
+    model = GPT(cfg.model).to(dev)
     if compile:
         model.compile()
-    opt = build_adamw(model, tc.lr, tc.weight_decay, (tc.beta1, tc.beta2), torch.device("cpu"))
+    opt = build_adamw(model, tc.lr, tc.weight_decay, (tc.beta1, tc.beta2), dev)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(tc.warmup_steps, tc.max_steps, tc.lr, tc.min_lr))
     data = TrainWindows(TokenShards.open(tokens).split("train"), cfg.model.block_size, tc.batch_size, 0, 1, 0)
+    bf16 = "bf16" in tc.resolved_precision()
+    accum = tc.grad_accum
     t0 = 0.0
     t_start = time.perf_counter()
     for step in range(steps):
         if step == warmup:
+            sync()
             t0 = time.perf_counter()
-        x, y = data[step]
-        _, loss = model(x, y, return_logits=False)
-        loss.backward()
+        for micro in range(accum):
+            x, y = data[step * accum + micro]
+            if cuda:
+                x, y = x.pin_memory().to(dev, non_blocking=True), y.pin_memory().to(dev, non_blocking=True)
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+                _, loss = model(x, y, return_logits=False)
+            (loss / accum if accum > 1 else loss).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
         sched.step()
         if compile and step == warmup - 1:
+            sync()
             print(f"    plain loop: first {warmup} steps (compiling) {time.perf_counter() - t_start:.1f} s")
-    return tc.batch_size * cfg.model.block_size * (steps - warmup) / (time.perf_counter() - t0)
+    sync()
+    return tc.batch_size * accum * cfg.model.block_size * (steps - warmup) / (time.perf_counter() - t0)
 
 
 def lightning_path(
@@ -155,7 +186,9 @@ def lightning_path(
         t0 = time.perf_counter()
         tps = pretrain(cfg, tokens, workdir=workdir, peak_flops=peak, resume=False).metrics["tokens_per_s"]
         if cfg.train.compile:
-            steady = cfg.train.max_steps * cfg.train.batch_size * cfg.model.block_size / tps
+            steady = (
+                cfg.train.max_steps * cfg.train.batch_size * cfg.train.grad_accum * cfg.model.block_size / tps
+            )
             whole = time.perf_counter() - t0
             print(
                 f"    Lightning compiled: whole run {whole:.1f} s, its steps at steady speed {steady:.1f} s"
@@ -179,6 +212,118 @@ def lightning_path(
     return json.loads((workdir / "summary.json").read_text())["tokens_per_s"]
 
 
+# Dense bf16 tensor-core peaks from the vendors' datasheets (FLOP/s), by device-name substring, most
+# specific first. The measured matmul peak is the MFU denominator; these are printed beside it.
+DATASHEET_BF16 = (("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989.4e12), ("H200", 989.4e12),
+                  ("A100", 312e12))  # fmt: skip
+
+
+def gpu_config(
+    preset: str, steps: int, grad_accum: int | None, use_gpu: bool, batch_size: int | None = None
+) -> Config:
+    """``preset`` (bf16-mixed, compiled) for a short run: one process, no checkpoints but the last.
+
+    By default one GPU trains as one of the preset's workers does: the preset's per-worker micro-batch
+    (``batch_size / num_workers``), accumulated so that a step holds the preset's tokens per step.
+    """
+    from training.config import load_config
+
+    base = load_config(preset).train
+    batch_size = batch_size or max(1, base.batch_size // base.num_workers)
+    grad_accum = grad_accum or max(1, base.batch_size * base.grad_accum // batch_size)
+
+    over: dict[str, object] = {
+        "train.max_steps": steps, "train.warmup_steps": 2, "train.val_every": steps, "train.val_batches": 1,
+        "train.log_every": steps, "train.checkpoint_every": steps, "train.keep_checkpoints": 1,
+        "train.progress_bar": False, "train.num_workers": 1, "train.use_gpu": use_gpu,
+        "train.precision": "bf16-mixed", "train.compile": True,
+    }  # fmt: skip
+    if grad_accum:
+        over["train.grad_accum"] = grad_accum
+    if batch_size:
+        over["train.batch_size"] = batch_size
+    return load_config(preset, over)
+
+
+def gpu_main(args: argparse.Namespace) -> None:
+    """``--gpu``: the preset (GPT-2 124M) in bf16, compiled, on one GPU: plain loop vs Lightning, MFU."""
+    import traceback
+
+    from training.pretrain.flops import measure_matmul_peak
+
+    device = args.gpu_device
+    if device == "cuda" and not torch.cuda.is_available():
+        sys.exit(
+            "--gpu: torch sees no CUDA device; run it on a GPU machine (or --gpu-device cpu to rehearse)"
+        )
+    use_gpu = device == "cuda"
+    if use_gpu:
+        torch.set_float32_matmul_precision("high")
+    name = torch.cuda.get_device_name() if use_gpu else "CPU (rehearsal)"
+    cfg = gpu_config(args.preset, args.steps, args.grad_accum, use_gpu, args.batch_size)
+    m, tc = cfg.model, cfg.train
+    root = Path(tempfile.mkdtemp(prefix="nightshift-bench-train-gpu-"))
+    try:
+        tokens = make_tokens(root / "art", n_train=2_000_000, n_val=50_000, vocab=min(m.vocab_size, 50257))
+        fpt = GPT(m).flops_per_token(m.block_size)
+        dtype = torch.bfloat16
+        n = 8192 if use_gpu else 1024
+        peaks = [measure_matmul_peak(n=n, seconds=3.0, dtype=dtype, device=device)]
+        sheet = next((p for key, p in DATASHEET_BF16 if key in name), None)
+        print(f"device: {name}, torch {torch.__version__}")
+        print(
+            f"config: {args.preset}: {m.n_layer} layers, {m.n_embd} dims, {m.n_head} heads, context "
+            f"{m.block_size}, vocab {m.vocab_size}, micro-batch {tc.batch_size} x {tc.grad_accum} "
+            "accumulated, "
+            f"bf16-mixed, torch.compile; {fpt / 1e9:.3f} GFLOP/token; {args.steps} steps, the first "
+            f"{args.warmup} untimed"
+        )
+        print(f"(a) bf16 matmul peak ({n}^3, measured): {peaks[0] / 1e12:.1f} TFLOP/s")
+        rows: list[tuple[str, float]] = []
+        paths: list[tuple[str, Callable[[], float]]] = [
+            (
+                "(b*) plain PyTorch loop, compiled, bf16 autocast",
+                lambda: plain_loop(cfg, tokens, args.steps, args.warmup, True, device),
+            ),
+            (
+                "(c*) Lightning, 1 process, bf16-mixed, train.compile",
+                lambda: lightning_path(cfg.model_copy(deep=True), tokens, root / "lightning", peaks[0]),
+            ),
+        ][: 1 if args.plain_only else 2]
+        for label, run in paths:
+            t0 = time.perf_counter()
+            try:
+                tps = run()
+            except Exception:  # report the other path rather than nothing
+                traceback.print_exc()
+                print(f"  {label}: FAILED")
+                continue
+            mem = torch.cuda.max_memory_allocated() / 2**30 if use_gpu else float("nan")
+            print(
+                f"  {label}: {tps:,.0f} tokens/s (whole run {time.perf_counter() - t0:.0f} s, "
+                f"peak memory {mem:.1f} GiB)"
+            )
+            rows.append((label, tps))
+            torch._dynamo.reset()
+            if use_gpu:
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
+        peaks.append(measure_matmul_peak(n=n, seconds=3.0, dtype=dtype, device=device))
+        peak = sum(peaks) / len(peaks)
+        print(f"(a) bf16 matmul peak measured again: {peaks[1] / 1e12:.1f} TFLOP/s; MFU uses the mean")
+        sheet_col = "MFU@datasheet"
+        print(f"{'path':<55} {'tokens/s':>10} {'MFU':>7} {sheet_col:>14} {'overhead':>9}")
+        base = rows[0][1] if rows and rows[0][0].startswith("(b") else None
+        for label, tps in rows:
+            over = f"{base / tps - 1:+.1%}" if base else "n/a"
+            at_sheet = f"{fpt * tps / sheet:.1%}" if sheet else "n/a"
+            print(f"{label:<55} {tps:>10,.0f} {fpt * tps / peak:>7.1%} {at_sheet:>14} {over:>9}")
+        if sheet:
+            print(f"datasheet dense bf16 peak for {name}: {sheet / 1e12:.1f} TFLOP/s")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=30, help="optimizer steps per path")
@@ -187,8 +332,27 @@ def main() -> None:
     ap.add_argument("--peak-flops", type=float, default=None, help="a fixed peak (FLOP/s)")
     ap.add_argument("--no-ray", action="store_true", help="skip the Ray Train paths")
     ap.add_argument("--compile", action="store_true", help="also (b) and (c) with torch.compile")
+    ap.add_argument(
+        "--gpu", action="store_true",
+        help="instead: --preset in bf16, compiled, on one GPU (plain loop vs Lightning, MFU vs bf16 peak)",
+    )  # fmt: skip
+    ap.add_argument("--preset", default="gpt2-124m", help="--gpu: the model and batch preset")
+    ap.add_argument(
+        "--grad-accum",
+        type=int,
+        default=None,
+        help="--gpu: micro-batches per step (the preset's tokens/step)",
+    )
+    ap.add_argument(
+        "--batch-size", type=int, default=None, help="--gpu: micro-batch (the preset's per worker)"
+    )
+    ap.add_argument("--plain-only", action="store_true", help="--gpu: the plain loop alone")
+    ap.add_argument("--gpu-device", default="cuda", help="--gpu: 'cpu' rehearses the GPU mode on the CPU")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if args.gpu:
+        gpu_main(args)
+        return
 
     from training.pretrain.flops import measure_matmul_peak
 

@@ -102,6 +102,10 @@ class StepMetrics(_StepHook):
 
     def on_step(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> None:
         assert isinstance(pl_module, GPTPretrainModule)
+        timed = step in (self._first_step + self.skip_steps, self.max_steps) or step % self.log_every == 0
+        if timed and pl_module.device.type == "cuda":
+            # CUDA runs behind the host: wait for this step's kernels before reading the clock.
+            torch.cuda.synchronize(pl_module.device)
         now = time.perf_counter()
         if step == self._first_step + self.skip_steps:
             self._steady = (step, now)

@@ -125,6 +125,9 @@ def fit_worker(payload: dict[str, Any]) -> None:
         rank, world = ctx.get_world_rank(), ctx.get_world_size()
     if payload.get("threads") and not tc.use_gpu:
         torch.set_num_threads(int(payload["threads"]))
+    if tc.use_gpu:
+        # TF32 for what stays fp32 under bf16-mixed (and for 32-true runs on a GPU).
+        torch.set_float32_matmul_precision("high")
     if in_ray and payload.get("niceness") is not None:
         _match_driver_niceness(int(payload["niceness"]))  # after set_num_threads: its pool too
     workdir = Path(payload["workdir"])

@@ -79,9 +79,37 @@ class GPTPretrainModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         c = self.train_cfg
-        opt = build_adamw(self.model, c.lr, c.weight_decay, (c.beta1, c.beta2), self.device)
+        # 16-mixed: a fused AdamW unscales inside its step, after clipping would have seen the
+        # scaled gradients; the multi-tensor kernel lets Lightning unscale them first.
+        fused = False if c.resolved_precision() == "16-mixed" else None
+        opt = build_adamw(self.model, c.lr, c.weight_decay, (c.beta1, c.beta2), self.device, fused)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(c.warmup_steps, c.max_steps, c.lr, c.min_lr))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """Clip the global gradient norm to ``gradient_clip_val`` (``train.grad_clip``).
+
+        Lightning's own clipping refuses both production set-ups: its mixed-precision plugin raises
+        for any optimizer that unscales internally (fused AdamW), even under bf16-mixed where nothing
+        is scaled, and its FSDP plugin has no norm clipping. Gradients here are true ones: bf16-mixed
+        and 32-true have no scaler, and 16-mixed builds an unfused AdamW that Lightning unscales
+        before this hook.
+        """
+        if not gradient_clip_val:
+            return
+        from lightning.pytorch.strategies import FSDPStrategy
+
+        strategy = self.trainer.strategy
+        if isinstance(strategy, FSDPStrategy):
+            # The norm over every rank's shards, which the FSDP wrapper computes collectively.
+            strategy.model.clip_grad_norm_(gradient_clip_val)  # type: ignore[union-attr,operator]
+        else:
+            torch.nn.utils.clip_grad_norm_(self.parameters(), gradient_clip_val)
 
     # --- checkpoint extras: the RNG states of every rank -------------------------------------------
 

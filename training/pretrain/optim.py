@@ -25,14 +25,21 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_adamw(
-    model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float], device: torch.device
+    model: nn.Module,
+    lr: float,
+    weight_decay: float,
+    betas: tuple[float, float],
+    device: torch.device,
+    fused: bool | None = None,
 ) -> torch.optim.AdamW:
     """AdamW over :func:`param_groups` with the fused kernel (CUDA, and CPU since torch 2.4).
 
     On CPU the fused step is one vectorised pass per tensor instead of about ten elementwise ops
     per parameter in the default for-loop implementation (~5% of a step of the bench model).
+    ``fused=False`` forces the multi-tensor kernel (fp16 with a gradient scaler, see the module).
     """
-    fused = device.type in ("cuda", "cpu")
+    if fused is None:
+        fused = device.type in ("cuda", "cpu")
     return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas, fused=fused)
 
 
