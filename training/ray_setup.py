@@ -130,13 +130,39 @@ def _lean_callbacks(callbacks: list[Any], datasets: Any) -> list[Any]:
     return [c for c in callbacks if not isinstance(c, drop)]
 
 
+def _without_autoscaler_requests(policy: Any) -> Any:
+    """``policy`` if elastic, else a fixed-size policy that asks no autoscaler for resources.
+
+    Ray Train's fixed scaling policy starts Ray Data's autoscaling-coordinator actor and sends it
+    the workers' resources every 20 s, for a cluster autoscaler to provision; one machine has none,
+    and the idle actor is one more process waking 100 times a second.
+    """
+    from ray.train.v2._internal.execution.scaling_policy import FixedScalingPolicy
+
+    if type(policy) is not FixedScalingPolicy:
+        return policy
+
+    class LocalFixedScalingPolicy(FixedScalingPolicy):
+        def after_controller_start(self, train_run_context: Any) -> None:
+            self._requester_id = f"train-{train_run_context.run_id}"
+
+        def _maybe_send_resource_request(self) -> None:
+            pass
+
+        def _send_resource_request(self) -> None:
+            pass
+
+    return LocalFixedScalingPolicy(scaling_config=policy.scaling_config)
+
+
 def torch_trainer(train_fn: Any, ray_cfg: RayConfig, **kwargs: Any) -> Any:
     """A Ray Train ``TorchTrainer``; on a local Ray (``address='local'``), one without cluster parts.
 
     On a cluster this is ``TorchTrainer(train_fn, **kwargs)``. On a local Ray the preemption watcher,
-    Ray Train metrics, the dataset manager (when no ``datasets`` are given) and the placement-group
-    cleaner are left out (see ``LOCAL_TRAIN_ENV`` and ``_lean_callbacks``); training, checkpoints
-    reported to Ray and restarts under ``FailureConfig`` are the same. The variables in
+    Ray Train metrics, the dataset manager (when no ``datasets`` are given), the placement-group
+    cleaner and the resource requests to an autoscaler (with their coordinator actor) are left out
+    (see ``LOCAL_TRAIN_ENV``, ``_lean_callbacks`` and ``_without_autoscaler_requests``); training,
+    checkpoints reported to Ray and restarts under ``FailureConfig`` are the same. The variables in
     ``LOCAL_TRAIN_ENV`` that the user set themselves win.
     """
     from ray.train.torch import TorchTrainer
@@ -151,6 +177,14 @@ def torch_trainer(train_fn: Any, ray_cfg: RayConfig, **kwargs: Any) -> Any:
             # A private hook of Ray Train v2 (pinned in requirements); were it renamed, this override
             # would simply not be called and the run would have every default actor.
             return _lean_callbacks(super()._create_default_callbacks(), self.datasets)
+
+        def _initialize_and_run_controller(self, **controller_kwargs: Any) -> Any:
+            # Also private (Ray Train v2, pinned); the policy travels to the controller actor.
+            if "scaling_policy" in controller_kwargs:
+                controller_kwargs["scaling_policy"] = _without_autoscaler_requests(
+                    controller_kwargs["scaling_policy"]
+                )
+            return super()._initialize_and_run_controller(**controller_kwargs)
 
     return LocalTorchTrainer(train_fn, **kwargs)
 

@@ -62,3 +62,29 @@ def test_local_trainer_leaves_out_cluster_only_actors(monkeypatch: pytest.Monkey
     kinds = {type(c) for c in local._create_default_callbacks()}
     assert not kinds & {DatasetsCallback, PlacementGroupCleanerCallback, ControllerMetricsCallback}
     assert all(os.environ[key] == value for key, value in LOCAL_TRAIN_ENV.items())
+
+
+def test_local_scaling_policy_asks_no_autoscaler() -> None:
+    """On a local Ray the fixed scaling policy decides the same worker group without starting Ray
+    Data's autoscaling coordinator (no Ray is running here: any actor call would fail or start one)."""
+    import cloudpickle
+    import ray
+    from ray.train import ScalingConfig
+    from ray.train.v2._internal.execution.scaling_policy import FixedScalingPolicy, ResizeDecision
+
+    from training.ray_setup import _without_autoscaler_requests
+
+    assert not ray.is_initialized()
+    policy = _without_autoscaler_requests(FixedScalingPolicy(ScalingConfig(num_workers=2)))
+    policy = cloudpickle.loads(cloudpickle.dumps(policy))  # as it travels to the controller actor
+    assert isinstance(policy, FixedScalingPolicy)
+
+    class Run:
+        run_id = "r1"
+
+    policy.after_controller_start(Run())
+    decision = policy.make_decision_for_non_running_worker_group()
+    assert isinstance(decision, ResizeDecision) and decision.num_workers == 2
+    policy.before_controller_abort()
+    assert policy._coordinator_client is None
+    assert not ray.is_initialized()
