@@ -64,17 +64,28 @@ def test_local_trainer_leaves_out_cluster_only_actors(monkeypatch: pytest.Monkey
     assert all(os.environ[key] == value for key, value in LOCAL_TRAIN_ENV.items())
 
 
-def test_local_scaling_policy_asks_no_autoscaler() -> None:
+def test_local_scaling_policy_asks_no_autoscaler(monkeypatch: pytest.MonkeyPatch) -> None:
     """On a local Ray the fixed scaling policy decides the same worker group without starting Ray
-    Data's autoscaling coordinator (no Ray is running here: any actor call would fail or start one)."""
+    Data's autoscaling coordinator or sending it a request."""
     import cloudpickle
-    import ray
     from ray.train import ScalingConfig
-    from ray.train.v2._internal.execution.scaling_policy import FixedScalingPolicy, ResizeDecision
+    from ray.train.v2._internal.execution.scaling_policy import (
+        FixedScalingPolicy,
+        ResizeDecision,
+        autoscaling_coordinator_client,
+    )
 
     from training.ray_setup import _without_autoscaler_requests
 
-    assert not ray.is_initialized()
+    asked: list[int] = []
+
+    def no_coordinator() -> None:
+        asked.append(1)
+        raise RuntimeError("no autoscaling coordinator in this test")
+
+    monkeypatch.setattr(
+        autoscaling_coordinator_client, "get_or_create_autoscaling_coordinator", no_coordinator
+    )
     policy = _without_autoscaler_requests(FixedScalingPolicy(ScalingConfig(num_workers=2)))
     policy = cloudpickle.loads(cloudpickle.dumps(policy))  # as it travels to the controller actor
     assert isinstance(policy, FixedScalingPolicy)
@@ -87,4 +98,8 @@ def test_local_scaling_policy_asks_no_autoscaler() -> None:
     assert isinstance(decision, ResizeDecision) and decision.num_workers == 2
     policy.before_controller_abort()
     assert policy._coordinator_client is None
-    assert not ray.is_initialized()
+    assert asked == []
+
+    # Ray Train's own policy asks for it at start (and logs the failed request, carrying on).
+    FixedScalingPolicy(ScalingConfig(num_workers=2)).after_controller_start(Run())
+    assert asked == [1]
