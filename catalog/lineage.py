@@ -84,7 +84,8 @@ class CompletionTrace:
 def record_artifact(session: Session, ref: ArtifactRef) -> Artifact:
     """Get or create the catalog row for a published artifact, keyed by (kind, sha256).
 
-    The first recorded location (``uri``) is kept when the same content shows up again.
+    The first recorded location (``uri``) is kept when the same content shows up again, unless gc
+    had removed it: then the row is live again at the new location.
 
     Args:
         session: An open session; the row is flushed, not committed.
@@ -95,6 +96,10 @@ def record_artifact(session: Session, ref: ArtifactRef) -> Artifact:
     """
     existing = _find_artifact(session, ref.kind, ref.sha256)
     if existing is not None:
+        if existing.deleted_at is not None:
+            # gc removed the files; the same content was published again, here.
+            existing.deleted_at = existing.deleted_by = None
+            existing.uri = ref.uri
         return existing
     row = Artifact(
         kind=ref.kind, sha256=ref.sha256, uri=ref.uri, size_bytes=ref.size_bytes, meta=dict(ref.metadata)

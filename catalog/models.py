@@ -1,6 +1,7 @@
 """The catalog's tables as SQLAlchemy 2 typed ORM classes.
 
-Seven tables: ``artifacts`` (content-addressed outputs, identity = (kind, sha256)), ``runs`` (one
+Seven tables: ``artifacts`` (content-addressed outputs, identity = (kind, sha256); a row outlives
+its files when gc removes them, marked ``deleted_at``/``deleted_by``), ``runs`` (one
 row per pipeline run and per stage, a stage pointing at its pipeline through ``parent_id``),
 ``lineage_edges`` (run → artifact it read / wrote), ``deployments``, ``completions`` (every
 served request), ``feedback`` (human ratings and preferences on completions) and
@@ -112,6 +113,9 @@ class Artifact(Base):
     # ``metadata`` is reserved on declarative classes, hence the attribute name ``meta``.
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Set when gc removed the files (catalog/retention.py); the row and its lineage edges stay.
+    deleted_at: Mapped[datetime | None] = mapped_column()
+    deleted_by: Mapped[str | None] = mapped_column(String(255))
 
     def __repr__(self) -> str:
         return f"Artifact(id={self.id}, kind={self.kind!r}, sha256={self.sha256[:12]!r})"

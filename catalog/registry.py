@@ -18,6 +18,7 @@ the global tracking URI or the fluent API.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import tempfile
@@ -114,7 +115,19 @@ class Registry:
     def versions(self) -> list[ModelVersionInfo]:
         """Every version, oldest first (without run metrics, which take one request each)."""
         found = self.client.search_model_versions(f"name = '{self.name}'")
-        return [self._info(mv, metrics=False) for mv in sorted(found, key=lambda v: int(v.version))]
+        infos = [self._info(mv, metrics=False) for mv in sorted(found, key=lambda v: int(v.version))]
+        if not infos:
+            return infos
+        # A search returns versions without their aliases; the registered model holds them.
+        by_version: dict[str, list[str]] = {}
+        for alias, version in (self.client.get_registered_model(self.name).aliases or {}).items():
+            by_version.setdefault(str(version), []).append(alias)
+        return [
+            dataclasses.replace(v, aliases=tuple(sorted(by_version.get(v.version, ()))))
+            if not v.aliases
+            else v
+            for v in infos
+        ]
 
     def get(self, version: str | int) -> ModelVersionInfo:
         """One version, with its run's metrics.

@@ -126,3 +126,17 @@ class ObjectStore:
             (local_root / rel).parent.mkdir(parents=True, exist_ok=True)
         if rels:
             self.fs.get([self._path(r) for r in rels], [str(local_root / r) for r in rels])
+
+    def delete(self, first: str | None = None) -> None:
+        """Remove every object under the URL; ``first`` (e.g. the index, the commit marker) goes first,
+        so a deletion cut short leaves something that reads as never published, not a partial artifact."""
+        if first is not None:
+            try:
+                self.fs.rm_file(self._path(first))
+            except FileNotFoundError:
+                pass
+        self.fs.invalidate_cache(self.root)
+        try:
+            self.fs.rm(self.root, recursive=True)
+        except FileNotFoundError:
+            pass

@@ -232,6 +232,24 @@ class PipelineRun(_TrackedRun):
         ) as (mlflow_id, catalog_id):
             yield StageRun(self.tracker, mlflow_id, catalog_id)
 
+    def abandon(self, reason: str) -> None:
+        """Mark this pipeline and every stage still running under it failed, with ``reason``.
+
+        For a run that cannot unwind normally: the flow's watchdog ends a stuck night with it before
+        the process exits (catalog 'failed' with the reason, MLflow KILLED). Best effort, like a failure.
+        """
+        from sqlalchemy import select
+
+        from catalog.models import Run
+
+        query = select(Run.id, Run.mlflow_run_id).where(
+            Run.parent_id == self.catalog_run_id, Run.status == "running"
+        )
+        with session_scope(self.tracker.catalog_url) as s:
+            stages = [(row.id, row.mlflow_run_id) for row in s.execute(query)]
+        for catalog_id, mlflow_id in [*stages, (self.catalog_run_id, self.mlflow_run_id)]:
+            self.tracker.fail_run(mlflow_id, catalog_id, reason)
+
     def stage_url(self, name: str) -> str | None:
         """MLflow UI link of the latest stage ``name`` of this pipeline (None if none or not http).
 
@@ -391,18 +409,31 @@ class Tracker:
         self.client.set_terminated(mlflow_id, "FINISHED")
 
     def _fail(self, mlflow_id: str, catalog_id: str, exc: BaseException) -> None:
-        # Best effort: a broken tracking server must not hide the error that got us here.
-        error = _describe(exc)
         status = "FAILED" if isinstance(exc, Exception) else "KILLED"
+        self.fail_run(
+            mlflow_id, catalog_id, _describe(exc), tag=f"{type(exc).__name__}: {exc}", status=status
+        )
+
+    def fail_run(
+        self,
+        mlflow_id: str | None,
+        catalog_id: str,
+        error: str,
+        *,
+        tag: str | None = None,
+        status: str = "KILLED",
+    ) -> None:
+        """Mark one tracked run failed: catalog 'failed' with ``error``, MLflow ``status`` and a tag."""
+        # Best effort: a broken tracking server must not hide the error that got us here.
         try:
             with session_scope(self.catalog_url) as s:
                 lineage.finish_run(s, catalog_id, "failed", error=error)
         except Exception:
             log.exception("could not mark catalog run %s failed", catalog_id)
+        if mlflow_id is None:
+            return
         try:
-            self.client.set_tag(
-                mlflow_id, f"{TAG_PREFIX}error", _truncate(f"{type(exc).__name__}: {exc}", 5000)
-            )
+            self.client.set_tag(mlflow_id, f"{TAG_PREFIX}error", _truncate(tag or error, 5000))
             self.client.set_terminated(mlflow_id, status)
         except Exception:
             log.exception("could not mark MLflow run %s %s", mlflow_id, status)

@@ -103,6 +103,8 @@ def show_artifact(s: Settings, artifact_id: int, artifact: ArtifactInfo | None) 
     st.markdown(f"### {a.kind} `{a.short}`")
     st.caption(f"sha256 `{a.sha256}` · {a.size_bytes:,} bytes · created {ui.when(a.created_at)} UTC")
     st.code(a.uri, language="text")
+    if a.deleted_note:
+        st.info(f"Files {a.deleted_note}: the lineage stays; the retention rules are the gc.* config keys.")
     if wrote:
         st.markdown("**Written by**")
         runs_table(s, wrote)

@@ -63,14 +63,25 @@ class ArtifactInfo:
     size_bytes: int
     meta: dict[str, Any]
     created_at: datetime
+    deleted_at: datetime | None = None  # gc removed the files; the row and its lineage stay
+    deleted_by: str | None = None
 
     @property
     def short(self) -> str:
         return self.sha256[:12]
 
     @property
+    def deleted_note(self) -> str | None:
+        """ "deleted by gc on 2026-12-06 12:00 UTC" when gc removed the files, else None."""
+        if self.deleted_at is None:
+            return None
+        return f"deleted by {self.deleted_by or 'gc'} on {self.deleted_at.strftime('%Y-%m-%d %H:%M')} UTC"
+
+    @property
     def local_path(self) -> Path | None:
         """The artifact's directory when it is on this machine (a ``file://`` URI or a bare path)."""
+        if self.deleted_at is not None:
+            return None
         parsed = urlparse(self.uri)
         if parsed.scheme == "file":
             return Path(url2pathname(parsed.path))
@@ -88,6 +99,8 @@ class ArtifactInfo:
             size_bytes=row.size_bytes,
             meta=dict(row.meta or {}),
             created_at=row.created_at,
+            deleted_at=row.deleted_at,
+            deleted_by=row.deleted_by,
         )
 
 

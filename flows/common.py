@@ -2,18 +2,34 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.context import get_run_context
+from prefect.settings import PREFECT_LOGGING_EXTRA_LOGGERS
 
 from catalog.tracking import PipelineRun, Tracker
+from flows.watchdog import NightWatch
 from training.config import Config, load_config
+
+
+def _info_from_extra_loggers() -> None:
+    """Let INFO records of the loggers Prefect forwards (``PREFECT_LOGGING_EXTRA_LOGGERS``, set by
+    ``nightshift up``) reach the flow run's log: Prefect gives them its handlers, not a level, and
+    the root logger's WARNING would drop them."""
+    for name in PREFECT_LOGGING_EXTRA_LOGGERS.value() or ():
+        logger = logging.getLogger(name)
+        if logger.level == logging.NOTSET:
+            logger.setLevel(logging.INFO)
 
 
 def flow_config(preset: str, overrides: dict[str, Any] | None) -> Config:
     """Load and validate the config before any compute; a bad one fails the flow run with every problem."""
+    _info_from_extra_loggers()
     cfg = load_config(preset, overrides or {})
     get_run_logger().info("config: preset %s, %d override(s)", cfg.preset, len(overrides or {}))
     return cfg
@@ -31,6 +47,20 @@ def tracker_for(cfg: Config) -> Tracker:
         experiment=cfg.tracking.experiment,
         catalog_url=cfg.tracking.catalog_url,
     )
+
+
+@contextmanager
+def pipeline_run(cfg: Config, name: str) -> Iterator[PipelineRun]:
+    """The flow's tracked pipeline run (MLflow parent run + catalog run), its stages watched against
+    ``night.stage_limits`` (:class:`flows.watchdog.NightWatch`)."""
+    run_id = flow_run_id()
+    with (
+        tracker_for(cfg).pipeline(
+            name, config=cfg.to_dict(), prefect_flow_run_id=run_id, tags={"preset": cfg.preset}
+        ) as pipeline,
+        NightWatch(cfg.night, pipeline, run_id),
+    ):
+        yield pipeline
 
 
 def prefect_flow_run_url(cfg: Config) -> str | None:

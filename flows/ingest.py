@@ -7,7 +7,7 @@ from typing import Any
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
-from flows.common import flow_config, flow_run_id, publish_summary, tracker_for
+from flows.common import flow_config, pipeline_run, publish_summary
 from flows.tasks import ingest_task
 
 
@@ -19,9 +19,7 @@ def ingest(sources: list[str], preset: str = "small", overrides: dict[str, Any] 
         The corpus artifact's content hash.
     """
     cfg = flow_config(preset, overrides)
-    with tracker_for(cfg).pipeline(
-        "ingest", config=cfg.to_dict(), prefect_flow_run_id=flow_run_id(), tags={"preset": cfg.preset}
-    ) as pipeline:
+    with pipeline_run(cfg, "ingest") as pipeline:
         corpus = ingest_task(cfg, pipeline, sources=sources)
         create_markdown_artifact(markdown=corpus.datacard, key="data-card", description="Corpus data card")
         m = corpus.manifest

@@ -3,7 +3,8 @@ and gate → deploy the champion.
 
 A candidate that fails a gate is registered (alias ``challenger``) but not promoted; the
 champion keeps serving and the flow run ends in the failed state ``GateFailed`` with the verdict
-as its message and as a Markdown artifact, rather than raising.
+as its message and as a Markdown artifact, rather than raising. A stage that overruns
+``night.stage_limits`` ends the night ``Crashed`` with the reason (``flows/watchdog.py``).
 """
 
 from __future__ import annotations
@@ -16,11 +17,10 @@ from prefect.states import Failed, State
 
 from flows.common import (
     flow_config,
-    flow_run_id,
+    pipeline_run,
     prefect_flow_run_url,
     publish_summary,
     samples_markdown,
-    tracker_for,
 )
 from flows.tasks import (
     deploy_task,
@@ -47,11 +47,8 @@ def pretrain(preset: str = "small", overrides: dict[str, Any] | None = None) -> 
         a ``GateFailed`` state when the candidate was not promoted.
     """
     cfg = flow_config(preset, overrides)
-    tracker = tracker_for(cfg)
     who = prefect_flow_run_url(cfg) or "pretrain/nightly"
-    with tracker.pipeline(
-        "pretrain", config=cfg.to_dict(), prefect_flow_run_id=flow_run_id(), tags={"preset": cfg.preset}
-    ) as pipeline:
+    with pipeline_run(cfg, "pretrain") as pipeline:
         corpus = ingest_task(cfg, pipeline)
         create_markdown_artifact(markdown=corpus.datacard, key="data-card", description="Corpus data card")
         tokens = tokenize_task(cfg, pipeline, corpus)

@@ -14,7 +14,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.states import Failed, State
 
 from catalog.artifacts import open_artifact
-from flows.common import flow_config, flow_run_id, prefect_flow_run_url, tracker_for
+from flows.common import flow_config, pipeline_run, prefect_flow_run_url
 from flows.tasks import deploy_task, evaluate_task, policy_task, reward_task, sft_task
 from training.eval.promotion import registry_for, version_artifact
 
@@ -61,9 +61,7 @@ def rlhf(
             tokens = open_artifact(uri.removeprefix("file://"), kind="tokens") if uri else None
         except Exception:  # moved or pruned: evaluate without held-out perplexity
             tokens = None
-    with tracker_for(cfg).pipeline(
-        "rlhf", config=cfg.to_dict(), prefect_flow_run_id=flow_run_id(), tags={"preset": cfg.preset}
-    ) as pipeline:
+    with pipeline_run(cfg, "rlhf") as pipeline:
         sft = sft_task(cfg, pipeline, base, tokens)
         reward = reward_task(cfg, pipeline, sft.model)
         policy = policy_task(cfg, pipeline, sft.model, reward)

@@ -1,8 +1,8 @@
 """Prefect tasks: thin wrappers over the tracked stage functions in :mod:`training.stages`.
 
 Retries are declared here; each retry opens a fresh MLflow child run (the failed attempt stays
-visible as FAILED). Inputs are config objects and tracker handles, not data, so caching by
-inputs is off.
+visible as FAILED). Each stage is timed by the night's watchdog (``flows/watchdog.py``). Inputs
+are config objects and tracker handles, not data, so caching by inputs is off.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from prefect.cache_policies import NONE
 
 from catalog.artifacts import ArtifactRef
 from catalog.tracking import PipelineRun
+from flows.watchdog import watched_stage
 from serving.deploy import DeployResult, deploy_stage
 from training import stages
 from training.config import Config
@@ -25,20 +26,20 @@ from training.rlhf.stages import RLHFStageResult
 
 @task(name="ingest", retries=2, retry_delay_seconds=5, cache_policy=NONE)
 def ingest_task(cfg: Config, pipeline: PipelineRun, sources: list[str] | None = None) -> IngestResult:
-    with pipeline.stage("ingest", config=cfg.to_dict()) as run:
+    with watched_stage(cfg, pipeline, "ingest") as run:
         return stages.ingest_stage(cfg, run, sources=sources)
 
 
 @task(name="tokenize", retries=2, retry_delay_seconds=5, cache_policy=NONE)
 def tokenize_task(cfg: Config, pipeline: PipelineRun, corpus: IngestResult) -> TokenizeResult:
-    with pipeline.stage("tokenize", config=cfg.to_dict()) as run:
+    with watched_stage(cfg, pipeline, "tokenize") as run:
         return stages.tokenize_stage(cfg, run, corpus.artifact)
 
 
 @task(name="pretrain", retries=1, retry_delay_seconds=5, cache_policy=NONE)
 def pretrain_task(cfg: Config, pipeline: PipelineRun, tokens: TokenizeResult) -> stages.PretrainStageResult:
     # A retry resumes from the newest good checkpoint of the same inputs and config.
-    with pipeline.stage("pretrain", config=cfg.to_dict()) as run:
+    with watched_stage(cfg, pipeline, "pretrain") as run:
         return stages.pretrain_stage(cfg, run, tokens.tokens, tokens.tokenizer)
 
 
@@ -47,14 +48,14 @@ def sft_task(
     cfg: Config, pipeline: PipelineRun, model: ArtifactRef, tokens: ArtifactRef | None = None
 ) -> RLHFStageResult:
     # The tokens feed `rlhf.sft.ptx_coef` (pretraining windows mixed in against forgetting).
-    with pipeline.stage("sft", config=cfg.to_dict()) as run:
+    with watched_stage(cfg, pipeline, "sft") as run:
         return rlhf.sft_stage(cfg, run, model, tokens=tokens)
 
 
 @task(name="reward", retries=1, retry_delay_seconds=5, cache_policy=NONE)
 def reward_task(cfg: Config, pipeline: PipelineRun, policy: ArtifactRef) -> RLHFStageResult:
     # Builds this run's preference snapshot (tasks, the policy's own mistakes, JSONL, feedback).
-    with pipeline.stage("reward", config=cfg.to_dict()) as run:
+    with watched_stage(cfg, pipeline, "reward") as run:
         return rlhf.reward_stage(cfg, run, policy)
 
 
@@ -63,7 +64,7 @@ def policy_task(
     cfg: Config, pipeline: PipelineRun, sft: ArtifactRef, reward: RLHFStageResult
 ) -> RLHFStageResult:
     algo = cfg.rlhf.algorithm
-    with pipeline.stage(algo, config=cfg.to_dict()) as run:
+    with watched_stage(cfg, pipeline, algo) as run:
         if algo == "ppo":
             return rlhf.ppo_stage(cfg, run, sft, reward.model)
         if algo == "dpo":
@@ -83,7 +84,7 @@ def evaluate_task(
     reference: ArtifactRef | None = None,
 ) -> GateResult:
     # Registering the same logged model again returns its version, so a retry adds nothing.
-    with pipeline.stage("evaluate", config=cfg.to_dict()) as run:
+    with watched_stage(cfg, pipeline, "evaluate") as run:
         tasks = eval_items(cfg) if cfg.rlhf.enabled else None
         score = reward_fn(reward_model, chat=cfg.eval.prompt_format == "chat") if reward_model else None
         return evaluate_and_gate(
@@ -104,5 +105,5 @@ def deploy_task(
     cfg: Config, pipeline: PipelineRun, model: ArtifactRef, created_by: str, version: str | None = None
 ) -> DeployResult:
     # A rollout that fails leaves the previous model serving, so retrying it is safe.
-    with pipeline.stage("deploy", config=cfg.to_dict()) as run:
+    with watched_stage(cfg, pipeline, "deploy") as run:
         return deploy_stage(cfg, run, model, created_by=created_by, version=version)

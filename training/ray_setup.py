@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -75,37 +79,63 @@ def init_ray(cfg: RayConfig | None = None) -> None:
 
     cfg = cfg or RayConfig()
     if not ray.is_initialized():
-        # Workers must import this repository's packages even when it is not pip-installed.
-        runtime_env = {"env_vars": {"PYTHONPATH": _REPO_ROOT}}
-        if cfg.address == "local":
-            log.info("starting a local Ray (num_cpus=%s)", cfg.num_cpus)
-            _loopback_only()
-            _serve_proxy_env()
-            ray.init(
-                # "local" always starts a new Ray: without it, ray.init() joins a head that `ray start`
-                # (or `nightshift up`) runs on this machine, and then refuses num_cpus.
-                address="local",
-                num_cpus=cfg.num_cpus,
-                include_dashboard=False,
-                object_store_memory=LOCAL_OBJECT_STORE_BYTES,
-                log_to_driver=False,
-                configure_logging=True,
-                logging_level=logging.WARNING,
-                runtime_env=runtime_env,
-                # Without a dashboard nothing reads task events or metrics, yet every Ray process
-                # reports them every second or so: on 2 CPUs that background work cost training
-                # about 2% of its throughput (bench/train_throughput.py).
-                _system_config=LOCAL_SYSTEM_CONFIG,
-            )
-        else:
-            log.info("joining Ray at %s", cfg.address)
-            ray.init(
-                address=cfg.address,
-                log_to_driver=False,
-                logging_level=logging.WARNING,
-                runtime_env=runtime_env,
-            )
+        with _keep_sigterm_handler():
+            _init(cfg)
     quiet_ray_data()
+
+
+@contextlib.contextmanager
+def _keep_sigterm_handler() -> Iterator[None]:
+    """Put back the SIGTERM handler that ``ray.init`` replaces with ``sys.exit``.
+
+    A Prefect flow run is cancelled by SIGTERM, which Prefect's own handler turns into a
+    cancellation (the run ends ``Cancelled`` and its ``on_cancellation`` hooks run). ``ray.init``
+    swaps in a handler of its own, so a night cancelled while it waits on Ray ended ``Crashed``.
+    The driver's Ray work (Train controller, workers, placement groups) is released when the process
+    ends either way.
+    """
+    main = threading.current_thread() is threading.main_thread()
+    before = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        yield
+    finally:
+        if main and before is not None:
+            signal.signal(signal.SIGTERM, before)
+
+
+def _init(cfg: RayConfig) -> None:
+    import ray
+
+    # Workers must import this repository's packages even when it is not pip-installed.
+    runtime_env = {"env_vars": {"PYTHONPATH": _REPO_ROOT}}
+    if cfg.address == "local":
+        log.info("starting a local Ray (num_cpus=%s)", cfg.num_cpus)
+        _loopback_only()
+        _serve_proxy_env()
+        ray.init(
+            # "local" always starts a new Ray: without it, ray.init() joins a head that `ray start`
+            # (or `nightshift up`) runs on this machine, and then refuses num_cpus.
+            address="local",
+            num_cpus=cfg.num_cpus,
+            include_dashboard=False,
+            object_store_memory=LOCAL_OBJECT_STORE_BYTES,
+            log_to_driver=False,
+            configure_logging=True,
+            logging_level=logging.WARNING,
+            runtime_env=runtime_env,
+            # Without a dashboard nothing reads task events or metrics, yet every Ray process
+            # reports them every second or so: on 2 CPUs that background work cost training
+            # about 2% of its throughput (bench/train_throughput.py).
+            _system_config=LOCAL_SYSTEM_CONFIG,
+        )
+    else:
+        log.info("joining Ray at %s", cfg.address)
+        ray.init(
+            address=cfg.address,
+            log_to_driver=False,
+            logging_level=logging.WARNING,
+            runtime_env=runtime_env,
+        )
 
 
 # Ray Train parts that have nothing to do on one machine, turned off by their own variables. Every
@@ -189,16 +219,32 @@ def torch_trainer(train_fn: Any, ray_cfg: RayConfig, **kwargs: Any) -> Any:
     return LocalTorchTrainer(train_fn, **kwargs)
 
 
-def fit_or_raise(trainer: Any, what: str) -> Any:
+def fit_or_raise(trainer: Any, what: str, placement: tuple[RayConfig, Any, str] | None = None) -> Any:
     """``trainer.fit()``'s result; a failure, raised or held in the result, becomes one error naming ``what``.
 
+    Args:
+        trainer: a Ray Train trainer.
+        what: the stage, for the message.
+        placement: ``(ray config, WorkerPlan, setting prefix)``: a worker group that could not start in
+            time becomes a :class:`training.placement.PlacementError` naming what holds Ray.
+
     Raises:
+        PlacementError: the worker group could not be placed within ``ray.placement_timeout_s``.
         RuntimeError: training failed more often than its ``FailureConfig`` allows.
     """
-    try:
-        result = trainer.fit()
-    except Exception as e:
-        raise RuntimeError(f"{what} on Ray Train failed: {e}") from e
-    if getattr(result, "error", None):
-        raise RuntimeError(f"{what} on Ray Train failed: {result.error}") from result.error
-    return result
+    from training.placement import PlacementError, explain_start_failure, train_start_deadline
+
+    error: BaseException | None = None
+    result = None
+    with train_start_deadline(placement[0]) if placement else contextlib.nullcontext():
+        try:
+            result = trainer.fit()
+        except Exception as e:
+            error = e
+    if error is None and getattr(result, "error", None):
+        error = result.error
+    if error is None:
+        return result
+    if placement is not None and (message := explain_start_failure(error, *placement)):
+        raise PlacementError(message) from error
+    raise RuntimeError(f"{what} on Ray Train failed: {error}") from error

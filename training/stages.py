@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from catalog.artifacts import ArtifactRef, open_artifact
+from catalog.files import write_atomic
+from catalog.retention import CHECKPOINT_INPUTS
 from catalog.tracking import StageRun
 from training.config import Config
 from training.data.ingest import IngestResult, ingest
@@ -165,6 +167,9 @@ def pretrain_stage(
             ).encode()
         ).hexdigest()[:16]
         workdir = nightshift_home() / "runs" / f"pretrain-{key}"
+    # gc keeps these checkpoints while the tokens they train on are kept (catalog/retention.py).
+    Path(workdir).mkdir(parents=True, exist_ok=True)
+    write_atomic(Path(workdir) / CHECKPOINT_INPUTS, json.dumps({"tokens": tokens_ref.sha256}))
     entropy = unigram_entropy(tokens_ref)
     result = pretrain(
         cfg,
@@ -175,6 +180,8 @@ def pretrain_stage(
     )
     metrics = {**result.metrics, "unigram_entropy": entropy}
     run.log_metrics({"unigram_entropy": entropy})
+    if result.placement:
+        run.log_params(result.placement)
 
     from training.data.tokenizer import load_tokenizer
 

@@ -84,6 +84,8 @@ else:
         queries.reports_for_model(s.catalog_url, next(iter(model.values())).id) if model else []
     ):
         st.markdown(f"**{report.kind}** `{report.short}` from {run.stage} at {ui.when(run.started_at)} UTC")
+        if report.deleted_note:
+            st.caption(f"Files {report.deleted_note}.")
         path = report.local_path
         for md in sorted(path.glob("*.md"))[:2] if path and path.is_dir() else []:
             with st.expander(md.name):

@@ -51,6 +51,7 @@ class Backend:
     tmp: Path
     postgres_server: str | None = None  # postgresql://postgres:<pw>@127.0.0.1:<port>/postgres
     bucket: str | None = None
+    mlflow_stores: tuple[str, str] | None = None  # MLflow's backend store and artifact destination
 
     def new_catalog_url(self) -> str:
         """A fresh, empty catalog database (SQLite file, or a new database on the Postgres server)."""
@@ -125,13 +126,20 @@ def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     tmp = tmp_path_factory.mktemp("backend")
     if BACKEND == "embedded":
         mlflow_uri = request.getfixturevalue("mlflow_server")
-        yield Backend(name="embedded", mlflow_uri=mlflow_uri, artifact_root=str(tmp / "artifacts"), tmp=tmp)
+        yield Backend(
+            name="embedded",
+            mlflow_uri=mlflow_uri,
+            artifact_root=str(tmp / "artifacts"),
+            tmp=tmp,
+            mlflow_stores=(mlflow_uri.backend_store, mlflow_uri.artifacts),
+        )
         return
     from nightshift import backends, stack
     from training.config import nightshift_home
 
     cfg = request.getfixturevalue("postgres_stack")
     env = stack.stack_env(cfg)
+    stores = backends.resolve(cfg, nightshift_home())
     # This process publishes and opens artifacts on the stack's S3 server, as a flow run would.
     with pytest.MonkeyPatch.context() as mp:
         for k in env:
@@ -144,4 +152,5 @@ def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
             tmp=tmp,
             postgres_server=backends.server_url(cfg, nightshift_home()),
             bucket=cfg.stack.s3_bucket,
+            mlflow_stores=(stores.mlflow_store_uri, stores.mlflow_artifacts),
         )

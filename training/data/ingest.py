@@ -31,6 +31,7 @@ from training.data.dedup import Deduper, lsh_params
 from training.data.report import datacard
 from training.data.sources import SourceError, resolve_sources
 from training.data.transform import OUT_FIELDS, PII_TYPES, read_rows
+from training.placement import WorkerPlan, plan_workers, reserve
 
 log = logging.getLogger(__name__)
 
@@ -50,19 +51,36 @@ class IngestResult:
     datacard: str  # Markdown, also the artifact's DATACARD.md
 
 
-def _ordered_chunks(units: list[dict[str, Any]], cfg: DataConfig) -> Iterator[dict[str, list[Any]]]:
+def plan_readers(ray_cfg: RayConfig) -> WorkerPlan:
+    """How many read tasks run at once and the CPUs each reserves (``training.placement``).
+
+    One task per CPU of the cluster, as Ray Data would run them; on one machine the tasks share the
+    CPUs left free beside the Serve replicas, so ingestion never waits behind a served model.
+    """
+    import ray
+
+    cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+    return plan_workers(
+        ray_cfg, stage="ingest", num_workers=cpus, cpus_per_worker=1, use_gpu=False, setting="ray"
+    )
+
+
+def _ordered_chunks(
+    units: list[dict[str, Any]], cfg: DataConfig, plan: WorkerPlan
+) -> Iterator[dict[str, list[Any]]]:
     """Chunks of processed records of every unit, in unit order, computed by Ray Data.
 
-    One ``flat_map`` over the read units does all per-document work (:func:`read_rows`);
-    ``preserve_order`` keeps the source order that the dedup decisions depend on, and the
-    streaming executor bounds how much waits in the object store, so memory stays flat.
+    One ``flat_map`` over the read units does all per-document work (:func:`read_rows`), at most
+    ``plan.num_workers`` tasks at a time of ``plan.cpus`` each; ``preserve_order`` keeps the source
+    order that the dedup decisions depend on, and the streaming executor bounds how much waits in
+    the object store, so memory stays flat.
     """
     import ray
 
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True
     ds = ray.data.from_items(units, override_num_blocks=len(units))
-    ds = ds.flat_map(partial(read_rows, cfg=cfg))
+    ds = ds.flat_map(partial(read_rows, cfg=cfg), num_cpus=plan.cpus, concurrency=plan.num_workers)
     for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=2):
         # Column-wise conversion of only what the driver reads; no per-row dicts.
         yield {k: batch.column(k).to_pylist() for k in OUT_FIELDS}
@@ -143,7 +161,11 @@ def ingest(
 
     from training.ray_setup import init_ray
 
-    init_ray(ray or RayConfig(num_cpus=2))
+    ray_cfg = ray or RayConfig(num_cpus=2)
+    init_ray(ray_cfg)
+    plan = plan_readers(ray_cfg)
+    log.info("ingest on Ray Data: %s", plan.note)
+    reserve(ray_cfg, plan, setting="ray")
     t_ray = time.perf_counter()
 
     deduper = Deduper(
@@ -164,7 +186,7 @@ def ingest(
         writer = _ShardWriter(staging.path, cfg.shard_bytes)
         try:
             if units:
-                for col in _ordered_chunks(units, cfg):
+                for col in _ordered_chunks(units, cfg, plan):
                     for i, kind in enumerate(col["kind"]):
                         if kind == "doc":
                             docs_read += 1

@@ -21,6 +21,7 @@ from training.config import Config
 from training.eval.artifact import publish_eval_report
 from training.eval.evaluate import RewardFn, evaluate
 from training.eval.gates import Verdict, check_gates
+from training.placement import driver_threads
 
 if TYPE_CHECKING:
     from catalog.registry import Registry
@@ -92,11 +93,19 @@ def evaluate_stage(
     if tokens_ref is not None:
         run.use(tokens_ref, context="heldout")
     run.log_params({"eval": cfg.eval.model_dump(mode="json")})
+    # Evaluation runs in this process, outside Ray: on one machine it takes no more threads than Ray
+    # has CPUs free beside the Serve replicas (training/placement.py).
+    eval_cfg = cfg.eval
+    threads = driver_threads(cfg.ray, eval_cfg.torch_threads)
+    if threads != eval_cfg.torch_threads:
+        log.info("evaluate: %s torch threads (CPUs free on Ray beside serving)", threads)
+        eval_cfg = eval_cfg.model_copy(update={"torch_threads": threads})
+    run.log_params({"placement.eval_threads": threads or "default"})
 
     report = evaluate(
         cand,
         champ,
-        cfg=cfg.eval,
+        cfg=eval_cfg,
         data_cfg=cfg.data,
         heldout=tokens_ref,
         tasks=tasks,

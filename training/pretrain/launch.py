@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from training.config import Config, RayConfig
+from training.placement import WorkerPlan, plan_workers, reserve
 from training.pretrain import checkpoint as ckpt
 
 log = logging.getLogger(__name__)
@@ -258,10 +259,34 @@ def _own_niceness() -> int | None:
     return os.getpriority(os.PRIO_PROCESS, 0) if hasattr(os, "getpriority") else None
 
 
-def fit_with_ray(payload: dict[str, Any], cfg: Config) -> None:
-    """Run :func:`fit_worker` on ``train.num_workers`` Ray Train workers; restarts follow FailureConfig.
+def plan_pretrain_workers(cfg: Config) -> WorkerPlan:
+    """The workers pretraining asks Ray for (``training.placement``); Ray must be initialised."""
+    tc = cfg.train
+    return plan_workers(
+        cfg.ray,
+        stage="pretrain",
+        num_workers=tc.num_workers,
+        cpus_per_worker=tc.cpus_per_worker,
+        use_gpu=tc.use_gpu,
+        # Every rank slices the same global batch; FSDP needs at least two ranks to shard over.
+        allowed=lambda w: tc.batch_size % w == 0 and (tc.strategy != "fsdp" or w > 1),
+        setting="train",
+    )
+
+
+def fit_with_ray(payload: dict[str, Any], cfg: Config) -> WorkerPlan:
+    """Run :func:`fit_worker` on Ray Train workers; restarts follow FailureConfig.
+
+    The workers are sized by :func:`plan_pretrain_workers` (``train.num_workers`` of
+    ``train.cpus_per_worker``, or fewer/smaller ones beside the Serve replicas on one machine) and
+    placed within ``ray.placement_timeout_s``. Every rank slices the same global batch, so the
+    result does not depend on how many workers the plan gave.
+
+    Returns:
+        The plan the workers ran with.
 
     Raises:
+        PlacementError: the workers could not be placed in time (the message names what holds Ray).
         RuntimeError: when training fails more often than ``train.max_failures`` allows.
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -271,16 +296,17 @@ def fit_with_ray(payload: dict[str, Any], cfg: Config) -> None:
 
     tc = cfg.train
     init_ray(cfg.ray)
-    resources: dict[str, float] = {"CPU": float(payload["threads"])}
-    if tc.use_gpu:
-        resources["GPU"] = 1.0
+    plan = plan_pretrain_workers(cfg)
+    log.info("pretrain on Ray Train: %s", plan.note)
+    reserve(cfg.ray, plan, setting="train")
+    payload = {**payload, "threads": plan.threads}
     workdir = Path(payload["workdir"])
     trainer = torch_trainer(
         fit_worker,
         cfg.ray,
         train_loop_config={**payload, "ray": True, "niceness": _own_niceness()},
         scaling_config=ScalingConfig(
-            num_workers=tc.num_workers, use_gpu=tc.use_gpu, resources_per_worker=resources
+            num_workers=plan.num_workers, use_gpu=tc.use_gpu, resources_per_worker=plan.bundle
         ),
         torch_config=TorchConfig(backend="nccl" if tc.use_gpu else "gloo"),
         run_config=RunConfig(
@@ -288,8 +314,11 @@ def fit_with_ray(payload: dict[str, Any], cfg: Config) -> None:
             # `resume=False` can set aside; within a call Ray hands back its latest checkpoint.
             name=f"pretrain-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
             storage_path=str(workdir / "ray"),
-            failure_config=FailureConfig(max_failures=tc.max_failures),
+            # A worker group that cannot start within ray.placement_timeout_s is retried once (a
+            # race with another placement), then ends the run instead of waiting for ever.
+            failure_config=FailureConfig(max_failures=tc.max_failures, controller_failure_limit=1),
             checkpoint_config=CheckpointConfig(num_to_keep=tc.keep_checkpoints),
         ),
     )
-    fit_or_raise(trainer, "pretraining")
+    fit_or_raise(trainer, "pretraining", placement=(cfg.ray, plan, "train"))
+    return plan

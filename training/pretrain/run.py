@@ -34,6 +34,7 @@ class PretrainResult:
         default_factory=list
     )  # per logged step: step, train_loss, lr, ...
     checkpoint_dir: Path = Path()  # the final checkpoint (model.safetensors, lightning.ckpt, manifest.json)
+    placement: dict[str, Any] = field(default_factory=dict)  # the Ray workers' plan (placement.* params)
 
 
 def _section_problems(cfg: Config) -> list[str]:
@@ -65,13 +66,15 @@ def check_inputs(cfg: Config, shards: TokenShards) -> list[str]:
             f"{shards.vocab_size} ({shards.ref.path}); set model.vocab_size >= {shards.vocab_size}"
         )
     tc = cfg.train
-    if tc.num_workers > 1 and cfg.ray.address == "local":
+    # A local Ray never grows: with placement 'exact' a request beyond its CPUs could never be placed.
+    # ('fit' and 'auto' size the workers to what is free; see training/placement.py.)
+    if tc.num_workers > 1 and cfg.ray.address == "local" and cfg.ray.placement == "exact":
         cpus = local_cpus(cfg.ray)
         need = tc.num_workers * (tc.cpus_per_worker or 1)
         if not tc.use_gpu and need > cpus:
             problems.append(
                 f"train.num_workers: {tc.num_workers} workers x {tc.cpus_per_worker or 1} CPU(s) need "
-                f"{need} CPUs; the local Ray has {cpus}"
+                f"{need} CPUs; the local Ray has {cpus} (ray.placement 'exact'; 'fit' shares them)"
             )
     return problems
 
@@ -183,8 +186,9 @@ def pretrain(
         tc.max_steps, tc.batch_size * tc.grad_accum, cfg.model.block_size, tc.num_workers,
         " (Ray Train)" if tc.num_workers > 1 else "",
     )  # fmt: skip
+    placement: dict[str, Any] = {}
     if tc.num_workers > 1:
-        fit_with_ray(payload, cfg)
+        placement = fit_with_ray(payload, cfg).params()
     else:
         fit_worker(payload)
 
@@ -214,4 +218,6 @@ def pretrain(
         "seconds": time.perf_counter() - t0,
     }
     log.info("pretrain: done, %s", {k: round(v, 4) for k, v in metrics.items()})
-    return PretrainResult(model=model, metrics=metrics, history=history, checkpoint_dir=final.path)
+    return PretrainResult(
+        model=model, metrics=metrics, history=history, checkpoint_dir=final.path, placement=placement
+    )

@@ -34,6 +34,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import torch
 from torch import nn
 
+from training.placement import plan_workers, reserve
+
 if TYPE_CHECKING:
     from training.config import Config
     from training.rlhf.optim import LogFn
@@ -150,20 +152,6 @@ def use_gpu(cfg: Config) -> bool:
     return device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
 
 
-def threads_per_worker(cfg: Config) -> int:
-    """torch threads (and Ray CPUs) of each worker: pretraining's rule on ``rlhf.*``.
-
-    ``rlhf.cpus_per_worker``, else the local Ray's CPUs split evenly, so N workers on N cores do
-    not oversubscribe them.
-    """
-    from training.pretrain.launch import local_cpus
-
-    rc = cfg.rlhf
-    if rc.cpus_per_worker:
-        return rc.cpus_per_worker
-    return max(1, (local_cpus(cfg.ray) or rc.num_workers) // rc.num_workers)
-
-
 def run_training(
     cfg: Config,
     train_fn: Callable[..., Any],
@@ -230,36 +218,48 @@ def fit_on_ray(
     rc = cfg.rlhf
     gpu = use_gpu(cfg)
     init_ray(cfg.ray)
-    threads = threads_per_worker(cfg)  # after init: a running local Ray's own CPU count
+    stage = f"rlhf {train_fn.__name__}"
+    plan = plan_workers(
+        cfg.ray,
+        stage=stage,
+        num_workers=rc.num_workers,
+        cpus_per_worker=rc.cpus_per_worker,
+        use_gpu=gpu,
+        # Every batch of every loop divides by the worker count (RLHFConfig's own rule).
+        allowed=lambda w: not rc.model_copy(update={"num_workers": w})._worker_problems(),
+        setting="rlhf",
+    )
+    log.info("%s on Ray Train: %s", stage, plan.note)
+    reserve(cfg.ray, plan, setting="rlhf")
     payload = ray.put({"fn": train_fn, "models": {k: _cpu(m) for k, m in models.items()}, "kwargs": kwargs})
-    resources: dict[str, float] = {"CPU": float(threads)}
-    if gpu:
-        resources["GPU"] = 1.0
     name = f"rlhf-{train_fn.__name__}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     temporary = rc.storage_path is None
     storage = tempfile.mkdtemp(prefix="nightshift-rlhf-") if temporary else str(rc.storage_path)
-    log.info("%s: %d Ray Train workers x %d threads (gpu=%s)", name, rc.num_workers, threads, gpu)
     trainer = torch_trainer(
         _worker,
         cfg.ray,
         train_loop_config={
             "payload": payload,
             "trained": list(trained),
-            "threads": threads,
+            "threads": plan.threads,
             "use_gpu": gpu,
             "niceness": _own_niceness(),
         },
-        scaling_config=ScalingConfig(num_workers=rc.num_workers, use_gpu=gpu, resources_per_worker=resources),
+        scaling_config=ScalingConfig(
+            num_workers=plan.num_workers, use_gpu=gpu, resources_per_worker=plan.bundle
+        ),
         torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
         run_config=RunConfig(
             name=name,
             storage_path=storage,
-            failure_config=FailureConfig(max_failures=rc.max_failures),
+            # A worker group that cannot start within ray.placement_timeout_s ends the run (after one
+            # retry) instead of waiting for ever.
+            failure_config=FailureConfig(max_failures=rc.max_failures, controller_failure_limit=1),
             checkpoint_config=CheckpointConfig(num_to_keep=1),
         ),
     )
     try:
-        result = fit_or_raise(trainer, name)
+        result = fit_or_raise(trainer, name, placement=(cfg.ray, plan, "rlhf"))
         if result.checkpoint is None:
             raise RuntimeError(f"{name}: rank 0 reported no checkpoint; see the Ray worker logs")
         with result.checkpoint.as_directory() as d:

@@ -164,7 +164,7 @@ def preferences_stage(
         EmptyPreferencesError: no usable pair; nothing is published.
     """
     from training.rlhf.onpolicy import policy_pairs
-    from training.rlhf.preferences import build_preference_set, snapshot_preferences
+    from training.rlhf.preferences import build_preference_set, pair_problem, snapshot_preferences
 
     pc = cfg.rlhf.preferences
     policy, tok, ref = _load_policy(cfg, run, model)
@@ -192,9 +192,17 @@ def preferences_stage(
         min_rating_gap=pc.min_rating_gap,
         refusal=pc.refusal,
     )
+    # Held-out pairs meet the training pairs' rule too: one that does not fit the context cannot be
+    # scored (a small context and a long task item, e.g. the tiny preset's 64 tokens).
+    candidates = splits.eval_pairs()
+    heldout = [p for p in candidates if pair_problem(tok, block, p.prompt, p.chosen, p.rejected) is None]
+    if dropped := len(candidates) - len(heldout):
+        log.info(
+            "preferences: %d held-out task pair(s) longer than the context (%d) left out", dropped, block
+        )
     snap = snapshot_preferences(
         pset,
-        splits.eval_pairs(),
+        heldout,
         root=cfg.tracking.artifact_root if out is None else None,
         dest=out,
         catalog_url=cfg.tracking.catalog_url if pset.feedback_ids() else None,
@@ -205,6 +213,7 @@ def preferences_stage(
             "pairs": m["pairs"],
             "quarantined": m["quarantined"],
             "skipped": m["skipped"],
+            "heldout_pairs": len(heldout),
             **{f"rows_in.{k}": v for k, v in m["rows_in"].items()},
             **{f"pairs.{k}": v for k, v in m["pairs_by_source"].items()},
             **{f"quarantined.{k}": v for k, v in m["quarantined_by_reason"].items()},

@@ -41,6 +41,7 @@ def _assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor],
 def test_every_input_problem_is_listed_before_compute(tmp_path: Path) -> None:
     short_val = write_tokens(tmp_path / "art", val_tokens=40)
     cfg = tiny_config(num_workers=3, batch_size=8)
+    cfg.ray.placement = "exact"  # a local Ray never grows: 3 x 1 CPU on 2 can never be placed
     cfg.model = ModelConfig(n_layer=1, n_head=4, n_embd=30, block_size=64, vocab_size=260)
     with pytest.raises(ConfigError) as err:
         pretrain(cfg, short_val, workdir=tmp_path / "wd")
