@@ -15,8 +15,9 @@ Everything else of ours is removed: an artifact's files under the artifact root 
 renamed aside before it is deleted, an object store prefix loses its index first, so nothing half
 removed is ever read as an artifact), checkpoints of pretraining runs whose tokens are no longer
 kept, serve- and registry-cache entries of versions no longer kept, registry versions beyond the
-rule and the logged models of nights no longer kept (soft-deleted in MLflow, then purged by
-``mlflow gc`` when the caller names MLflow's stores). The catalog keeps every row and edge: a removed
+rule and the logged models of nights no longer kept, and the MLflow runs (metrics, params, reports)
+of nights past ``keep_history_nights`` (soft-deleted in MLflow, then purged by ``mlflow gc`` when
+the caller names MLflow's stores). The catalog keeps every row and edge: a removed
 artifact is marked ``deleted_at``/``deleted_by``, so lineage still reads and the dashboard can say
 "deleted by gc on …". Artifacts written elsewhere (an explicit ``--out``) are the user's and never
 touched.
@@ -26,10 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterable
@@ -59,6 +57,7 @@ class Retention:
     keep_nights: int = 7
     keep_versions: int = 5
     min_age_s: float = 3600.0
+    keep_history_nights: int = 90  # MLflow runs (metrics, params, reports) of the newest N pipeline runs
 
 
 @dataclass(frozen=True)
@@ -80,6 +79,7 @@ class GCResult:
     paths: list[dict[str, Any]] = field(default_factory=list)  # checkpoints and cache entries: path, bytes
     versions: list[str] = field(default_factory=list)  # registry versions deleted
     logged_models: list[str] = field(default_factory=list)  # MLflow logged models deleted
+    mlflow_runs: list[str] = field(default_factory=list)  # MLflow runs of nights past the history rule
     kept_artifacts: int = 0
     notes: list[str] = field(default_factory=list)
 
@@ -95,7 +95,8 @@ class GCResult:
         kinds = ", ".join(f"{n} {k}" for k, n in sorted(by_kind.items())) or "no artifacts"
         return (
             f"gc {verb} {kinds}, {len(self.paths)} checkpoint/cache dir(s), "
-            f"{len(self.versions)} registry version(s), {len(self.logged_models)} logged model(s): "
+            f"{len(self.versions)} registry version(s), {len(self.logged_models)} logged model(s), "
+            f"{len(self.mlflow_runs)} MLflow run(s): "
             f"{self.freed_bytes / 1e6:.1f} MB; kept {self.kept_artifacts} artifact(s)"
         )
 
@@ -106,6 +107,7 @@ class GCResult:
             "paths": self.paths,
             "versions": self.versions,
             "logged_models": self.logged_models,
+            "mlflow_runs": self.mlflow_runs,
             "kept_artifacts": self.kept_artifacts,
             "freed_bytes": self.freed_bytes,
             "notes": self.notes,
@@ -297,6 +299,8 @@ def collect(
         kept_tokens = {r.sha256 for r in live if r.kind == "tokens" and r.id not in doomed_ids}
         kept_shas = {r.sha256 for r in live if r.id not in doomed_ids}
         old_run_ids = set(s.scalars(select(Run.mlflow_run_id).where(Run.id.not_in(kept_runs))).all()) - {None}
+        history = _kept_runs(s, retention.keep_history_nights)
+        past_history = set(s.scalars(select(Run.mlflow_run_id).where(Run.id.not_in(history))).all()) - {None}
         for row in doomed:
             freed = row.size_bytes if dry_run else _remove_artifact(row)
             result.artifacts.append({"kind": row.kind, "sha256": row.sha256, "uri": row.uri, "bytes": freed})
@@ -319,45 +323,59 @@ def collect(
         if not dry_run:
             _remove_local(path)
     if registry is not None:
-        _prune_registry(registry, kept_versions, old_versions, old_run_ids, places, result)
+        _prune_mlflow(registry, kept_versions, old_versions, old_run_ids, past_history, places, result)
     log.info("%s", result.summary())
     return result
 
 
-def _prune_registry(
+def _prune_mlflow(
     registry: Any,
     kept_versions: list[Any],
     old_versions: list[Any],
     old_run_ids: set[str],
+    past_history: set[str],
     places: Places,
     result: GCResult,
 ) -> None:
-    """Delete registry versions beyond the rule, and the logged models no kept version or night uses."""
+    """Delete registry versions beyond the rule, the logged models no kept version or night uses, and
+    the runs of nights past ``keep_history_nights`` (but a kept version's run); purge them."""
     client = registry.client
     kept_models = {v.model_id for v in kept_versions if v.model_id}
+    kept_version_runs = {v.run_id for v in kept_versions if v.run_id}
     for v in old_versions:
         result.versions.append(v.version)
         if not result.dry_run:
             client.delete_model_version(registry.name, v.version)
     experiment_ids = [e.experiment_id for e in client.search_experiments()]
-    doomed: list[str] = []
+    old_version_models = {v.model_id for v in old_versions}
     for model in _logged_models(client, experiment_ids):
         if model.model_id in kept_models:
             continue
-        if model.source_run_id in old_run_ids or model.model_id in {v.model_id for v in old_versions}:
-            doomed.append(model.model_id)
-    result.logged_models = doomed
-    if result.dry_run or not doomed:
+        if model.source_run_id in old_run_ids or model.model_id in old_version_models:
+            result.logged_models.append(model.model_id)
+    runs = sorted(past_history - kept_version_runs)
+    for run_id in runs:
+        try:
+            if client.get_run(run_id).info.lifecycle_stage == "active":
+                result.mlflow_runs.append(run_id)
+        except Exception:  # deleted by hand, or never reached MLflow: nothing to do
+            continue
+    if result.dry_run:
         return
-    for model_id in doomed:
+    for model_id in result.logged_models:
         client.delete_logged_model(model_id)
+    for run_id in result.mlflow_runs:
+        client.delete_run(run_id)
+    if not result.logged_models and not result.mlflow_runs:
+        return
     if places.mlflow_stores is None:
         result.notes.append(
-            "logged models were soft-deleted in MLflow; their files go when `mlflow gc` runs on its stores"
+            "logged models and runs were soft-deleted in MLflow; their files go when `mlflow gc` runs on "
+            "its stores"
         )
         return
     backend, artifacts = places.mlflow_stores
-    _mlflow_gc(backend, artifacts, registry.tracking_uri, doomed, result)
+    _mlflow_gc(backend, artifacts, registry.tracking_uri, result)
 
 
 def _logged_models(client: Any, experiment_ids: list[str]) -> list[Any]:
@@ -372,21 +390,31 @@ def _logged_models(client: Any, experiment_ids: list[str]) -> list[Any]:
     return out
 
 
-def _mlflow_gc(
-    backend: str, artifacts: str, tracking_uri: str, model_ids: list[str], result: GCResult
-) -> None:
-    """Purge soft-deleted logged models with MLflow's own ``mlflow gc`` (its files and rows)."""
-    mlflow = Path(sys.executable).with_name("mlflow")
-    cmd = [
-        str(mlflow) if mlflow.exists() else "mlflow", "gc",
-        "--backend-store-uri", backend, "--artifacts-destination", artifacts,
-        "--logged-model-ids", ",".join(model_ids),
-    ]  # fmt: skip
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-    if done.returncode != 0:
-        result.notes.append(f"mlflow gc failed (exit {done.returncode}): {done.stderr[-500:]}")
-        log.warning("mlflow gc failed: %s", done.stderr[-2000:])
+def _mlflow_gc(backend: str, artifacts: str, tracking_uri: str, result: GCResult) -> None:
+    """Purge the soft-deleted logged models and runs with MLflow's own ``mlflow gc`` (files and rows).
+
+    Run in this process (``standalone_mode=False``), so a backend URI with a password never shows in
+    a process list.
+    """
+    from mlflow.cli import gc as mlflow_gc
+
+    args = [
+        "--backend-store-uri",
+        backend,
+        "--artifacts-destination",
+        artifacts,
+        "--tracking-uri",
+        tracking_uri,
+    ]
+    if result.logged_models:
+        args += ["--logged-model-ids", ",".join(result.logged_models)]
+    if result.mlflow_runs:
+        args += ["--run-ids", ",".join(result.mlflow_runs)]
+    try:
+        mlflow_gc.main(args=args, standalone_mode=False)
+    except Exception as e:  # the soft deletion stands; say what is left for a later run
+        result.notes.append(f"mlflow gc failed ({type(e).__name__}: {str(e)[:300]}); they stay soft-deleted")
+        log.warning("mlflow gc failed: %s", e)
 
 
 def deleted_note(row: Artifact) -> str | None:

@@ -71,7 +71,7 @@ def run_node(run: RunInfo, cluster: str | None) -> Node:
 def artifact_node(a: ArtifactInfo, cluster: str | None) -> Node:
     return Node(
         id=f"a:{a.id}",
-        label=f"{a.kind}\n{a.short}",
+        label=f"{a.kind}\n{a.short}" + ("\n(deleted by gc)" if a.deleted_at else ""),
         kind="artifact",
         cluster=cluster,
         ref=a.id,

@@ -7,13 +7,18 @@ rotate the services' logs (:func:`rotate_logs`); ``nightshift status`` prints :f
 from __future__ import annotations
 
 import logging
+import os
+import re
 import shutil
+import time
 from pathlib import Path
+from urllib.parse import urlsplit
+
+from sqlalchemy import make_url
 
 from catalog.registry import Registry
 from catalog.retention import GCResult, Places, Retention, collect, dir_bytes
 from catalog.storage import is_url
-from nightshift import backends
 from nightshift.services import rotate_logs
 from training.config import Config, nightshift_home
 
@@ -25,8 +30,9 @@ HOME_PARTS = {
     "serve cache": "serve-cache",
     "registry cache": "registry-cache",
     "remote artifact cache": "cache",
-    "mlflow": "mlflow",
-    "prefect": "prefect",
+    "mlflow artifacts": "mlflow/artifacts",
+    "mlflow database": "mlflow/mlflow.db",
+    "prefect database": "prefect",
     "logs": "logs",
     "ray sessions": "ray",
     "postgres": "postgres",
@@ -35,19 +41,32 @@ HOME_PARTS = {
 
 
 def _mlflow_stores(cfg: Config, home: Path) -> tuple[str, str] | None:
-    """MLflow's backend store and artifact destination when it is the stack's own server, else None."""
-    s = cfg.stack
-    if cfg.tracking.mlflow_uri.rstrip("/") != f"http://{s.host}:{s.mlflow_port}":
+    """MLflow's backend store and artifact destination when MLflow is the local stack's, else None.
+
+    The stack's MLflow keeps SQLite and files under ``$NIGHTSHIFT_HOME/mlflow`` (backend ``embedded``)
+    or a database ``mlflow`` beside the catalog's and ``s3://<bucket>/mlflow`` (backend ``postgres``).
+    """
+    if urlsplit(cfg.tracking.mlflow_uri).hostname not in ("127.0.0.1", "localhost", "::1"):
         return None
-    stores = backends.resolve(cfg, home)
-    backend = stores.mlflow_store_uri or f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"
-    artifacts = stores.mlflow_artifacts or str(home / "mlflow" / "artifacts")
-    return backend, artifacts
+    if cfg.stack.backend == "postgres":
+        url = make_url(cfg.tracking.catalog_url)
+        if url.database != "catalog":
+            return None
+        return url.set(database="mlflow").render_as_string(
+            hide_password=False
+        ), f"s3://{cfg.stack.s3_bucket}/mlflow"
+    db = home / "mlflow" / "mlflow.db"
+    return (f"sqlite:///{db}", str(home / "mlflow" / "artifacts")) if db.is_file() else None
 
 
 def retention(cfg: Config) -> Retention:
     g = cfg.gc
-    return Retention(keep_nights=g.keep_nights, keep_versions=g.keep_versions, min_age_s=g.min_age_s)
+    return Retention(
+        keep_nights=g.keep_nights,
+        keep_versions=g.keep_versions,
+        min_age_s=g.min_age_s,
+        keep_history_nights=g.keep_history_nights,
+    )
 
 
 class GCError(RuntimeError):
@@ -82,6 +101,12 @@ def run_gc(cfg: Config, *, dry_run: bool = False, who: str = "gc") -> GCResult:
     )
     sessions = stale_ray_sessions(home, remove=not dry_run)
     result.paths += [{"path": str(p), "bytes": b} for p, b in sessions]
+    n_logs, log_bytes = finished_ray_logs(home, cfg.gc.min_age_s, remove=not dry_run)
+    if n_logs:
+        where = home / "ray" / "session_latest" / "logs"
+        result.paths.append(
+            {"path": f"{where} ({n_logs} logs of finished Ray processes and runs)", "bytes": log_bytes}
+        )
     if not dry_run:
         rotated = rotate_logs(home, cfg.gc.log_max_bytes, cfg.gc.log_backups)
         result.notes += [f"rotated {p.name}" for p in rotated]
@@ -103,6 +128,58 @@ def stale_ray_sessions(home: Path, *, remove: bool) -> list[tuple[Path, int]]:
         if remove:
             shutil.rmtree(session, ignore_errors=True)
     return out
+
+
+# Log files Ray writes per worker or driver process, named for the process: worker-<id>-<job>-<pid>.out,
+# python-core-worker-<id>_<pid>.log, python-core-driver-<id>_<pid>.log.
+_PROCESS_LOG = re.compile(r"^(?:worker-.*-|python-core-(?:worker|driver)-.*_)(\d+)\.(?:out|err|log)$")
+# Per-run log directories of Ray libraries (a Train controller per run, a Ray Data execution per dataset).
+_RUN_LOG_DIRS = ("train", "ray-data")
+
+
+def finished_ray_logs(home: Path, min_age_s: float, *, remove: bool) -> tuple[int, int]:
+    """Logs of the running Ray session that belong to processes and runs that are over.
+
+    Ray keeps one log file (or three) per worker and driver process and per Train or Data run for the
+    whole session, and rotates each but never removes one: a stack that runs a night a day gains a few
+    hundred files a night. A process log goes once its pid is gone; a run's log once it is older than
+    ``min_age_s``. Returns (files, bytes).
+    """
+    logs = home / "ray" / "session_latest" / "logs"
+    if not logs.is_dir():
+        return 0, 0
+    now = time.time()
+    files = n_bytes = 0
+    candidates = [
+        p
+        for p in logs.iterdir()
+        if p.is_file() and (m := _PROCESS_LOG.match(p.name)) and not _alive(int(m.group(1)))
+    ]
+    for sub in _RUN_LOG_DIRS:
+        if (logs / sub).is_dir():
+            candidates += [p for p in (logs / sub).rglob("*") if p.is_file()]
+    for path in candidates:
+        try:
+            stat = path.stat()
+        except OSError:
+            continue
+        if now - stat.st_mtime < min_age_s:
+            continue
+        files += 1
+        n_bytes += stat.st_size
+        if remove:
+            path.unlink(missing_ok=True)
+    return files, n_bytes
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process holds the pid
+        return True
+    return True
 
 
 def disk_usage(cfg: Config) -> dict[str, int]:

@@ -2,8 +2,8 @@
 
 * ``free_port()`` — a free TCP port on 127.0.0.1 (plain function; import it from ``tests.conftest``).
 * ``mlflow_server`` (session) — a real ``mlflow server`` with a SQLite backend and proxied
-  artifacts in a temp dir; yields its ``http://127.0.0.1:<port>`` URI (a ``str`` that also names
-  its ``backend_store`` and ``artifacts``).
+  artifacts in a temp dir; yields its ``http://127.0.0.1:<port>`` URI. ``mlflow_stores`` gives its
+  backend store URI and artifact destination.
 * ``postgres_url`` (session) — a real PostgreSQL 15 from Debian's binaries; yields
   ``postgresql+psycopg://postgres@127.0.0.1:<port>/nightshift``. Mark tests ``@pytest.mark.postgres``.
 * ``postgres_db`` — a fresh, empty database on that server for one test.
@@ -65,16 +65,13 @@ def _stop_group(proc: subprocess.Popen[bytes], timeout: float = 15) -> None:
         proc.wait(timeout=timeout)
 
 
-class MlflowServer(str):
-    """The URI of a running MLflow server (a ``str``), with the stores it keeps its state in."""
-
-    backend_store: str
-    artifacts: str
+# The stores of each running MLflow server of the session, by URI (see ``mlflow_stores``).
+_MLFLOW_STORES: dict[str, tuple[str, str]] = {}
 
 
 @pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
-    """A real MLflow tracking server on loopback; yields its URI (and ``backend_store``, ``artifacts``)."""
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real MLflow tracking server on loopback; yields its URI."""
     root = tmp_path_factory.mktemp("mlflow")
     port = free_port()
     log_path = root / "server.log"
@@ -94,13 +91,19 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowSe
         proc = subprocess.Popen(
             cmd, stdout=log, stderr=subprocess.STDOUT, cwd=root, env=env, start_new_session=True
         )
-    uri = MlflowServer(f"http://127.0.0.1:{port}")
-    uri.backend_store, uri.artifacts = f"sqlite:///{root}/mlflow.db", str(root / "artifacts")
+    uri = f"http://127.0.0.1:{port}"
+    _MLFLOW_STORES[uri] = (f"sqlite:///{root}/mlflow.db", str(root / "artifacts"))
     try:
         _wait_http(f"{uri}/health", proc, log_path, "mlflow server")
         yield uri
     finally:
         _stop_group(proc)
+
+
+@pytest.fixture(scope="session")
+def mlflow_stores(mlflow_server: str) -> tuple[str, str]:
+    """The session MLflow server's backend store URI and artifact destination (for ``mlflow gc``)."""
+    return _MLFLOW_STORES[mlflow_server]
 
 
 def _wait_http(url: str, proc: subprocess.Popen[bytes], log_path: Path, what: str) -> None:

@@ -236,6 +236,13 @@ class GCConfig(Section):
         ge=0,
         description="Nothing younger than this is removed, whatever references it (a night in flight).",
     )
+    keep_history_nights: int = Field(
+        90,
+        ge=1,
+        description="MLflow keeps the runs (metrics, params, reports) of the newest N pipeline runs, and the "
+        "run of every kept registry version; older ones are deleted from MLflow. The catalog keeps every "
+        "run's row and lineage.",
+    )
     log_max_bytes: int = Field(
         20_000_000,
         ge=10_000,
@@ -429,6 +436,12 @@ def describe_fields(model: type[BaseModel] = Config, prefix: str = "") -> list[t
         if isinstance(ann, type) and issubclass(ann, BaseModel):
             rows.extend(describe_fields(ann, prefix=f"{key}."))
             continue
-        default = "(from environment)" if field.default_factory is not None else repr(field.default)
+        factory = field.default_factory
+        if factory is None:
+            default = repr(field.default)
+        elif factory in (dict, list):
+            default = repr(factory())  # an empty container, not something read from the environment
+        else:
+            default = "(from environment)"
         rows.append((key, default, field.description or ""))
     return rows

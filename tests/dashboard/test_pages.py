@@ -193,3 +193,24 @@ def test_playground_says_when_serving_is_down(dash_env: Filled) -> None:
     at = open_page("playground")
     assert "The served model is down" in _texts(at, "warning")
     assert at.chat_input[0].proto.disabled
+
+
+def test_an_artifact_gc_removed_says_so(dash_env: Filled) -> None:
+    """The lineage keeps an artifact whose files gc removed, and says when it went."""
+    from catalog.models import Artifact
+
+    with session_scope(dash_env.catalog_url) as s:
+        corpus = s.query(Artifact).filter_by(kind="corpus").first()
+        corpus_id = corpus.id
+        corpus.deleted_at, corpus.deleted_by = datetime(2026, 12, 6, 12, 0, tzinfo=UTC), "gc"
+    try:
+        at = open_page("lineage")
+        at.toggle(key="lineage_fold").set_value(False).run()
+        assert "(deleted by gc)" in _dot(at)
+        at.selectbox(key="lineage_node").set_value(f"a:{corpus_id}").run()
+        assert not at.exception
+        assert "deleted by gc on 2026-12-06 12:00 UTC" in _texts(at, "info")
+    finally:
+        with session_scope(dash_env.catalog_url) as s:
+            row = s.get(Artifact, corpus_id)
+            row.deleted_at = row.deleted_by = None

@@ -131,7 +131,7 @@ def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
             mlflow_uri=mlflow_uri,
             artifact_root=str(tmp / "artifacts"),
             tmp=tmp,
-            mlflow_stores=(mlflow_uri.backend_store, mlflow_uri.artifacts),
+            mlflow_stores=request.getfixturevalue("mlflow_stores"),
         )
         return
     from nightshift import backends, stack

@@ -31,6 +31,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 NIGHTS = 12
 REGISTERED = "gc-test-gpt"
+RULES = Retention(keep_nights=3, keep_versions=2, min_age_s=0, keep_history_nights=6)
 
 
 def _artifact_exists(uri: str) -> bool:
@@ -110,9 +111,7 @@ def aged(backend: Backend, tmp_path_factory: pytest.TempPathFactory, ray_local: 
         mlflow_stores=backend.mlflow_stores,
     )
     before = dir_bytes(root / "runs") + dir_bytes(serve_cache)
-    result = collect(
-        catalog_url, places, Retention(keep_nights=3, keep_versions=2, min_age_s=0), registry=registry
-    )
+    result = collect(catalog_url, places, RULES, registry=registry)
     return {
         "root": root,
         "catalog_url": catalog_url,
@@ -187,7 +186,28 @@ def test_a_second_gc_removes_nothing(aged: dict) -> None:
     again = collect(
         aged["catalog_url"],
         aged["places"],
-        Retention(keep_nights=3, keep_versions=2, min_age_s=0),
+        RULES,
         registry=aged["registry"],
     )
     assert not again.artifacts and not again.paths and not again.versions and not again.logged_models
+    assert not again.mlflow_runs
+
+
+def test_mlflow_keeps_the_history_of_the_newest_nights(aged: dict) -> None:
+    """Runs of nights 1-6 are gone from MLflow (keep_history_nights 6); the catalog keeps their rows."""
+    from mlflow.exceptions import MlflowException
+
+    from catalog.models import Run
+
+    client = aged["registry"].client
+    with session_scope(aged["catalog_url"]) as s:
+        pipelines = s.query(Run).filter(Run.parent_id.is_(None)).order_by(Run.started_at).all()
+        assert len(pipelines) == NIGHTS
+        old, recent = pipelines[0], pipelines[6]
+        old_ids = [old.mlflow_run_id, *(c.mlflow_run_id for c in old.children)]
+        recent_id = recent.mlflow_run_id
+    assert set(old_ids) <= set(aged["result"].mlflow_runs)
+    for run_id in old_ids:
+        with pytest.raises(MlflowException):
+            client.get_run(run_id)  # purged by `mlflow gc`, not only marked deleted
+    assert client.get_run(recent_id).info.lifecycle_stage == "active"

@@ -143,3 +143,27 @@ def test_feedback_reaches_the_snapshot_with_lineage_and_metrics_reach_mlflow(
     assert [m.step for m in history] == [5, 10]
     assert client.get_metric_history(run.mlflow_run_id, "pairs")[0].value == 129
     assert open_artifact(rm.preferences.path, kind="preferences").sha256 == rm.preferences.sha256
+
+
+def test_held_out_pairs_longer_than_the_context_are_left_out(tokenizer, tmp_path: Path) -> None:
+    """A small context: the reward stage leaves out the held-out pairs that do not fit (they cannot be
+    scored), as it quarantines training pairs, instead of failing when it encodes them."""
+    from training.rlhf.preferences import load_preferences
+    from training.rlhf.sequences import encode_reply
+    from training.rlhf.tasks import tasks_from_config
+
+    cfg = _config(tmp_path, use_feedback=False, policy_samples=0)
+    splits = tasks_from_config(cfg.rlhf, cfg.seed)  # the stage's own held-out pairs
+    lengths = sorted(
+        max(len(encode_reply(tokenizer, p.prompt, r)[0]) for r in (p.chosen, p.rejected))
+        for p in splits.eval_pairs()
+    )
+    block = lengths[len(lengths) // 2]  # about half of them do not fit
+    cfg.model = tiny_model_config(block_size=block)
+    torch.manual_seed(0)
+    base = save_model(GPT(cfg.model), tokenizer, root=tmp_path / "short")
+    rm = reward_stage(cfg, NullStageRun(), base)
+    _, heldout = load_preferences(rm.preferences)
+    assert 0 < len(heldout) < cfg.rlhf.tasks.eval_size
+    for p in heldout:
+        assert max(len(encode_reply(tokenizer, p.prompt, r)[0]) for r in (p.chosen, p.rejected)) <= block
