@@ -141,7 +141,8 @@ def _stage_window(cfg: Config, flow_run_id: str, stage: str) -> tuple[datetime, 
     with session_scope(cfg.tracking.catalog_url) as s:
         row = (
             s.query(Run)
-            .filter(Run.prefect_flow_run_id == flow_run_id, Run.stage == stage)
+            # A stage, not the pipeline run (the nightly's pipeline is called "pretrain" too).
+            .filter(Run.prefect_flow_run_id == flow_run_id, Run.stage == stage, Run.parent_id.is_not(None))
             .order_by(Run.started_at.desc())
             .first()
         )

@@ -134,3 +134,14 @@ def test_pretraining_that_cannot_be_placed_fails_with_the_message(holder, tmp_pa
     assert time.monotonic() - t0 < 60
     text = str(err.value)
     assert "could not place 2 worker(s) x {1 CPU}" in text and "0.5 CPU by actor holder-0" in text
+
+
+def test_ingestion_reads_beside_the_replica_and_asks_one_cpu_a_task_on_a_cluster(holder) -> None:
+    from training.data.ingest import plan_readers
+
+    _wait_free(2.0)
+    holder(0.5)
+    local = plan_readers(RayConfig(address="local"))
+    assert (local.mode, local.num_workers, local.cpus) == ("fit", 2, 0.75)
+    cluster = plan_readers(RayConfig(address="local", placement="exact"))
+    assert (cluster.mode, cluster.num_workers, cluster.cpus) == ("exact", 1, 1.0)

@@ -12,6 +12,7 @@ transform spreads over every node's CPUs.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -54,15 +55,21 @@ class IngestResult:
 def plan_readers(ray_cfg: RayConfig) -> WorkerPlan:
     """How many read tasks run at once and the CPUs each reserves (``training.placement``).
 
-    One task per CPU of the cluster, as Ray Data would run them; on one machine the tasks share the
-    CPUs left free beside the Serve replicas, so ingestion never waits behind a served model.
+    On one machine (``fit``), one task per CPU, the tasks sharing the CPUs left free beside the Serve
+    replicas, so ingestion never waits behind a served model. On a cluster (``exact``), tasks of one
+    CPU, as many at once as Ray Data finds free; one of them must be placeable in time.
     """
     import ray
 
     cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-    return plan_workers(
+    plan = plan_workers(
         ray_cfg, stage="ingest", num_workers=cpus, cpus_per_worker=1, use_gpu=False, setting="ray"
     )
+    if plan.mode == "exact":
+        # A cluster: one read task must be placeable; Ray Data runs as many as there are free CPUs.
+        note = "read tasks of 1 CPU each, as many at once as the cluster has free"
+        plan = dataclasses.replace(plan, num_workers=1, note=note)
+    return plan
 
 
 def _ordered_chunks(
@@ -80,7 +87,8 @@ def _ordered_chunks(
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True
     ds = ray.data.from_items(units, override_num_blocks=len(units))
-    ds = ds.flat_map(partial(read_rows, cfg=cfg), num_cpus=plan.cpus, concurrency=plan.num_workers)
+    concurrency = plan.num_workers if plan.mode == "fit" else None
+    ds = ds.flat_map(partial(read_rows, cfg=cfg), num_cpus=plan.cpus, concurrency=concurrency)
     for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=2):
         # Column-wise conversion of only what the driver reads; no per-row dicts.
         yield {k: batch.column(k).to_pylist() for k in OUT_FIELDS}
