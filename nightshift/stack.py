@@ -405,7 +405,6 @@ def up(cfg: Config, *, deploy: bool = True, repo: Path | None = None) -> list[Se
     os.chmod(home, 0o700)
     rotate_logs(home, cfg.gc.log_max_bytes, cfg.gc.log_backups)
     _ensure_ray_token(home)
-    ensure_client_key(cfg, home)
     if backends.local_postgres(cfg):
         backends.ensure_password(home)
     services = _services(cfg, home, repo)
@@ -434,6 +433,10 @@ def up(cfg: Config, *, deploy: bool = True, repo: Path | None = None) -> list[Se
     # Backend 'postgres': the database server and the object store, before anything that uses them.
     launched = start(("postgres", "s3"))
     backends.prepare(cfg, home, s3_started="s3" in launched)
+    # The key lives in the catalog, which (backend 'postgres') exists only now; the worker's and the
+    # dashboard's environment carry it.
+    ensure_client_key(cfg, home, backends.resolve(cfg, home).catalog_url or cfg.tracking.catalog_url)
+    services.update(_services(cfg, home, repo))
     # The three servers start side by side; they are independent and each takes seconds.
     start(("prefect-server", "mlflow", "ray-head"))
     _ensure_work_pool(cfg, home)
