@@ -63,7 +63,7 @@ def redact(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [redact(v) for v in value]
     if isinstance(value, str):
-        return redact_text(value)
+        return redact_text(str(value))  # str(): a plain str, whatever subclass came in
     return value
 
 

@@ -105,9 +105,9 @@ def record_label(
         ReadOnlyError: In read-only mode.
         ActionError: Unknown choice, the same completion twice, or a completion not in the catalog.
     """
-    from catalog.db import session_scope
     from sqlalchemy import select
 
+    from catalog.db import session_scope
     from catalog.models import Completion, Feedback, feedback_target, utcnow
     from dashboard.queries import clear_caches
 
