@@ -1,5 +1,5 @@
 """The local stack of ``nightshift up | down | status``: Prefect server + worker, MLflow, a Ray head
-(and, with ``stack.backend: postgres``, a Postgres and an S3 server: see :mod:`nightshift.backends`).
+(and, with ``stack.backend: postgres``, a Postgres server: see :mod:`nightshift.backends`).
 
 Every service binds ``cfg.stack.host`` (127.0.0.1), keeps its state and log under ``$NIGHTSHIFT_HOME``,
 is started by a script in ``infra/local/`` and tracked by pid file (:mod:`nightshift.services`). ``up``
@@ -58,7 +58,7 @@ HEARTBEAT_FRESH_S = 90.0
 RAY_TEMP_DIR_MAX = 40
 # Stores first (backend 'postgres' only), then servers, so the worker and `prefect deploy` find the API;
 # `down` stops in reverse.
-ORDER = ("postgres", "s3", "prefect-server", "mlflow", "ray-head", "prefect-worker", "dashboard")
+ORDER = ("postgres", "prefect-server", "mlflow", "ray-head", "prefect-worker", "dashboard")
 LOOPBACK = ("127.", "localhost", "::1")
 # Loggers of ours whose records a flow run sends to Prefect (its log in the UI and `--watch`).
 FLOW_LOGGERS = ("training", "serving", "catalog", "flows", "nightshift")
@@ -134,6 +134,8 @@ def _base_env(cfg: Config, home: Path) -> dict[str, str]:
         env.pop(key, None)
     for key in backends.INHERITED_SETTINGS:
         env.pop(key, None)
+    if pgpass := backends.resolve(cfg, home).pgpass:
+        env["PGPASSFILE"] = pgpass  # the database password, for every service; never in a URL
     env.update(
         NIGHTSHIFT_HOME=str(home),
         NIGHTSHIFT_HOST=cfg.stack.host,
@@ -407,6 +409,9 @@ def up(cfg: Config, *, deploy: bool = True, repo: Path | None = None) -> list[Se
     _ensure_ray_token(home)
     if backends.local_postgres(cfg):
         backends.ensure_password(home)
+    if cfg.stack.backend == "postgres":
+        # This process connects too (databases, the local key); its URLs hold no password either.
+        os.environ["PGPASSFILE"] = str(backends.write_pgpass(cfg, home))
     services = _services(cfg, home, repo)
     t0 = time.monotonic()
 
@@ -430,9 +435,9 @@ def up(cfg: Config, *, deploy: bool = True, repo: Path | None = None) -> list[Se
             wait_healthy(home, services[name], pids[name], cfg.stack.start_timeout_s)
         return {svc.name for svc in to_start}
 
-    # Backend 'postgres': the database server and the object store, before anything that uses them.
-    launched = start(("postgres", "s3"))
-    backends.prepare(cfg, home, s3_started="s3" in launched)
+    # Backend 'postgres': the database server, before anything that uses it.
+    start(("postgres",))
+    backends.prepare(cfg, home)
     # The key lives in the catalog, which (backend 'postgres') exists only now; the worker's and the
     # dashboard's environment carry it.
     ensure_client_key(cfg, home, backends.resolve(cfg, home).catalog_url or cfg.tracking.catalog_url)

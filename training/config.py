@@ -128,8 +128,8 @@ class StackConfig(Section):
     backend: Literal["embedded", "postgres"] = Field(
         default_factory=lambda: os.environ.get("NIGHTSHIFT_STACK_BACKEND") or "embedded",
         description="'embedded': SQLite for Prefect, MLflow and the catalog, artifacts on local disk. "
-        "'postgres': Prefect, MLflow and the catalog on PostgreSQL, artifacts and MLflow's on S3-compatible "
-        "storage; `up` starts both on loopback unless postgres_url / s3_endpoint name external ones.",
+        "'postgres': Prefect, MLflow and the catalog on PostgreSQL (`up` starts one on loopback unless "
+        "postgres_url names an external one); artifacts on local disk, or on S3 when s3_endpoint is set.",
     )
     postgres_url: str | None = Field(
         default_factory=lambda: os.environ.get("NIGHTSHIFT_POSTGRES_URL") or None,
@@ -145,10 +145,9 @@ class StackConfig(Section):
     )
     s3_endpoint: str | None = Field(
         default_factory=lambda: os.environ.get("NIGHTSHIFT_S3_ENDPOINT") or None,
-        description="An existing S3-compatible endpoint for backend 'postgres' (https://...; credentials "
-        "from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY). Unset: `up` runs an S3 server on loopback.",
+        description="An S3-compatible endpoint for backend 'postgres' (https://...; credentials from "
+        "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY). Unset: artifacts stay on the local disk.",
     )
-    s3_port: int = Field(9000, ge=1, le=65535, description="The loopback S3 server of backend 'postgres'.")
     s3_bucket: str = Field(
         "nightshift",
         description="Bucket holding s3://<bucket>/artifacts and MLflow's s3://<bucket>/mlflow.",
@@ -166,8 +165,6 @@ class StackConfig(Section):
         }
         if self.backend == "postgres" and not self.postgres_url:
             ports["postgres_port"] = self.postgres_port
-        if self.backend == "postgres" and not self.s3_endpoint:
-            ports["s3_port"] = self.s3_port
         seen: dict[int, str] = {}
         out = []
         if self.postgres_url and not self.postgres_url.startswith(("postgresql://", "postgres://")):
