@@ -121,6 +121,40 @@ def test_nightly_deployment_runs_on_postgres_and_s3(
     assert (model.path / "model.safetensors").is_file() and model.path.is_relative_to(tmp_path / "elsewhere")
 
 
+def test_no_store_holds_the_password_or_a_key(postgres_stack: Config, backend: Backend) -> None:
+    """After a night on Postgres: the password, the API keys and the S3 secret are in no database
+    (catalog, MLflow's params and tags, Prefect's parameters and logs), no object (artifacts, MLflow's
+    artifacts) and no file under $NIGHTSHIFT_HOME or Ray's session logs, but the secret files."""
+    from catalog.keys import create_key
+    from nightshift import leaks
+    from nightshift.credentials import client_key
+
+    cfg, home = postgres_stack, nightshift_home()
+    catalog_url = stack.stack_env(cfg)["NIGHTSHIFT_CATALOG_URL"]
+    labeller, _ = create_key(catalog_url, "scan-labeller", "labeller")
+    secrets = {
+        "postgres password": password_path(home).read_text().strip(),
+        "local API key": client_key(home) or "",
+        "labeller API key": labeller,
+        "S3 secret key": os.environ.get("AWS_SECRET_ACCESS_KEY", ""),
+    }
+    assert all(secrets.values())
+    hits = leaks.scan(
+        home,
+        secrets,
+        databases={name: backend.database(name) for name in ("catalog", "mlflow", "prefect")},
+        s3_prefixes=[f"s3://{cfg.stack.s3_bucket}/artifacts", f"s3://{cfg.stack.s3_bucket}/mlflow"],
+    )
+    hits += leaks.scan_files(Path(stack._ray_temp_dir(cfg, home)), secrets)
+    assert hits == [], hits
+    # The scan does find a secret where one is: it is not blind.
+    (home / "logs" / "planted.log").write_text(f"oops {secrets['labeller API key']}\n")
+    assert [h.where for h in leaks.scan_files(home, secrets)] == [
+        str((home / "logs" / "planted.log").resolve())
+    ]
+    (home / "logs" / "planted.log").unlink()
+
+
 def test_down_stops_postgres_too(postgres_stack: Config) -> None:
     cfg = postgres_stack
     pids = {s.name: s.pid for s in stack.status(cfg)}
