@@ -30,7 +30,6 @@ HOME_PARTS = {
     "logs": "logs",
     "ray sessions": "ray",
     "postgres": "postgres",
-    "s3 recording": "s3",
 }
 
 

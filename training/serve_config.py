@@ -123,8 +123,8 @@ class ServeConfig(Section):
         for h in self.api_key_hashes:
             if len(h) != 64 or any(c not in "0123456789abcdef" for c in h):
                 out.append(
-                    "api_key_hashes: each entry must be a 64-digit lowercase sha256 hex digest; "
-                    "use `nightshift keys create` to make one"
+                    "api_key_hashes: each entry must be a 64-digit lowercase sha256 hex digest of a key; "
+                    "named keys with roles come from `nightshift keys create --name NAME`"
                 )
                 break
         return out
