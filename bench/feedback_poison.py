@@ -47,8 +47,7 @@ MODEL = "nightshift-gpt"
 def postgres(root: Path) -> tuple[str, subprocess.Popen]:
     """A throwaway PostgreSQL 15 on a free loopback port (trust auth); its URL and process."""
     as_pg = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    root.mkdir(parents=True)
-    if os.geteuid() == 0:
+    if os.geteuid() == 0:  # the server runs as postgres, which must own its directory
         shutil.chown(root, "postgres", "postgres")
     data, port = root / "data", free_port()
     subprocess.run([*as_pg, str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
@@ -107,6 +106,8 @@ def complete(url: str, key: str, prompt: str, n: int = 2, user: str | None = Non
 
 
 def ids_of(r: httpx.Response) -> list[str]:
+    if r.status_code != 200:
+        raise RuntimeError(f"completion refused: HTTP {r.status_code} {r.text[:300]}")
     return [c["completion_id"] for c in r.json()["choices"]]
 
 
@@ -143,7 +144,8 @@ def main() -> int:
     pg = None
     try:
         if args.postgres:
-            catalog_url, pg = postgres(Path(tempfile.mkdtemp(prefix="nightshift-poison-pg-")) / "pg")
+            pg_root = Path(tempfile.mkdtemp(prefix="nightshift-poison-pg-"))
+            catalog_url, pg = postgres(pg_root)
         else:
             catalog_url = f"sqlite:///{root / 'catalog.db'}"
         url, ref = deploy(root, catalog_url)
@@ -207,6 +209,8 @@ def main() -> int:
         serve.shutdown()
         if pg is not None:
             pg.terminate()
+            pg.wait(timeout=30)
+            shutil.rmtree(pg_root, ignore_errors=True)
         shutil.rmtree(root, ignore_errors=True)
     return 0
 
