@@ -8,7 +8,8 @@ or with ``--postgres`` a throwaway PostgreSQL 15 on loopback, Debian's binaries)
    receive, then the same numbers on her own; after each, the next preference snapshot is built
    (``build_preference_set``, as the reward stage does) and the pairs that changed are counted,
    against the bound: one per (key, completion or pair) mallory labelled;
-2. with ``serve.feedback_per_minute`` at its default, how many of a burst of posts get 429;
+2. on a second deployment with the default per-key limits (``serve.feedback_per_minute`` 120 with
+   a 10 s burst), how many of 100 feedback posts at once get 429, and their ``Retry-After``;
 3. 20 completion requests at once, one of them with a 256-character ``user``: failed neighbours;
 4. every store (the catalog database, the bench's directory, Ray's session logs) scanned for the
    API keys (:mod:`nightshift.leaks`).
@@ -42,6 +43,7 @@ from tests.conftest import PG_BIN, free_port  # noqa: E402
 from tests.serving.conftest import make_model_artifact, wait_http  # noqa: E402
 
 MODEL = "nightshift-gpt"
+_PORT: list[int] = []  # the Serve proxy's, once started
 
 
 def postgres(root: Path) -> tuple[str, subprocess.Popen]:
@@ -69,7 +71,8 @@ def postgres(root: Path) -> tuple[str, subprocess.Popen]:
     raise RuntimeError("postgres did not start")
 
 
-def deploy(root: Path, catalog_url: str) -> tuple[str, object]:
+def deploy(root: Path, catalog_url: str, name: str, limited: bool) -> tuple[str, object]:
+    """The tiny model as Serve app ``name``; ``limited``: the default per-key rate limits, else none."""
     import ray
     from ray import serve
 
@@ -78,20 +81,22 @@ def deploy(root: Path, catalog_url: str) -> tuple[str, object]:
     from serving.options import http_options
     from training.serve_config import ServeConfig
 
-    port = free_port()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    serve.start(http_options=http_options(ServeConfig(port=port)))
+    if not ray.is_initialized():
+        _PORT.append(free_port())
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+        serve.start(http_options=http_options(ServeConfig(port=_PORT[0])))
+    port = _PORT[0]
     ref = make_model_artifact(root / "artifacts")
     migrate(catalog_url)
+    limits = {} if limited else {"completions_per_minute": 0, "feedback_per_minute": 0}
     args = {
         "model": str(ref.path),
         "catalog_url": catalog_url,
-        # Rate limits off here, so the attack's every post reaches the feedback rules (part 2 has them on).
-        "serve": {"api_key_file": str(root / "no-keys"), "completions_per_minute": 0,
-                  "feedback_per_minute": 0, "torch_threads": 1, "replica_cpus": 0.1, "max_batch": 8},
+        "serve": {"api_key_file": str(root / "no-keys"), "torch_threads": 1, "replica_cpus": 0.1,
+                  "max_batch": 8, **limits},
     }  # fmt: skip
-    serve.run(build_app(args), name="poison", route_prefix="/poison")
-    url = f"http://127.0.0.1:{port}/poison"
+    serve.run(build_app(args), name=name, route_prefix=f"/{name}")
+    url = f"http://127.0.0.1:{port}/{name}"
     wait_http(url + "/health")
     return url, ref
 
@@ -148,7 +153,8 @@ def main() -> int:
             catalog_url, pg = postgres(pg_root)
         else:
             catalog_url = f"sqlite:///{root / 'catalog.db'}"
-        url, ref = deploy(root, catalog_url)
+        # Rate limits off here, so the attack's every post reaches the feedback rules (part 2 has them).
+        url, ref = deploy(root, catalog_url, "poison", limited=False)
         keys = {name: create_key(catalog_url, name, role)[0] for name, role in
                 (("alice", "client"), ("mallory", "client"), ("l1", "labeller"), ("l2", "labeller"),
                  ("l3", "labeller"))}  # fmt: skip
@@ -178,14 +184,17 @@ def main() -> int:
             f"{len(s1 ^ s2)} (bound: {bound}, one per (key, completion or pair) she labelled)"
         )
 
-        # 2. the default feedback rate of a replica (120/min, 10 s burst) against one key's burst.
-        from serving.ratelimit import RateLimiter
-
-        limiter = RateLimiter(120, 10)
-        burst = Counter("429" if limiter.take("mallory") else "200" for _ in range(100))
-        print(
-            f"2. 100 posts at once under serve.feedback_per_minute 120: {dict(burst)} (429 has Retry-After)"
-        )
+        # 2. the default per-key limits of a replica against one key's burst.
+        limited, _ = deploy(root, catalog_url, "limited", limited=True)
+        (own,) = ids_of(complete(limited, keys["mallory"], "Limited:", n=1))
+        h = {"Authorization": f"Bearer {keys['mallory']}"}
+        with httpx.Client(timeout=60) as client:
+            bodies = [{"completion_id": own, "rating": i % 5} for i in range(100)]
+            answers = [client.post(limited + "/v1/feedback", json=b, headers=h) for b in bodies]
+        burst = Counter(r.status_code for r in answers)
+        waits = sorted({r.headers.get("Retry-After") for r in answers if r.status_code == 429})
+        print(f"2. 100 feedback posts at once, default limits (120/min, 10 s burst): {dict(burst)}; "
+              f"Retry-After values {waits}")  # fmt: skip
 
         # 3. a 256-character user among 20 concurrent requests.
         with cf.ThreadPoolExecutor(21) as pool:

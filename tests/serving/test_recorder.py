@@ -53,3 +53,47 @@ def test_the_writer_thread_counts_a_lone_failure(catalog_url: str) -> None:
         assert rec.failures == 1
     finally:
         rec.close()
+
+
+def test_feedback_rules_on_both_databases(any_db_url: str) -> None:
+    """Client keys label only what they received; one label per key and target, on SQLite and Postgres."""
+    from catalog.keys import create_key, digest, lookup, revoke_key
+    from catalog.models import Feedback
+    from serving.auth import Identity
+    from serving.recorder import NotYours
+    from serving.schemas import FeedbackRequest
+
+    migrate(any_db_url)
+    _, alice = create_key(any_db_url, "alice", "client")
+    bob_key, bob = create_key(any_db_url, "bob", "client")
+    _, lena = create_key(any_db_url, "lena", "labeller")
+    with session_scope(any_db_url) as s:
+        art = Artifact(kind="model", sha256="d" * 64, uri="file:///m", size_bytes=1, meta={})
+        s.add(art)
+        s.flush()
+        s.add_all(Completion(**_row(c, art.id, key_id=alice.id)) for c in ("a1", "a2"))
+    rec = Recorder(any_db_url)
+    try:
+        as_ = {k.name: Identity(k.id, k.name, k.role) for k in (alice, bob, lena)}
+        with pytest.raises(NotYours):
+            rec.add_feedback(FeedbackRequest(completion_id="a1", rating=5), as_["bob"])
+        pair = {"completion_id": "a1", "other_completion_id": "a2", "preferred": "a"}
+        with pytest.raises(NotYours):
+            rec.add_feedback(FeedbackRequest(**pair), as_["bob"])
+        assert not rec.add_feedback(FeedbackRequest(completion_id="a1", rating=1), as_["lena"]).replaced
+        first = rec.add_feedback(FeedbackRequest(completion_id="a1", rating=1, user="x"), as_["alice"])
+        again = rec.add_feedback(FeedbackRequest(completion_id="a1", rating=4, user="y"), as_["alice"])
+        assert again.replaced and again.id == first.id and again.labeller == "alice"
+        p1 = rec.add_feedback(FeedbackRequest(**pair), as_["alice"])
+        flipped = {**pair, "completion_id": "a2", "other_completion_id": "a1", "preferred": "b"}
+        assert rec.add_feedback(FeedbackRequest(**flipped), as_["alice"]).id == p1.id
+        with session_scope(any_db_url) as s:
+            rows = s.scalars(select(Feedback).order_by(Feedback.id)).all()
+            assert [(r.labeller, r.kind, r.rating, r.user) for r in rows] == [
+                ("lena", "rating", 1, None), ("alice", "rating", 4, "y"), ("alice", "preference", None, None),
+            ]  # fmt: skip
+        assert lookup(any_db_url, digest(bob_key)).name == "bob"
+        revoke_key(any_db_url, "bob")
+        assert lookup(any_db_url, digest(bob_key)) is None
+    finally:
+        rec.close()
