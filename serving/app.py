@@ -33,7 +33,7 @@ from serving.engine import QueueFull, SamplingParams
 from serving.limits import LimitSettings, RequestLimits
 from serving.openapi import body_responses, responses
 from serving.options import ServeArgs, deployment_options
-from serving.recorder import ANONYMOUS, NotYours
+from serving.recorder import NotYours
 from serving.responses import (
     Choice,
     chat_body,
@@ -193,7 +193,8 @@ class NightshiftServer(StreamingMixin):
             if not isinstance(found, Identity):
                 raise errors.APIError(401, "invalid API key (unknown or revoked)", code="invalid_api_key")
             ident = found
-        if limit is not None and (wait := self.limits[limit].take(ident.id if ident else ANONYMOUS)):
+        # Limits are per key: with serve.auth 'none' there is no key to limit (local experiments only).
+        if limit is not None and ident is not None and (wait := self.limits[limit].take(ident.id)):
             self.metrics.rate_limited.labels(limit).inc()
             raise errors.APIError(
                 429,

@@ -48,7 +48,10 @@ class ServeConfig(Section):
         description="How long a replica keeps a catalog key lookup: a revoked key stops working within this.",
     )
     completions_per_minute: float = Field(
-        600, ge=0, description="Per key and replica: completion requests a minute (429 beyond; 0: no limit)."
+        600,
+        ge=0,
+        description="Per key and replica: completion requests a minute (429 beyond; 0: no limit; none "
+        "with auth 'none', which has no keys).",
     )
     feedback_per_minute: float = Field(
         120, ge=0, description="Per key and replica: feedback posts a minute (429 beyond; 0: no limit)."
