@@ -100,6 +100,7 @@ def deploy(args: argparse.Namespace, root: Path) -> Target:
     cfg = {
         "api_key_hashes": [digest(KEY)],
         "api_key_file": str(root / "no-keys"),
+        "completions_per_minute": 0,  # the load phases send one key's bursts on purpose
         "max_batch": 4,
         "max_waiting": 8,
         "max_body_bytes": LIMIT,

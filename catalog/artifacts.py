@@ -160,16 +160,25 @@ def publish(kind: str, root: str | Path | None = None, dest: str | Path | None =
         _write_synced(tmp / INDEX, _index_bytes(_index_dict(staging, sha, files)))
         final = parent / sha[:16] if root is not None else Path(dest).resolve()
         if root is not None:
-            # Content-addressed: never replace. When the content is already there (or two writers
-            # race on it), the rename fails and the one copy that won is kept: a reader never sees
-            # the path missing.
+            # Content-addressed: an intact copy is never replaced. When the content is already there
+            # (or two writers race on it), the rename fails and the one copy that won is kept: a
+            # reader never sees the path missing. A damaged copy at the address is replaced by this
+            # freshly staged one, so a re-run repairs it instead of failing on it every time.
             try:
                 os.rename(tmp, final)
             except OSError:
-                if not (final / INDEX).exists():
+                if not final.exists():
                     raise
-                shutil.rmtree(tmp)
-                staging.ref = open_artifact(final, kind=kind)
+                try:
+                    staging.ref = open_artifact(final, kind=kind, expected_sha256=sha)
+                except ArtifactError as e:
+                    log.warning(
+                        "replacing the corrupt artifact at %s with a freshly staged copy: %s", final, e
+                    )
+                    replace_dir(tmp, final)
+                    staging.ref = ArtifactRef(kind, final, sha, staging.metadata, files)
+                else:
+                    shutil.rmtree(tmp)
                 return
             fsync_path(parent)
         else:
@@ -190,8 +199,17 @@ def _staged(kind: str, parent: Path) -> Iterator[Staging]:
         raise
 
 
+def _sync_tree(root: Path) -> None:
+    """fsync every file and directory under ``root``, so the rename that publishes it never makes
+    visible a name whose content a machine crash could still lose."""
+    for p in sorted(root.rglob("*"), key=lambda p: -len(p.parts)):
+        fsync_path(p)
+    fsync_path(root)
+
+
 def _content(staging: Staging) -> tuple[dict[str, dict[str, Any]], str]:
-    """The staged files' index and the artifact's identity hash."""
+    """The staged files' index and the artifact's identity hash (the files fsynced first)."""
+    _sync_tree(staging.path)
     files = _index(staging.path)
     if not files:
         raise ArtifactError(
@@ -204,8 +222,14 @@ def _index_dict(staging: Staging, sha: str, files: dict[str, dict[str, Any]]) ->
     return {"kind": staging.kind, "sha256": sha, "files": files, "metadata": staging.metadata}
 
 
-def open_artifact(path: str | Path, kind: str | None = None, verify: bool = True) -> ArtifactRef:
+def open_artifact(
+    path: str | Path, kind: str | None = None, verify: bool = True, expected_sha256: str | None = None
+) -> ArtifactRef:
     """Read an artifact's index and (by default) check every file against its recorded hash.
+
+    ``expected_sha256`` is the hash the catalog recorded for this address: an index that names
+    another (a different artifact copied there, or an index rewritten to match changed files) is
+    refused too, not only files that disagree with their own index.
 
     ``path`` is a directory, its ``file://`` URI, or an object store URL
     (``s3://bucket/prefix/<kind>/<sha256[:16]>``): any ``ArtifactRef.uri`` the catalog recorded.
@@ -216,7 +240,7 @@ def open_artifact(path: str | Path, kind: str | None = None, verify: bool = True
         ArtifactError: naming the artifact and the first file that is missing, extra or changed.
     """
     if is_url(path):
-        return _open_remote(str(path), kind, verify)
+        return _expect(_open_remote(str(path), kind, verify), expected_sha256, str(path))
     if isinstance(path, str) and path.startswith("file://"):
         path = url2pathname(urlsplit(path).path)
     path = Path(path)
@@ -226,10 +250,24 @@ def open_artifact(path: str | Path, kind: str | None = None, verify: bool = True
     index = _parse_index(index_path.read_bytes(), str(index_path))
     if kind is not None and index.get("kind") != kind:
         raise ArtifactError(f"{path} is a '{index.get('kind')}' artifact, expected '{kind}'")
+    _expect_index(index, expected_sha256, str(path))
     if verify:
         actual = {p.relative_to(path).as_posix() for p in _content_files(path)}
         _check_files(str(path), path, actual, index)
     return _ref_from_index(index, path, cached_location(path))
+
+
+def _expect_index(index: dict[str, Any], expected: str | None, where: str) -> None:
+    if expected is not None and index.get("sha256") != expected:
+        raise ArtifactError(
+            f"{where} holds artifact {str(index.get('sha256'))[:16]}, but the catalog recorded "
+            f"{expected[:16]} for it; it was replaced or tampered with, re-run the stage that wrote it"
+        )
+
+
+def _expect(ref: ArtifactRef, expected: str | None, where: str) -> ArtifactRef:
+    _expect_index({"sha256": ref.sha256}, expected, where)
+    return ref
 
 
 def _parse_index(raw: bytes, where: str) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from catalog.artifacts import ArtifactRef
+from catalog.artifacts import ArtifactRef, open_artifact
 from catalog.models import (
     DIRECTIONS,
     RUN_STATUSES,
@@ -114,6 +114,12 @@ def record_artifact(session: Session, ref: ArtifactRef) -> Artifact:
             raise
         return existing
     return row
+
+
+def open_recorded(row: Artifact) -> ArtifactRef:
+    """Open the artifact a catalog row names, checked against the hash the catalog recorded (not only
+    against its own index). Raises ArtifactError naming the address when they differ."""
+    return open_artifact(row.uri, kind=row.kind, expected_sha256=row.sha256)
 
 
 def _find_artifact(session: Session, kind: str, sha256: str) -> Artifact | None:

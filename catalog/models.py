@@ -1,11 +1,13 @@
 """The catalog's tables as SQLAlchemy 2 typed ORM classes.
 
-Seven tables: ``artifacts`` (content-addressed outputs, identity = (kind, sha256); a row outlives
+Eight tables: ``artifacts`` (content-addressed outputs, identity = (kind, sha256); a row outlives
 its files when gc removes them, marked ``deleted_at``/``deleted_by``), ``runs`` (one
 row per pipeline run and per stage, a stage pointing at its pipeline through ``parent_id``),
 ``lineage_edges`` (run → artifact it read / wrote), ``deployments``, ``completions`` (every
-served request), ``feedback`` (human ratings and preferences on completions) and
-``preference_feedback`` (which feedback rows a ``preferences`` snapshot was built from).
+served request, with the id of the API key that received it), ``feedback`` (human ratings and
+preferences on completions, one per labeller and target), ``preference_feedback`` (which feedback
+rows a ``preferences`` snapshot was built from) and ``api_keys`` (named API keys with a role; only
+their sha256 digests are stored).
 
 Portable by construction: only generic types (``JSON``, ``String``, ``DateTime``), string
 columns with CHECK constraints instead of native enums (nothing dialect-specific to create or
@@ -42,6 +44,14 @@ DIRECTIONS = ("read", "wrote")
 COMPLETION_ENDPOINTS = ("completions", "chat")
 FEEDBACK_KINDS = ("rating", "preference")
 FEEDBACK_SOURCES = ("api", "dashboard")
+KEY_ROLES = ("client", "labeller", "admin")
+# Column sizes that request bodies are checked against (serving/schemas.py), so a value the API
+# accepts always fits its column.
+USER_CHARS = 255
+NOTE_CHARS = 4000
+COMPLETION_ID_CHARS = 64
+KEY_ID_CHARS = 32
+KEY_NAME_CHARS = 64
 
 # Deterministic names: Alembic needs a name to drop or alter a constraint, and SQLite and
 # Postgres would otherwise invent different ones.
@@ -201,9 +211,10 @@ class Completion(Base):
         Index(None, "model_artifact_id"),
         Index(None, "deployment_id"),
         Index(None, "created_at"),
+        Index(None, "key_id"),
     )
 
-    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    id: Mapped[str] = mapped_column(String(COMPLETION_ID_CHARS), primary_key=True)
     deployment_id: Mapped[int | None] = mapped_column(ForeignKey("deployments.id"))
     model_artifact_id: Mapped[int] = mapped_column(ForeignKey("artifacts.id"))
     endpoint: Mapped[str] = mapped_column(String(16))
@@ -212,7 +223,9 @@ class Completion(Base):
     params: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
     completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
-    user: Mapped[str | None] = mapped_column(String(255))
+    user: Mapped[str | None] = mapped_column(String(USER_CHARS))
+    # The API key that received the request (``api_keys.id`` or a static key's id), never the key.
+    key_id: Mapped[str | None] = mapped_column(String(KEY_ID_CHARS))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     deployment: Mapped[Deployment | None] = relationship()
@@ -220,7 +233,13 @@ class Completion(Base):
 
 
 class Feedback(Base):
-    """A rating of one completion, or a preference between two (``preferred`` is 'a' or 'b')."""
+    """A rating of one completion, or a preference between two (``preferred`` is 'a' or 'b').
+
+    ``labeller`` is who gave it: the API key's name, or the dashboard's acting identity; ``user`` is
+    what the client wrote in the request, kept as data only. ``target`` names what was labelled
+    (``rating:<id>``, or ``pair:<id>|<id>`` in sorted order), so one labeller has one label per
+    completion and per pair: a repeat replaces the earlier row.
+    """
 
     __tablename__ = "feedback"
     __table_args__ = (
@@ -230,6 +249,7 @@ class Feedback(Base):
         Index(None, "completion_id"),
         Index(None, "other_completion_id"),
         Index(None, "kind", "created_at"),
+        UniqueConstraint("source", "labeller", "target"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
@@ -242,6 +262,9 @@ class Feedback(Base):
     note: Mapped[str | None] = mapped_column(Text)
     labeller: Mapped[str | None] = mapped_column(String(255))
     source: Mapped[str] = mapped_column(String(16), default="api")
+    key_id: Mapped[str | None] = mapped_column(String(KEY_ID_CHARS))
+    user: Mapped[str | None] = mapped_column(String(USER_CHARS))
+    target: Mapped[str | None] = mapped_column(String(2 * COMPLETION_ID_CHARS + 8))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     completion: Mapped[Completion] = relationship(foreign_keys=[completion_id])
@@ -265,3 +288,38 @@ class PreferenceFeedback(Base):
 
     artifact: Mapped[Artifact] = relationship()
     feedback: Mapped[Feedback] = relationship()
+
+
+def feedback_target(completion_id: str, other_completion_id: str | None) -> str:
+    """What a label is about: ``rating:<id>``, or ``pair:<a>|<b>`` with the ids sorted (a pair is
+    the same pair whichever side came first)."""
+    if other_completion_id is None:
+        return f"rating:{completion_id}"
+    a, b = sorted((completion_id, other_completion_id))
+    return f"pair:{a}|{b}"
+
+
+class ApiKey(Base):
+    """A named API key with a role; only its sha256 digest is stored.
+
+    Roles: ``client`` (completions, and feedback on the completions it received), ``labeller``
+    (feedback on any completion), ``admin`` (as labeller). A revoked key (``revoked_at`` set) is
+    refused by every replica within ``serve.key_cache_s`` seconds, without a restart.
+    """
+
+    __tablename__ = "api_keys"
+    __table_args__ = (
+        UniqueConstraint("name"),
+        UniqueConstraint("digest"),
+        CheckConstraint(_one_of("role", KEY_ROLES), name="role"),
+    )
+
+    id: Mapped[str] = mapped_column(String(KEY_ID_CHARS), primary_key=True)
+    name: Mapped[str] = mapped_column(String(KEY_NAME_CHARS))
+    role: Mapped[str] = mapped_column(String(16))
+    digest: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column()
+
+    def __repr__(self) -> str:
+        return f"ApiKey(id={self.id!r}, name={self.name!r}, role={self.role!r})"

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 from catalog import lineage
 from catalog.artifacts import INDEX, ArtifactRef
 from catalog.db import migrate, session_scope
+from catalog.redact import redact, redact_text
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -63,7 +64,8 @@ def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str
     """Flatten nested mappings to dotted keys and stringify values within MLflow's limits.
 
     Lists and other non-scalar values become JSON; values longer than MLflow's 6000-character
-    limit are cut and end in ``...[truncated]`` so logging never fails on a big config.
+    limit are cut and end in ``...[truncated]`` so logging never fails on a big config. Secrets
+    (URL passwords, keys named like ``password`` or ``token``) are masked (:mod:`catalog.redact`).
 
     Args:
         params: Possibly nested parameters.
@@ -73,7 +75,7 @@ def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str
         A flat ``{dotted.key: value}`` mapping.
     """
     flat: dict[str, str] = {}
-    for key, value in params.items():
+    for key, value in redact(params).items():
         name = f"{prefix}{key}"
         if isinstance(value, Mapping):
             flat.update(flatten_params(value, prefix=f"{name}."))
@@ -99,7 +101,7 @@ def _now_ms() -> int:
 
 
 def _describe(exc: BaseException) -> str:
-    return _truncate("".join(traceback.format_exception(exc)).strip(), MAX_ERROR_CHARS)
+    return _truncate(redact_text("".join(traceback.format_exception(exc)).strip()), MAX_ERROR_CHARS)
 
 
 class _TrackedRun:
@@ -116,8 +118,9 @@ class _TrackedRun:
         return self.tracker.run_url(self.mlflow_run_id)
 
     def set_tag(self, key: str, value: Any) -> None:
-        """Set an MLflow tag on this run (value stringified, truncated to MLflow's limit)."""
-        self.tracker.client.set_tag(self.mlflow_run_id, key, _truncate(str(value), MAX_TAG_VALUE))
+        """Set an MLflow tag on this run (value stringified, secrets masked, truncated to MLflow's limit)."""
+        value = _truncate(redact_text(str(value)), MAX_TAG_VALUE)
+        self.tracker.client.set_tag(self.mlflow_run_id, key, value)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Log parameters; nested dicts become dotted keys, long values are truncated.
@@ -144,8 +147,8 @@ class _TrackedRun:
         self.tracker.client.log_text(self.mlflow_run_id, text, artifact_file)
 
     def log_dict(self, d: Mapping[str, Any], artifact_file: str) -> None:
-        """Save a dict as a JSON or YAML run artifact, by the extension of ``artifact_file``."""
-        self.tracker.client.log_dict(self.mlflow_run_id, dict(d), artifact_file)
+        """Save a dict (secrets masked) as a JSON or YAML run artifact, by ``artifact_file``'s extension."""
+        self.tracker.client.log_dict(self.mlflow_run_id, redact(dict(d)), artifact_file)
 
 
 class StageRun(_TrackedRun):
@@ -391,7 +394,7 @@ class Tracker:
                     parent_id=parent.catalog_run_id if parent else None,
                     mlflow_run_id=mlflow_id,
                     prefect_flow_run_id=prefect_flow_run_id,
-                    config=_jsonable(config) if config is not None else None,
+                    config=redact(_jsonable(config)) if config is not None else None,
                 ).id
             self.client.set_tag(mlflow_id, TAG_CATALOG_RUN, catalog_id)
             if config:
@@ -427,13 +430,13 @@ class Tracker:
         # Best effort: a broken tracking server must not hide the error that got us here.
         try:
             with session_scope(self.catalog_url) as s:
-                lineage.finish_run(s, catalog_id, "failed", error=error)
+                lineage.finish_run(s, catalog_id, "failed", error=redact_text(error))
         except Exception:
             log.exception("could not mark catalog run %s failed", catalog_id)
         if mlflow_id is None:
             return
         try:
-            self.client.set_tag(mlflow_id, f"{TAG_PREFIX}error", _truncate(tag or error, 5000))
+            self.client.set_tag(mlflow_id, f"{TAG_PREFIX}error", _truncate(redact_text(tag or error), 5000))
             self.client.set_terminated(mlflow_id, status)
         except Exception:
             log.exception("could not mark MLflow run %s %s", mlflow_id, status)

@@ -99,14 +99,16 @@ def record_label(
         note: Optional free text from the labeller.
 
     Returns:
-        The new feedback row's id.
+        The feedback row's id. One identity has one label per pair: labelling it again replaces it.
 
     Raises:
         ReadOnlyError: In read-only mode.
         ActionError: Unknown choice, the same completion twice, or a completion not in the catalog.
     """
+    from sqlalchemy import select
+
     from catalog.db import session_scope
-    from catalog.models import Completion, Feedback
+    from catalog.models import Completion, Feedback, feedback_target, utcnow
     from dashboard.queries import clear_caches
 
     ensure_writable(settings)
@@ -125,17 +127,24 @@ def record_label(
             raise ActionError(
                 f"completion(s) {', '.join(missing)} not in the catalog at {settings.catalog_url}"
             )
-        row = Feedback(
-            kind="preference",
-            completion_id=a_id,
-            other_completion_id=b_id,
-            preferred=preferred,
-            unsafe=unsafe,
-            note="; ".join(parts) or None,
-            labeller=who.name,
-            source="dashboard",
-        )
-        s.add(row)
+        target = feedback_target(a_id, b_id)
+        values = {
+            "kind": "preference",
+            "completion_id": a_id,
+            "other_completion_id": b_id,
+            "preferred": preferred,
+            "unsafe": unsafe,
+            "note": "; ".join(parts) or None,
+        }
+        same = (Feedback.source == "dashboard", Feedback.labeller == who.name, Feedback.target == target)
+        row = s.scalars(select(Feedback).where(*same)).first()
+        if row is None:
+            row = Feedback(labeller=who.name, source="dashboard", target=target, **values)
+            s.add(row)
+        else:
+            for k, v in values.items():
+                setattr(row, k, v)
+            row.created_at = utcnow()
         s.flush()
         feedback_id = row.id
     clear_caches()

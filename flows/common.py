@@ -12,9 +12,15 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.context import get_run_context
 from prefect.settings import PREFECT_LOGGING_EXTRA_LOGGERS
 
+from catalog.redact import install_log_redaction, secrets_in
 from catalog.tracking import PipelineRun, Tracker
 from flows.watchdog import NightWatch
 from training.config import Config, load_config
+from training.config_base import ConfigError
+
+
+def _forwarded_loggers() -> list[str]:
+    return list(PREFECT_LOGGING_EXTRA_LOGGERS.value() or ()) + ["prefect.flow_runs", "prefect.task_runs"]
 
 
 def _info_from_extra_loggers() -> None:
@@ -28,8 +34,24 @@ def _info_from_extra_loggers() -> None:
 
 
 def flow_config(preset: str, overrides: dict[str, Any] | None) -> Config:
-    """Load and validate the config before any compute; a bad one fails the flow run with every problem."""
+    """Load and validate the config before any compute; a bad one fails the flow run with every problem.
+
+    Overrides are Prefect parameters, which Prefect stores and shows in clear: one holding a secret (a
+    URL with a password, a key named like ``password`` or ``token``) fails the run, naming where the
+    secret belongs instead. Log records of the run have secrets masked (:mod:`catalog.redact`).
+    """
     _info_from_extra_loggers()
+    install_log_redaction(logging.getLogger(), *(logging.getLogger(n) for n in _forwarded_loggers()))
+    if leaks := secrets_in(overrides or {}):
+        raise ConfigError(
+            [
+                f"overrides.{k}: holds a secret, and Prefect keeps flow parameters in clear; give it to the "
+                "worker's environment instead (a database password through PGPASSFILE, keys through their "
+                "own variables) and pass the value without it"
+                for k in leaks
+            ],
+            source="flow parameters",
+        )
     cfg = load_config(preset, overrides or {})
     get_run_logger().info("config: preset %s, %d override(s)", cfg.preset, len(overrides or {}))
     return cfg

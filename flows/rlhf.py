@@ -52,15 +52,15 @@ def rlhf(
     tokens = None
     if isinstance(base.metadata.get("tokens"), str):
         from catalog.db import session_scope
+        from catalog.lineage import open_recorded
         from catalog.models import Artifact
 
         with session_scope(cfg.tracking.catalog_url) as s:
             row = s.query(Artifact).filter_by(kind="tokens", sha256=base.metadata["tokens"]).first()
-            uri = row.uri if row else None
-        try:
-            tokens = open_artifact(uri.removeprefix("file://"), kind="tokens") if uri else None
-        except Exception:  # moved or pruned: evaluate without held-out perplexity
-            tokens = None
+            try:
+                tokens = open_recorded(row) if row else None
+            except Exception:  # moved, pruned or damaged: evaluate without held-out perplexity
+                tokens = None
     with pipeline_run(cfg, "rlhf") as pipeline:
         sft = sft_task(cfg, pipeline, base, tokens)
         reward = reward_task(cfg, pipeline, sft.model)

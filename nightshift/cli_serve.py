@@ -138,14 +138,36 @@ def cmd_promote(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
 
 def cmd_keys(args: argparse.Namespace, extra: Sequence[str]) -> int:
-    from serving.auth import create_key, default_key_file
+    """``nightshift keys create --name N [--role R] | list | revoke NAME``: named keys in the catalog."""
+    from catalog.keys import KeyProblem, create_key, list_keys, revoke_key
+    from catalog.redact import redact_url
     from training.config import load_config
 
     cfg = load_config(args.preset, list(extra))
-    path = cfg.serve.api_key_file or str(default_key_file())
-    key = create_key(path)
-    print(key)
-    print(f"(only its sha256 is stored, in {path}; replicas read it when they start)", file=sys.stderr)
+    url = cfg.tracking.catalog_url
+    try:
+        if args.action == "create":
+            if not args.name:
+                raise KeyProblem("keys create needs --name NAME (the labeller name of the key's feedback)")
+            key, info = create_key(url, args.name, args.role)
+            print(key)
+            print(
+                f"({info.role} key {info.name!r}, id {info.id}: shown once; only its sha256 is stored, "
+                f"in the catalog {redact_url(url)})",
+                file=sys.stderr,
+            )
+        elif args.action == "list":
+            for k in list_keys(url):
+                state = f"revoked {k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "active"
+                print(f"{k.id}  {k.name:<24} {k.role:<9} created {k.created_at:%Y-%m-%d %H:%M}  {state}")
+        else:
+            if not args.name:
+                raise KeyProblem("keys revoke needs the key's name or id")
+            info = revoke_key(url, args.name)
+            print(f"revoked {info.name!r} ({info.id}); replicas refuse it within serve.key_cache_s seconds")
+    except KeyProblem as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -163,8 +185,21 @@ def register(verb: Callable[..., argparse.ArgumentParser]) -> None:
     p = verb("promote", cmd_promote, "make a registry version the champion and serve it")
     p.add_argument("--version", required=True, help="the registry version of nightshift-gpt")
     p.add_argument("--reason", default="", help="recorded on the registry version")
-    p = verb("keys", cmd_keys, "create an API key for the served model (printed once; its hash is stored)")
-    p.add_argument("action", choices=["create"])
+    p = verb(
+        "keys",
+        cmd_keys,
+        "API keys of the served model, in the catalog: create (printed once; only its sha256 is stored), "
+        "list, revoke (refused by every replica within serve.key_cache_s, no restart)",
+    )
+    p.add_argument("action", choices=["create", "list", "revoke"])
+    p.add_argument("name", nargs="?", help="revoke: the key's name or id")
+    p.add_argument("--name", dest="name", help="create: the key's name (the labeller of its feedback)")
+    p.add_argument(
+        "--role",
+        default="client",
+        choices=["client", "labeller", "admin"],
+        help="client: feedback only on completions it received (default); labeller, admin: on any",
+    )
 
 
 def cmd_evaluate(args: argparse.Namespace, extra: Sequence[str]) -> int:

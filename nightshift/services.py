@@ -199,14 +199,18 @@ def port_in_use(host: str, port: int) -> bool:
     return False
 
 
-def http_json(url: str, body: Any = None, timeout: float = 3.0) -> tuple[int, Any]:
+def http_json(
+    url: str, body: Any = None, timeout: float = 3.0, headers: dict[str, str] | None = None
+) -> tuple[int, Any]:
     """GET (or POST ``body`` as JSON) and return ``(status, parsed body or text)``.
 
     Raises:
         OSError: when nothing answers (connection refused, timeout).
     """
     data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    req = urllib.request.Request(
+        url, data=data, headers={"Content-Type": "application/json", **(headers or {})}
+    )
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             status, raw = resp.status, resp.read()
@@ -219,12 +223,12 @@ def http_json(url: str, body: Any = None, timeout: float = 3.0) -> tuple[int, An
         return status, text
 
 
-def http_ok(url: str) -> HealthCheck:
-    """A health check that wants HTTP 200 from ``url``."""
+def http_ok(url: str, headers: dict[str, str] | None = None) -> HealthCheck:
+    """A health check that wants HTTP 200 from ``url`` (sent with ``headers``, e.g. credentials)."""
 
     def check() -> str | None:
         try:
-            status, _ = http_json(url)
+            status, _ = http_json(url, headers=headers)
         except OSError as e:
             return f"GET {url}: {e}"
         return None if status == 200 else f"GET {url}: HTTP {status}"

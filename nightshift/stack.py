@@ -1,5 +1,5 @@
 """The local stack of ``nightshift up | down | status``: Prefect server + worker, MLflow, a Ray head
-(and, with ``stack.backend: postgres``, a Postgres and an S3 server: see :mod:`nightshift.backends`).
+(and, with ``stack.backend: postgres``, a Postgres server: see :mod:`nightshift.backends`).
 
 Every service binds ``cfg.stack.host`` (127.0.0.1), keeps its state and log under ``$NIGHTSHIFT_HOME``,
 is started by a script in ``infra/local/`` and tracked by pid file (:mod:`nightshift.services`). ``up``
@@ -41,7 +41,7 @@ from nightshift.services import (
     venv_bin,
     wait_healthy,
 )
-from training.config import Config, nightshift_home
+from training.config import LOOPBACK_HOSTS, Config, nightshift_home
 from training.serve_config import proxy_env
 
 __all__ = ["ServiceStatus", "StackError", "down", "stack_env", "status", "up"]
@@ -58,8 +58,9 @@ HEARTBEAT_FRESH_S = 90.0
 RAY_TEMP_DIR_MAX = 40
 # Stores first (backend 'postgres' only), then servers, so the worker and `prefect deploy` find the API;
 # `down` stops in reverse.
-ORDER = ("postgres", "s3", "prefect-server", "mlflow", "ray-head", "prefect-worker", "dashboard")
-LOOPBACK = ("127.", "localhost", "::1")
+ORDER = ("postgres", "prefect-server", "mlflow", "ray-head", "prefect-worker", "dashboard")
+LOOPBACK = LOOPBACK_HOSTS
+MLFLOW_ADMIN = "admin"
 # Loggers of ours whose records a flow run sends to Prefect (its log in the UI and `--watch`).
 FLOW_LOGGERS = ("training", "serving", "catalog", "flows", "nightshift")
 
@@ -106,6 +107,8 @@ def stack_env(cfg: Config, *, repo: Path | None = None) -> dict[str, str]:
         "RAY_AUTH_TOKEN_PATH": str(_ray_token_path(nightshift_home())),
         # Cluster mode off, as the loopback head (ray-head.sh): on, a client would swap 127.0.0.1 away.
         **({"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"} if s.host.startswith(LOOPBACK) else {}),
+        # Credentials of the stack's own servers when stack.*_auth is on (the env file is 0600).
+        **_auth_env(cfg, nightshift_home()),
         # The served model, for the official `openai` client (it reads these two variables).
         "OPENAI_BASE_URL": f"http://{cfg.serve.host}:{cfg.serve.port}{cfg.serve.route_prefix.rstrip('/')}/v1",
         **({"OPENAI_API_KEY": key} if (key := client_key(nightshift_home())) else {}),
@@ -117,14 +120,66 @@ def _ray_token_path(home: Path) -> Path:
     return home / "ray-auth-token"
 
 
-def _ensure_ray_token(home: Path) -> None:
-    """Give the Ray head a token under ``$NIGHTSHIFT_HOME``, named in the env of the head and of every
-    client: Ray 2.60 uses ``~/.ray/auth_token`` otherwise, which any local ``ray.init()`` may rewrite."""
-    path = _ray_token_path(home)
+def _secret_file(path: Path, make) -> None:
+    """Write ``make()`` to ``path`` (0600) unless it exists: a credential made once, kept across `up`s."""
     if not path.is_file():
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_hex(32))
+            f.write(make())
+
+
+def _ensure_ray_token(home: Path) -> None:
+    """Give the Ray head a token under ``$NIGHTSHIFT_HOME``, named in the env of the head and of every
+    client: Ray 2.60 uses ``~/.ray/auth_token`` otherwise, which any local ``ray.init()`` may rewrite."""
+    _secret_file(_ray_token_path(home), lambda: secrets.token_hex(32))
+
+
+def _read(path: Path) -> str | None:
+    return path.read_text().strip() if path.is_file() else None
+
+
+def _auth_env(cfg: Config, home: Path) -> dict[str, str]:
+    """What a client of the stack sends its MLflow and Prefect servers when their auth is on."""
+    env = {}
+    if cfg.stack.prefect_auth and (auth := _read(home / "prefect-auth-string")):
+        env["PREFECT_API_AUTH_STRING"] = auth
+    if cfg.stack.mlflow_auth and (password := _read(home / "mlflow-admin-password")):
+        env.update(MLFLOW_TRACKING_USERNAME=MLFLOW_ADMIN, MLFLOW_TRACKING_PASSWORD=password)
+    return env
+
+
+def _basic(user_and_password: str) -> dict[str, str]:
+    import base64
+
+    return {"Authorization": "Basic " + base64.b64encode(user_and_password.encode()).decode()}
+
+
+def _prefect_headers(cfg: Config, home: Path) -> dict[str, str]:
+    auth = _auth_env(cfg, home).get("PREFECT_API_AUTH_STRING")
+    return _basic(auth) if auth else {}
+
+
+def _mlflow_headers(cfg: Config, home: Path) -> dict[str, str]:
+    env = _auth_env(cfg, home)
+    password = env.get("MLFLOW_TRACKING_PASSWORD")
+    return _basic(f"{MLFLOW_ADMIN}:{password}") if password else {}
+
+
+def _ensure_server_auth(cfg: Config, home: Path) -> None:
+    """The credentials of stack.prefect_auth and stack.mlflow_auth, and MLflow's auth config file."""
+    if cfg.stack.prefect_auth:
+        _secret_file(home / "prefect-auth-string", lambda: f"nightshift:{secrets.token_urlsafe(24)}")
+    if cfg.stack.mlflow_auth:
+        _secret_file(home / "mlflow-admin-password", lambda: secrets.token_urlsafe(24))
+        _secret_file(home / "mlflow-flask-secret", lambda: secrets.token_hex(32))  # its CSRF key
+        (home / "mlflow").mkdir(exist_ok=True)
+        ini = (
+            "[mlflow]\ndefault_permission = READ\n"
+            f"database_uri = sqlite:///{home / 'mlflow' / 'basic_auth.db'}\n"
+            f"admin_username = {MLFLOW_ADMIN}\nadmin_password = {_read(home / 'mlflow-admin-password')}\n"
+            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        )
+        _secret_file(home / "mlflow" / "basic_auth.ini", lambda: ini)
 
 
 def _base_env(cfg: Config, home: Path) -> dict[str, str]:
@@ -134,6 +189,8 @@ def _base_env(cfg: Config, home: Path) -> dict[str, str]:
         env.pop(key, None)
     for key in backends.INHERITED_SETTINGS:
         env.pop(key, None)
+    if pgpass := backends.resolve(cfg, home).pgpass:
+        env["PGPASSFILE"] = pgpass  # the database password, for every service; never in a URL
     env.update(
         NIGHTSHIFT_HOME=str(home),
         NIGHTSHIFT_HOST=cfg.stack.host,
@@ -148,7 +205,7 @@ def _worker_health(cfg: Config, home: Path) -> str | None:
     started = float(state.get("started_at", 0.0))
     url = f"{_prefect_url(cfg)}/api/work_pools/{quote(cfg.stack.work_pool)}/workers/filter"
     try:
-        code, workers = http_json(url, body={})
+        code, workers = http_json(url, body={}, headers=_prefect_headers(cfg, home))
     except OSError as e:
         return f"POST {url}: {e}"
     if code != 200 or not isinstance(workers, list):
@@ -199,18 +256,35 @@ def _services(cfg: Config, home: Path, repo: Path) -> dict[str, Service]:
                 **stores.prefect_env(),
                 **_prefect_retention(cfg),
                 "PREFECT_PORT": str(s.prefect_port),
+                **(
+                    {"PREFECT_SERVER_API_AUTH_STRING": auth}
+                    if (auth := _auth_env(cfg, home).get("PREFECT_API_AUTH_STRING"))
+                    else {}
+                ),
             },
             ports=(("prefect_port", s.prefect_port),),
             url=_prefect_url(cfg),
-            health=http_ok(f"{_prefect_url(cfg)}/api/health"),
+            health=http_ok(f"{_prefect_url(cfg)}/api/health", _prefect_headers(cfg, home)),
         ),
         "mlflow": Service(
             name="mlflow",
             script=SCRIPTS / "mlflow.sh",
-            env={**base, **stores.mlflow_env(), "MLFLOW_PORT": str(s.mlflow_port)},
+            env={
+                **base,
+                **stores.mlflow_env(),
+                "MLFLOW_PORT": str(s.mlflow_port),
+                **(
+                    {
+                        "MLFLOW_AUTH_CONFIG_PATH": str(home / "mlflow" / "basic_auth.ini"),
+                        "MLFLOW_FLASK_SERVER_SECRET_KEY": _read(home / "mlflow-flask-secret") or "",
+                    }
+                    if s.mlflow_auth
+                    else {}
+                ),
+            },
             ports=(("mlflow_port", s.mlflow_port),),
             url=f"http://{s.host}:{s.mlflow_port}",
-            health=http_ok(f"http://{s.host}:{s.mlflow_port}/health"),
+            health=http_ok(f"http://{s.host}:{s.mlflow_port}/health", _mlflow_headers(cfg, home)),
         ),
         "ray-head": Service(
             name="ray-head",
@@ -237,10 +311,12 @@ def _services(cfg: Config, home: Path, repo: Path) -> dict[str, Service]:
         "dashboard": Service(
             name="dashboard",
             script=SCRIPTS / "dashboard.sh",
-            env={**base, **_dashboard_env(cfg, repo)},
+            # Always on loopback: off it, the dashboard is reached through the authenticating proxy
+            # that sets stack.dashboard_identity_header, so nobody else can set that header.
+            env={**base, **_dashboard_env(cfg, repo), "DASHBOARD_HOST": "127.0.0.1"},
             ports=(("dashboard_port", s.dashboard_port),),
-            url=f"http://{s.host}:{s.dashboard_port}",
-            health=http_ok(f"http://{s.host}:{s.dashboard_port}/_stcore/health"),
+            url=f"http://127.0.0.1:{s.dashboard_port}",
+            health=http_ok(f"http://127.0.0.1:{s.dashboard_port}/_stcore/health"),
         ),
     }
 
@@ -266,6 +342,8 @@ def _dashboard_env(cfg: Config, repo: Path) -> dict[str, str]:
     }
     if "OPENAI_API_KEY" in env:
         out["NIGHTSHIFT_API_KEY"] = env["OPENAI_API_KEY"]
+    if cfg.stack.dashboard_identity_header:
+        out["NIGHTSHIFT_DASHBOARD_IDENTITY_HEADER"] = cfg.stack.dashboard_identity_header
     return out
 
 
@@ -283,6 +361,7 @@ def _prefect(args: list[str], cfg: Config, home: Path, *, cwd: Path, timeout: fl
     """Run a ``prefect`` CLI command against our server; return its output or raise StackError."""
     env = _base_env(cfg, home)
     env.update(PREFECT_API_URL=f"{_prefect_url(cfg)}/api", PREFECT_HOME=str(home / "prefect"))
+    env.update(_auth_env(cfg, home))
     cmd = [str(venv_bin() / "prefect"), "--no-prompt", *args]
     try:
         done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
@@ -297,7 +376,9 @@ def _prefect(args: list[str], cfg: Config, home: Path, *, cwd: Path, timeout: fl
 def _ensure_work_pool(cfg: Config, home: Path) -> None:
     """Create the process work pool unless it exists; never overwrite a user's edits to it."""
     pool = cfg.stack.work_pool
-    code, body = http_json(f"{_prefect_url(cfg)}/api/work_pools/{quote(pool)}")
+    code, body = http_json(
+        f"{_prefect_url(cfg)}/api/work_pools/{quote(pool)}", headers=_prefect_headers(cfg, home)
+    )
     if code == 200:
         if body.get("type") != "process":
             raise StackError(
@@ -405,9 +486,12 @@ def up(cfg: Config, *, deploy: bool = True, repo: Path | None = None) -> list[Se
     os.chmod(home, 0o700)
     rotate_logs(home, cfg.gc.log_max_bytes, cfg.gc.log_backups)
     _ensure_ray_token(home)
-    ensure_client_key(cfg, home)
+    _ensure_server_auth(cfg, home)
     if backends.local_postgres(cfg):
         backends.ensure_password(home)
+    if cfg.stack.backend == "postgres":
+        # This process connects too (databases, the local key); its URLs hold no password either.
+        os.environ["PGPASSFILE"] = str(backends.write_pgpass(cfg, home))
     services = _services(cfg, home, repo)
     t0 = time.monotonic()
 
@@ -431,9 +515,13 @@ def up(cfg: Config, *, deploy: bool = True, repo: Path | None = None) -> list[Se
             wait_healthy(home, services[name], pids[name], cfg.stack.start_timeout_s)
         return {svc.name for svc in to_start}
 
-    # Backend 'postgres': the database server and the object store, before anything that uses them.
-    launched = start(("postgres", "s3"))
-    backends.prepare(cfg, home, s3_started="s3" in launched)
+    # Backend 'postgres': the database server, before anything that uses it.
+    start(("postgres",))
+    backends.prepare(cfg, home)
+    # The key lives in the catalog, which (backend 'postgres') exists only now; the worker's and the
+    # dashboard's environment carry it.
+    ensure_client_key(cfg, home, backends.resolve(cfg, home).catalog_url or cfg.tracking.catalog_url)
+    services.update(_services(cfg, home, repo))
     # The three servers start side by side; they are independent and each takes seconds.
     start(("prefect-server", "mlflow", "ray-head"))
     _ensure_work_pool(cfg, home)

@@ -36,7 +36,6 @@ HOME_PARTS = {
     "logs": "logs",
     "ray sessions": "ray",
     "postgres": "postgres",
-    "s3 recording": "s3",
 }
 
 

@@ -28,10 +28,12 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from ray import serve
 
 from serving import errors, openapi
+from serving.auth import AuthProblem, Identity
 from serving.engine import QueueFull, SamplingParams
 from serving.limits import LimitSettings, RequestLimits
 from serving.openapi import body_responses, responses
 from serving.options import ServeArgs, deployment_options
+from serving.recorder import NotYours
 from serving.responses import (
     Choice,
     chat_body,
@@ -51,7 +53,7 @@ errors.install(api)
 openapi.install(api)
 _LIMITS = LimitSettings()
 api.add_middleware(RequestLimits, settings=_LIMITS)
-# Besides the body errors: no key, unknown model, queue full, engine failed.
+# Besides the body errors: no key, unknown model, queue full or key over its rate, engine failed.
 _GENERATION_ERRORS = (401, 404, 429, 503)
 
 
@@ -96,6 +98,7 @@ class NightshiftServer(StreamingMixin):
         from serving.engine_process import EngineProcess
         from serving.loader import load_served
         from serving.metrics import Metrics
+        from serving.ratelimit import RateLimiter
         from serving.replica_bind import bind_to_node_address
 
         bind_to_node_address()  # before Serve starts this replica's gRPC server (on [::] otherwise)
@@ -136,12 +139,17 @@ class NightshiftServer(StreamingMixin):
             self.keys = KeyCheck(None)
         else:
             digests = collect_digests(self.cfg.api_key_hashes, self.cfg.api_key_file)
-            if not digests:
+            if not digests and not a.catalog_url:
                 raise ValueError(
-                    "serve.auth is 'api_key' but no API key is configured; run `nightshift keys create`, "
-                    "set $NIGHTSHIFT_API_KEYS, or set serve.auth: none for a local demo"
+                    "serve.auth is 'api_key' but there is no catalog to hold keys and no static key; set "
+                    "tracking.catalog_url and run `nightshift keys create --name NAME`, set "
+                    "$NIGHTSHIFT_API_KEYS, or set serve.auth: none for a local demo"
                 )
-            self.keys = KeyCheck(digests)
+            self.keys = KeyCheck(digests, a.catalog_url, self.cfg.key_cache_s)
+        self.limits = {
+            "completions": RateLimiter(self.cfg.completions_per_minute, self.cfg.rate_limit_burst_s),
+            "feedback": RateLimiter(self.cfg.feedback_per_minute, self.cfg.rate_limit_burst_s),
+        }
         self.metrics = Metrics(getattr(self.engine, "pid", None))
         self._handoff = Handoff()
         self.recorder = None
@@ -153,6 +161,7 @@ class NightshiftServer(StreamingMixin):
             from serving.recorder import Recorder
 
             self.recorder = Recorder(a.catalog_url)
+            self.metrics.watch_recorder(self.recorder)
             with session_scope(a.catalog_url) as s:
                 self.artifact_id = record_artifact(s, self.served.ref).id
         log.info("replica ready: %s, auth %s", self.headers["X-Nightshift-Model"], self.cfg.auth)
@@ -169,10 +178,31 @@ class NightshiftServer(StreamingMixin):
 
     # --- helpers --------------------------------------------------------------------------------
 
-    def _auth(self, request: Request) -> None:
-        problem = self.keys.check(request.headers.get("authorization"))
-        if problem:
-            raise errors.APIError(401, problem, code="invalid_api_key")
+    async def _auth(self, request: Request, limit: str | None = None) -> Identity | None:
+        """The identity of the request's key (None without auth); 401 without a valid key, and 429 when
+        the key is over its ``limit`` (``completions`` or ``feedback``) with ``Retry-After``."""
+        ident = None
+        if self.keys.enabled:
+            try:
+                d = self.keys.digest_of(request.headers.get("authorization"))
+            except AuthProblem as e:
+                raise errors.APIError(401, str(e), code="invalid_api_key") from None
+            found = self.keys.cached(d)
+            if found is False:
+                found = await asyncio.to_thread(self.keys.lookup, d)
+            if not isinstance(found, Identity):
+                raise errors.APIError(401, "invalid API key (unknown or revoked)", code="invalid_api_key")
+            ident = found
+        # Limits are per key: with serve.auth 'none' there is no key to limit (local experiments only).
+        if limit is not None and ident is not None and (wait := self.limits[limit].take(ident.id)):
+            self.metrics.rate_limited.labels(limit).inc()
+            raise errors.APIError(
+                429,
+                f"this key is over its {limit} rate limit (serve.{limit}_per_minute); retry after {wait} s",
+                code="rate_limit_exceeded",
+                headers={"Retry-After": str(wait)},
+            )
+        return ident
 
     def _model(self, name: str) -> None:
         if name != self.name:
@@ -251,6 +281,7 @@ class NightshiftServer(StreamingMixin):
         n: int,
         n_prompt_tokens: list[int],
         body: Any,
+        who: Identity | None,
     ) -> None:
         if self.recorder is None:
             return
@@ -269,10 +300,16 @@ class NightshiftServer(StreamingMixin):
                 "prompt_tokens": n_prompt_tokens[c.prompt_index],
                 "completion_tokens": c.completion_tokens,
                 "user": body.user,
+                "key_id": who.id if who is not None else None,
             }
             for c in choices
         ]
-        await asyncio.wrap_future(self.recorder.record(rows))
+        try:
+            await asyncio.wrap_future(self.recorder.record(rows))
+        except Exception as e:
+            raise errors.APIError(
+                503, "the completion could not be stored in the catalog; retry later", code="record_failed"
+            ) from e
 
     async def _collect(self, q: asyncio.Queue, ids: list[int], total: int, n: int) -> list[Choice]:
         choices = [Choice(i, i // n) for i in range(total)]
@@ -329,7 +366,7 @@ class NightshiftServer(StreamingMixin):
 
     @api.get("/v1/models", responses=responses(openapi.ModelList, 401))
     async def models(self, request: Request) -> JSONResponse:
-        self._auth(request)
+        await self._auth(request)
         card = {"id": self.name, "object": "model", "created": int(time.time()), "owned_by": "nightshift"}
         return JSONResponse({"object": "list", "data": [card]}, headers=self.headers)
 
@@ -343,7 +380,7 @@ class NightshiftServer(StreamingMixin):
         from training.generation import encode_prompt
 
         t0 = time.perf_counter()
-        self._auth(request)
+        who = await self._auth(request, "completions")
         self._model(body.model)
         if isinstance(body.prompt, list) and body.prompt and all(isinstance(x, int) for x in body.prompt):
             vocab = self.tok.get_vocab_size(with_added_tokens=True)
@@ -382,9 +419,9 @@ class NightshiftServer(StreamingMixin):
         n_tokens = [len(p) for p in prompts_ids]
         total = len(prompts_ids) * body.n
         if body.stream:
-            return self._stream_completions(q, ids, rid, texts, n_tokens, total, body)
+            return self._stream_completions(q, ids, rid, texts, n_tokens, total, body, who)
         choices = await self._collect(q, ids, total, body.n)
-        await self._record("completions", rid, texts, choices, body.n, n_tokens, body)
+        await self._record("completions", rid, texts, choices, body.n, n_tokens, body, who)
         return self._json(
             "completions",
             completion_body(rid, self.name, choices, sum(n_tokens), body.logprobs is not None),
@@ -401,7 +438,7 @@ class NightshiftServer(StreamingMixin):
         from training.chat import encode_chat
 
         t0 = time.perf_counter()
-        self._auth(request)
+        who = await self._auth(request, "completions")
         self._model(body.model)
         messages = [
             {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
@@ -420,25 +457,40 @@ class NightshiftServer(StreamingMixin):
         q, ids = self._submit([chat.ids], params, body.n)
         rid = new_id("chatcmpl")
         if body.stream:
-            return self._stream_chat(q, ids, rid, chat.text, len(chat.ids), body)
+            return self._stream_chat(q, ids, rid, chat.text, len(chat.ids), body, who)
         choices = await self._collect(q, ids, body.n, body.n)
-        await self._record("chat", rid, [chat.text], choices, body.n, [len(chat.ids)], body)
+        await self._record("chat", rid, [chat.text], choices, body.n, [len(chat.ids)], body, who)
         return self._json("chat", chat_body(rid, self.name, choices, len(chat.ids), body.logprobs), t0)
 
-    @api.post("/v1/feedback", responses=body_responses(openapi.FeedbackAck, 401, 404, 503))
+    @api.post("/v1/feedback", responses=body_responses(openapi.FeedbackAck, 401, 403, 404, 429, 503))
     async def feedback(self, body: FeedbackRequest, request: Request) -> JSONResponse:
-        self._auth(request)
+        """A rating or comparison by the request's key (its name is the labeller; ``user`` is only data).
+
+        A client key may label only completions it received; one label per key and target (a
+        completion, or a pair in either order): a repeat replaces the earlier one.
+        """
+        who = await self._auth(request, "feedback")
         if self.recorder is None:
             raise errors.APIError(
                 503, "this deployment has no catalog to store feedback in", code="no_catalog"
             )
         try:
-            fid = await asyncio.to_thread(self.recorder.add_feedback, body, body.user)
+            stored = await asyncio.to_thread(self.recorder.add_feedback, body, who)
         except LookupError as e:
             raise errors.APIError(404, str(e), param="completion_id", code="completion_not_found") from e
+        except NotYours as e:
+            self.metrics.requests.labels("feedback", "403").inc()
+            raise errors.APIError(403, str(e), param="completion_id", code="not_your_completion") from e
         self.metrics.requests.labels("feedback", "200").inc()
         return JSONResponse(
-            {"id": fid, "object": "feedback", "kind": body.kind, "created": int(time.time())},
+            {
+                "id": stored.id,
+                "object": "feedback",
+                "kind": body.kind,
+                "created": int(time.time()),
+                "labeller": stored.labeller,
+                "replaced": stored.replaced,
+            },
             headers=self.headers,
         )
 

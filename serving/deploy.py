@@ -233,9 +233,11 @@ def active_deployment(cfg: Config) -> dict[str, Any] | None:
 def _source_of(art: Artifact, row: Deployment) -> str:
     from pathlib import Path
 
+    from catalog.lineage import open_recorded
+
     local = Path(art.uri.removeprefix("file://"))
     if local.is_dir():
-        return str(local)
+        return str(open_recorded(art).path)  # the hash the catalog recorded, not only the copy's own
     if row.registry_name and row.registry_version:
         return f"models:/{row.registry_name}/{row.registry_version}"
     raise DeployError(f"model {art.sha256[:16]} of deployment {row.id} is no longer at {art.uri}")

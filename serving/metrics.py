@@ -43,8 +43,26 @@ class Metrics:
         self.disconnects = Counter(
             "nightshift_client_disconnects", "Requests dropped after the client left.", registry=r
         )
+        self.rate_limited = Counter(
+            "nightshift_rate_limited", "Requests refused (429) because their key was over its rate.",
+            ["limit"], registry=r,
+        )  # fmt: skip
+        self.record_failures = Counter(
+            "nightshift_record_failures",
+            "Requests whose completion rows could not be stored in the catalog (their neighbours were).",
+            registry=r,
+        )
+        self._recorder = None
+        self._failures_seen = 0
+
+    def watch_recorder(self, recorder) -> None:
+        """Export ``recorder.failures`` (counted by its writer thread) as ``nightshift_record_failures``."""
+        self._recorder = recorder
 
     def render(self, engine_stats: dict[str, int], open_streams: int) -> bytes:
+        if self._recorder is not None and (new := self._recorder.failures - self._failures_seen) > 0:
+            self.record_failures.inc(new)
+            self._failures_seen += new
         self.running.set(engine_stats["running"])
         self.open_streams.set(open_streams)
         self.waiting.set(engine_stats["waiting"])

@@ -158,6 +158,8 @@ class FeedbackAck(BaseModel):
     object: Literal["feedback"]
     kind: Literal["rating", "preference"]
     created: int
+    labeller: str | None
+    replaced: bool
 
 
 class Health(BaseModel):
@@ -172,10 +174,11 @@ class Health(BaseModel):
 _ERRORS = {
     400: "A parameter is missing, malformed or out of range (`param` names it), or the body is not JSON.",
     401: "No API key, or not a valid one: send `Authorization: Bearer <key>`.",
+    403: "A client key gave feedback on a completion it did not receive (a labeller key may label any).",
     404: "No such model (or, for feedback, no such completion).",
     408: "The request body did not arrive within serve.body_timeout_s.",
     413: "The request body is larger than serve.max_body_bytes.",
-    429: "The server is at capacity; retry after a short wait.",
+    429: "The server is at capacity, or this key is over its rate limit; retry after `Retry-After` seconds.",
     503: "The generation engine failed (or, for feedback, the deployment has no catalog).",
 }
 _BODY_ERRORS = (400, 408, 413)

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
+from catalog.redact import redact_url
 from training.serve_config import ServeConfig
 
 
@@ -22,6 +23,18 @@ class ServeArgs(BaseModel):
     tracking_uri: str | None = Field(None, description="MLflow server, for models:/ URIs.")
     deployment_id: int | None = Field(None, description="The catalog deployment row this rollout is.")
     registry_version: str | None = Field(None, description="Registry version of a local artifact.")
+
+    @field_validator("catalog_url")
+    @classmethod
+    def _no_password(cls, v: str | None) -> str | None:
+        # Serve keeps an application's args in its config (the Ray dashboard and GCS show them).
+        if v is not None and redact_url(v) != v:
+            raise ValueError(
+                f"catalog_url {redact_url(v)!r} holds a password, which Serve would keep in the app's "
+                "config; give the URL without it and the password through PGPASSFILE (or PGPASSWORD) in the "
+                "environment of the Ray nodes (`nightshift up` does)"
+            )
+        return v
 
 
 def deployment_options(cfg: ServeConfig) -> dict[str, Any]:

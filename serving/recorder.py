@@ -3,7 +3,9 @@
 Every response waits until its completion rows are committed (so a client can post feedback on a
 completion id the moment it has it, and nothing is lost if the replica dies after answering), but
 concurrent requests share one transaction: under load the writer commits many rows at once
-instead of one small transaction per request.
+instead of one small transaction per request. When a shared transaction fails, each request's rows
+are written again on their own, so one bad record fails only its own request; ``failures`` counts
+the requests whose rows could not be stored (``nightshift_record_failures_total`` in ``/metrics``).
 """
 
 from __future__ import annotations
@@ -12,17 +14,40 @@ import logging
 import queue
 import threading
 from concurrent.futures import Future
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from catalog.db import migrate, session_scope
-from catalog.models import Completion, Feedback
+from catalog.models import Completion, Feedback, feedback_target, utcnow
+
+if TYPE_CHECKING:
+    from serving.auth import Identity
 
 log = logging.getLogger(__name__)
+
+ANONYMOUS = "anonymous"  # the labeller when serve.auth is 'none'
+
+
+class NotYours(PermissionError):
+    """A client key labelled a completion another key received."""
+
+
+@dataclass(frozen=True)
+class Stored:
+    """A stored label: its row id, who it is attributed to, and whether it replaced an earlier one."""
+
+    id: int
+    labeller: str
+    replaced: bool
 
 
 class Recorder:
     def __init__(self, catalog_url: str):
         self.url = catalog_url
+        self.failures = 0  # requests whose completion rows could not be stored
         migrate(catalog_url)
         self._q: queue.Queue[tuple[list[dict[str, Any]], Future[None]] | None] = queue.Queue()
         self._thread = threading.Thread(target=self._loop, name="nightshift-recorder", daemon=True)
@@ -53,41 +78,88 @@ class Recorder:
                     self._q.put(None)
                     break
                 batch.append(nxt)
-            try:
-                with session_scope(self.url) as s:
-                    s.add_all(Completion(**r) for rows, _ in batch for r in rows)
-            except Exception as e:
-                log.exception("could not record %d completion batch(es)", len(batch))
-                for _, fut in batch:
-                    fut.set_exception(e)
-            else:
-                for _, fut in batch:
-                    fut.set_result(None)
+            self._write(batch)
+
+    def _write(self, batch: list[tuple[list[dict[str, Any]], Future[None]]]) -> None:
+        try:
+            with session_scope(self.url) as s:
+                s.add_all(Completion(**r) for rows, _ in batch for r in rows)
+        except Exception as e:
+            if len(batch) == 1:
+                self._fail(batch[0][1], e)
+                return
+            # One bad row must not fail its neighbours: write each request's rows on their own.
+            log.warning("a batch of %d requests failed to record (%s); writing each alone", len(batch), e)
+            for one in batch:
+                self._write([one])
+        else:
+            for _, fut in batch:
+                fut.set_result(None)
+
+    def _fail(self, fut: Future[None], e: Exception) -> None:
+        self.failures += 1
+        log.error("could not record a completion: %s", str(e).splitlines()[0] if str(e) else type(e).__name__)
+        fut.set_exception(e)
 
     # --- synchronous reads/writes (run in a worker thread by the app) ----------------------------
 
-    def add_feedback(self, body: Any, labeller: str | None) -> int:
-        """Store a rating or comparison; raises LookupError naming a completion id that does not exist."""
-        with session_scope(self.url) as s:
-            for field, cid in (
-                ("completion_id", body.completion_id),
-                ("other_completion_id", body.other_completion_id),
-            ):
-                if cid is not None and s.get(Completion, cid) is None:
-                    raise LookupError(
-                        f"{field}: no completion {cid!r}; use the id of a response of this server"
-                    )
-            fb = Feedback(
-                kind=body.kind,
-                completion_id=body.completion_id,
-                other_completion_id=body.other_completion_id,
-                rating=body.rating,
-                preferred=body.preferred,
-                unsafe=body.unsafe,
-                note=body.note,
-                labeller=labeller,
-                source="api",
-            )
-            s.add(fb)
-            s.flush()
-            return fb.id
+    def add_feedback(self, body: Any, who: Identity | None) -> Stored:
+        """Store a rating or comparison by ``who``; a repeat on the same target replaces the earlier one.
+
+        Raises:
+            LookupError: naming a completion id that does not exist.
+            NotYours: ``who`` is a client key and did not receive one of the completions.
+        """
+        labeller = who.name if who is not None else ANONYMOUS
+        target = feedback_target(body.completion_id, body.other_completion_id)
+        values = {
+            "kind": body.kind,
+            "completion_id": body.completion_id,
+            "other_completion_id": body.other_completion_id,
+            "rating": body.rating,
+            "preferred": body.preferred,
+            "unsafe": body.unsafe,
+            "note": body.note,
+            "user": body.user,
+            "key_id": who.id if who is not None else None,
+        }
+        for attempt in range(2):
+            try:
+                with session_scope(self.url) as s:
+                    self._check(s, body, who)
+                    row = s.scalars(
+                        select(Feedback).where(
+                            Feedback.source == "api", Feedback.labeller == labeller, Feedback.target == target
+                        )
+                    ).first()
+                    replaced = row is not None
+                    if row is None:
+                        row = Feedback(source="api", labeller=labeller, target=target, **values)
+                        s.add(row)
+                    else:
+                        for k, v in values.items():
+                            setattr(row, k, v)
+                        row.created_at = utcnow()
+                    s.flush()
+                    return Stored(row.id, labeller, replaced)
+            except IntegrityError:
+                # The same labeller posted the same target concurrently; the second pass replaces it.
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _check(s: Any, body: Any, who: Identity | None) -> None:
+        ids = (("completion_id", body.completion_id), ("other_completion_id", body.other_completion_id))
+        for field, cid in ids:
+            if cid is None:
+                continue
+            c = s.get(Completion, cid)
+            if c is None:
+                raise LookupError(f"{field}: no completion {cid!r}; use the id of a response of this server")
+            if who is not None and not who.labels_any and c.key_id != who.id:
+                raise NotYours(
+                    f"{field}: completion {cid!r} was not served to this key; a client key may give feedback "
+                    "only on completions it received (a labeller key, `nightshift keys create --role "
+                    "labeller`, may label any)"
+                )

@@ -17,6 +17,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from catalog.models import COMPLETION_ID_CHARS, NOTE_CHARS, USER_CHARS
+
 
 def _text_problem(v: Any) -> str | None:
     """What is wrong with the text in ``v`` (a string, or strings nested in lists and dicts), if anything."""
@@ -55,7 +57,8 @@ class _Sampling(_Body):
     seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1, description="A 64-bit signed integer.")
     stream: bool = False
     stream_options: StreamOptions | None = None
-    user: str | None = Field(None, max_length=256)
+    # The column's size, so a value the API accepts always fits the catalog (catalog.models).
+    user: str | None = Field(None, max_length=USER_CHARS)
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     logit_bias: dict[str, float] | None = None
@@ -135,13 +138,13 @@ class FeedbackRequest(_Body):
     ``preferred`` names the better one: ``"a"`` is ``completion_id``, ``"b"`` is ``other_completion_id``.
     """
 
-    completion_id: str = Field(min_length=1, max_length=64)
+    completion_id: str = Field(min_length=1, max_length=COMPLETION_ID_CHARS)
     rating: int | None = Field(None, ge=-1, le=5)
-    other_completion_id: str | None = Field(None, min_length=1, max_length=64)
+    other_completion_id: str | None = Field(None, min_length=1, max_length=COMPLETION_ID_CHARS)
     preferred: Literal["a", "b"] | None = None
     unsafe: bool = False
-    note: str | None = Field(None, max_length=4000)
-    user: str | None = Field(None, max_length=256)
+    note: str | None = Field(None, max_length=NOTE_CHARS)
+    user: str | None = Field(None, max_length=USER_CHARS, description="Data only; the labeller is the key.")
 
     @model_validator(mode="after")
     def _kind(self) -> FeedbackRequest:

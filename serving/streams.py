@@ -104,7 +104,7 @@ class StreamingMixin:
                     self.engine.cancel(rid)
                 self.metrics.disconnects.inc()
 
-    def _stream_completions(self, q, ids, rid, texts, n_tokens, total, body) -> StreamingResponse:
+    def _stream_completions(self, q, ids, rid, texts, n_tokens, total, body, who) -> StreamingResponse:
         async def gen() -> AsyncIterator[str]:
             created, t0 = int(time.time()), time.perf_counter()
             choices = [Choice(i, i // body.n) for i in range(total)]
@@ -123,7 +123,7 @@ class StreamingMixin:
                         )
                 if out:
                     yield "".join(out)
-            await self._record("completions", rid, texts, choices, body.n, n_tokens, body)
+            await self._record("completions", rid, texts, choices, body.n, n_tokens, body, who)
             tail = ""
             if body.stream_options and body.stream_options.include_usage:
                 u = usage(sum(n_tokens), sum(c.completion_tokens for c in choices))
@@ -142,7 +142,7 @@ class StreamingMixin:
 
         return StreamingResponse(gen(), media_type="text/event-stream", headers=self.headers)
 
-    def _stream_chat(self, q, ids, rid, prompt_text, n_prompt, body) -> StreamingResponse:
+    def _stream_chat(self, q, ids, rid, prompt_text, n_prompt, body, who) -> StreamingResponse:
         async def gen() -> AsyncIterator[str]:
             created, t0 = int(time.time()), time.perf_counter()
             choices = [Choice(i, 0) for i in range(body.n)]
@@ -171,7 +171,7 @@ class StreamingMixin:
                         out.append(sse(chat_chunk(rid, self.name, created, d.index, {}, d.finish_reason)))
                 if out:
                     yield "".join(out)
-            await self._record("chat", rid, [prompt_text], choices, body.n, [n_prompt], body)
+            await self._record("chat", rid, [prompt_text], choices, body.n, [n_prompt], body, who)
             tail = ""
             if body.stream_options and body.stream_options.include_usage:
                 u = usage(n_prompt, sum(c.completion_tokens for c in choices))

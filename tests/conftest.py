@@ -9,7 +9,7 @@
 * ``postgres_db`` — a fresh, empty database on that server for one test.
 * ``catalog_url`` — a fresh SQLite catalog URL under ``tmp_path`` (not migrated).
 * ``any_db_url`` — parametrized: the test runs on a fresh SQLite URL and on a fresh Postgres DB.
-* ``s3_server`` (session) — a real S3-compatible server (``infra/local/s3.sh``) on loopback with one
+* ``s3_server`` (session) — an S3-compatible test double (moto's server) on loopback with one
   bucket; sets ``AWS_*`` credentials, ``AWS_ENDPOINT_URL`` and ``MLFLOW_S3_ENDPOINT_URL`` for the session.
 * ``artifact_cache`` — points the cache of remote artifacts (``NIGHTSHIFT_ARTIFACT_CACHE``) at a tmp dir.
 """
@@ -288,7 +288,7 @@ class S3Server(NamedTuple):
 
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    """A real S3 server on loopback (moto's, started by ``infra/local/s3.sh``) with one bucket.
+    """An S3-compatible server on loopback (moto's: a test double, never the product's store) with one bucket.
 
     The AWS variables it sets (credentials, region, ``AWS_ENDPOINT_URL``, ``MLFLOW_S3_ENDPOINT_URL``)
     stay for the session, so s3fs, boto3 and MLflow servers started afterwards all reach it.
@@ -298,17 +298,10 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     root = tmp_path_factory.mktemp("s3")
     port = free_port()
     log_path = root / "s3.log"
-    env = {
-        **os.environ,
-        "NIGHTSHIFT_HOME": str(root),
-        "S3_PORT": str(port),
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-    }
-    env.pop("S3_RECORDING", None)
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            ["bash", str(REPO_ROOT / "infra" / "local" / "s3.sh")],
-            stdout=log, stderr=subprocess.STDOUT, cwd=root, env=env, start_new_session=True,
+            [str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
+            stdout=log, stderr=subprocess.STDOUT, cwd=root, start_new_session=True,
         )  # fmt: skip
     endpoint = f"http://127.0.0.1:{port}"
     settings = {

@@ -53,9 +53,15 @@ class ClusterConfig(Section):
     )
     secret_name: str | None = Field(
         "nightshift-secrets",
-        description="Kubernetes Secret whose keys become environment variables of every pod (optional in "
-        "the pod spec): PGPASSWORD, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, NIGHTSHIFT_API_KEYS, "
-        "MLFLOW_TRACKING_TOKEN. None: no secret.",
+        description="Kubernetes Secret whose keys are mounted as files, each only in the pods that need it: "
+        "'pgpass' (libpq password file: the Ray head and flow-run pods, PGPASSFILE), 'aws-credentials' (an "
+        "AWS shared credentials file: every pod, AWS_SHARED_CREDENTIALS_FILE), 'ray-token' (Ray's auth "
+        "token: every pod, RAY_AUTH_TOKEN_PATH). API keys live in the catalog. None: no secret.",
+    )
+    kuberay_namespace: str = Field(
+        "kuberay-system",
+        description="Namespace of the KubeRay operator: the NetworkPolicy admits it to the Ray dashboard "
+        "port, which it calls to submit jobs and deploy Serve.",
     )
     ray_version: str | None = Field(
         None,

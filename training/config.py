@@ -97,8 +97,35 @@ class RayConfig(Section):
     )
 
 
+LOOPBACK_HOSTS = ("127.", "localhost", "::1")
+
+
+def is_loopback(host: str) -> bool:
+    return host.startswith(LOOPBACK_HOSTS)
+
+
 class StackConfig(Section):
-    host: str = Field("127.0.0.1", description="Address every local service binds to.")
+    host: str = Field(
+        "127.0.0.1",
+        description="Address the local services bind to. Anything but loopback needs mlflow_auth, "
+        "prefect_auth and dashboard_identity_header (the dashboard itself stays on loopback).",
+    )
+    # --- auth, required off loopback ---
+    mlflow_auth: bool = Field(
+        False,
+        description="Run MLflow's basic-auth app (admin password generated in "
+        "$NIGHTSHIFT_HOME/mlflow-admin-password; the stack's clients get MLFLOW_TRACKING_USERNAME/PASSWORD).",
+    )
+    prefect_auth: bool = Field(
+        False,
+        description="Give the Prefect server an auth string (generated in "
+        "$NIGHTSHIFT_HOME/prefect-auth-string; the stack's clients get PREFECT_API_AUTH_STRING).",
+    )
+    dashboard_identity_header: str | None = Field(
+        None,
+        description="The header an authenticating proxy in front of the dashboard sets to the user's name "
+        "(e.g. X-Forwarded-User); the dashboard binds loopback and trusts only that proxy.",
+    )
     prefect_port: int = Field(4200, ge=1, le=65535, description="Prefect server (API and UI).")
     mlflow_port: int = Field(5000, ge=1, le=65535, description="MLflow tracking server and UI.")
     ray_port: int = Field(6379, ge=1, le=65535, description="Ray head GCS port.")
@@ -128,8 +155,8 @@ class StackConfig(Section):
     backend: Literal["embedded", "postgres"] = Field(
         default_factory=lambda: os.environ.get("NIGHTSHIFT_STACK_BACKEND") or "embedded",
         description="'embedded': SQLite for Prefect, MLflow and the catalog, artifacts on local disk. "
-        "'postgres': Prefect, MLflow and the catalog on PostgreSQL, artifacts and MLflow's on S3-compatible "
-        "storage; `up` starts both on loopback unless postgres_url / s3_endpoint name external ones.",
+        "'postgres': Prefect, MLflow and the catalog on PostgreSQL (`up` starts one on loopback unless "
+        "postgres_url names an external one); artifacts on local disk, or on S3 when s3_endpoint is set.",
     )
     postgres_url: str | None = Field(
         default_factory=lambda: os.environ.get("NIGHTSHIFT_POSTGRES_URL") or None,
@@ -145,10 +172,9 @@ class StackConfig(Section):
     )
     s3_endpoint: str | None = Field(
         default_factory=lambda: os.environ.get("NIGHTSHIFT_S3_ENDPOINT") or None,
-        description="An existing S3-compatible endpoint for backend 'postgres' (https://...; credentials "
-        "from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY). Unset: `up` runs an S3 server on loopback.",
+        description="An S3-compatible endpoint for backend 'postgres' (https://...; credentials from "
+        "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY). Unset: artifacts stay on the local disk.",
     )
-    s3_port: int = Field(9000, ge=1, le=65535, description="The loopback S3 server of backend 'postgres'.")
     s3_bucket: str = Field(
         "nightshift",
         description="Bucket holding s3://<bucket>/artifacts and MLflow's s3://<bucket>/mlflow.",
@@ -166,10 +192,26 @@ class StackConfig(Section):
         }
         if self.backend == "postgres" and not self.postgres_url:
             ports["postgres_port"] = self.postgres_port
-        if self.backend == "postgres" and not self.s3_endpoint:
-            ports["s3_port"] = self.s3_port
         seen: dict[int, str] = {}
         out = []
+        if not is_loopback(self.host):
+            missing = [
+                name
+                for name, ok in (
+                    ("stack.mlflow_auth: true", self.mlflow_auth),
+                    ("stack.prefect_auth: true", self.prefect_auth),
+                    (
+                        "stack.dashboard_identity_header: <header your proxy sets>",
+                        self.dashboard_identity_header,
+                    ),
+                )
+                if not ok
+            ]
+            if missing:
+                out.append(
+                    f"host: {self.host!r} is not loopback, and on it MLflow, Prefect and the dashboard would "
+                    f"answer anyone without auth; set {', '.join(missing)} (or keep host 127.0.0.1)"
+                )
         if self.postgres_url and not self.postgres_url.startswith(("postgresql://", "postgres://")):
             out.append(
                 f"postgres_url: {self.postgres_url.split('@')[-1]!r} is not a postgresql:// URL; write "

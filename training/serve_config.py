@@ -38,8 +38,26 @@ class ServeConfig(Section):
     )
     api_key_file: str | None = Field(
         None,
-        description="File of sha256 digests, one per line (default $NIGHTSHIFT_HOME/api-keys.sha256); "
-        "`nightshift keys create` appends to it. Plain keys may also come from $NIGHTSHIFT_API_KEYS.",
+        description="File of sha256 digests, one per line (default $NIGHTSHIFT_HOME/api-keys.sha256): "
+        "static keys (client role, revoked only by a restart); named keys with roles live in the catalog "
+        "(`nightshift keys create`). Plain keys may also come from $NIGHTSHIFT_API_KEYS.",
+    )
+    key_cache_s: float = Field(
+        5.0,
+        ge=0,
+        description="How long a replica keeps a catalog key lookup: a revoked key stops working within this.",
+    )
+    completions_per_minute: float = Field(
+        600,
+        ge=0,
+        description="Per key and replica: completion requests a minute (429 beyond; 0: no limit; none "
+        "with auth 'none', which has no keys).",
+    )
+    feedback_per_minute: float = Field(
+        120, ge=0, description="Per key and replica: feedback posts a minute (429 beyond; 0: no limit)."
+    )
+    rate_limit_burst_s: float = Field(
+        10, gt=0, description="A key may send this many seconds' worth of its rate at once before 429s start."
     )
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest request body accepted (413 above).")
     max_n: int = Field(8, ge=1, description="Largest `n` (choices per prompt) accepted.")
@@ -108,8 +126,8 @@ class ServeConfig(Section):
         for h in self.api_key_hashes:
             if len(h) != 64 or any(c not in "0123456789abcdef" for c in h):
                 out.append(
-                    "api_key_hashes: each entry must be a 64-digit lowercase sha256 hex digest; "
-                    "use `nightshift keys create` to make one"
+                    "api_key_hashes: each entry must be a 64-digit lowercase sha256 hex digest of a key; "
+                    "named keys with roles come from `nightshift keys create --name NAME`"
                 )
                 break
         return out

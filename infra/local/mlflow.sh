@@ -24,6 +24,9 @@ case "$HOST" in
   *) EXTRA+=(--allowed-hosts "${MLFLOW_ALLOWED_HOSTS:-$HOST:$PORT}") ;;
 esac
 
+# stack.mlflow_auth: MLflow's basic-auth app, with the admin account of $MLFLOW_AUTH_CONFIG_PATH.
+if [[ -n "${MLFLOW_AUTH_CONFIG_PATH:-}" ]]; then EXTRA+=(--app-name basic-auth); fi
+
 export MLFLOW_BACKEND_STORE_URI="${MLFLOW_BACKEND_STORE_URI:-sqlite:///$DIR/mlflow.db}"
 export MLFLOW_ARTIFACTS_DESTINATION="${MLFLOW_ARTIFACTS_DESTINATION:-$DIR/artifacts}"
 

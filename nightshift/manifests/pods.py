@@ -25,6 +25,54 @@ HOME_VOLUME = "nightshift-home"
 # Group "users" of python:3.11-slim; the image's user `ray` is in it, and fsGroup makes Kubernetes
 # hand the shared volume to that group so a freshly provisioned claim is writable.
 FS_GROUP = 100
+RUN_AS_USER = 1000  # the image's user `ray` (infra/docker/Dockerfile)
+SECRETS_DIR = "/var/run/secrets/nightshift"
+# Each key of cluster.secret_name: (the file's name, the variable naming it, the pods that get it).
+SECRET_FILES = {
+    "pgpass": ("pgpass", "PGPASSFILE", ("head", "flow")),
+    "aws-credentials": ("aws-credentials", "AWS_SHARED_CREDENTIALS_FILE", ("head", "worker", "flow")),
+    "ray-token": ("ray-token", "RAY_AUTH_TOKEN_PATH", ("head", "worker", "flow")),
+}
+SECRET_VOLUME = "nightshift-secrets"
+LABELS = {"app.kubernetes.io/part-of": "nightshift"}
+
+
+def secret_mounts(
+    cc: ClusterConfig, role: str
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, str]]:
+    """(volumes, mounts, env) giving the pod of ``role`` (head, worker, flow) only the secret keys it
+    needs, as read-only files (mode 0440: root's, readable by the pod's fsGroup), never as variables."""
+    if not cc.secret_name:
+        return [], [], {"RAY_AUTH_MODE": "token"}
+    keys = [(k, f, var) for k, (f, var, roles) in SECRET_FILES.items() if role in roles]
+    volume = {
+        "name": SECRET_VOLUME,
+        "secret": {
+            "secretName": cc.secret_name,
+            "optional": True,  # pods start without it and fail only where a credential is needed
+            "defaultMode": 0o440,
+            "items": [{"key": k, "path": f} for k, f, _ in keys],
+        },
+    }
+    mount = {"name": SECRET_VOLUME, "mountPath": SECRETS_DIR, "readOnly": True}
+    env = {var: f"{SECRETS_DIR}/{f}" for _, f, var in keys} | {"RAY_AUTH_MODE": "token"}
+    return [volume], [mount], env
+
+
+def pod_security() -> dict[str, Any]:
+    """The pod's securityContext: never root, the runtime's default seccomp profile."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": RUN_AS_USER,
+        "runAsGroup": FS_GROUP,
+        "fsGroup": FS_GROUP,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def container_security() -> dict[str, Any]:
+    """Each container's securityContext: no privilege escalation, no Linux capabilities."""
+    return {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
 
 
 def head_service(cc: ClusterConfig) -> str:
@@ -81,41 +129,44 @@ def volumes(cc: ClusterConfig, shm: bool) -> tuple[list[dict[str, Any]], list[di
 
 
 def container(
-    cfg: Config, name: str, cpus: int, memory: str, gpus: int, ports: dict[str, int] | None = None
+    cfg: Config, name: str, role: str, cpus: int, memory: str, gpus: int, ports: dict[str, int] | None = None
 ) -> dict[str, Any]:
-    """One container of our image with the cluster environment, the secret and the volumes."""
+    """One container of our image with the cluster environment, its secret files and the volumes."""
     cc = cfg.cluster
+    _, secret_mount, secret_env = secret_mounts(cc, role)
+    env = [{"name": k, "value": v} for k, v in {**cluster_env(cfg), **secret_env}.items()]
+    if role == "head":
+        # The dashboard binds the pod's own address ($(POD_IP) in rayStartParams), not every interface.
+        env.append({"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}})
     out: dict[str, Any] = {
         "name": name,
         "image": cc.image,
         "imagePullPolicy": cc.image_pull_policy,
-        "env": [{"name": k, "value": v} for k, v in cluster_env(cfg).items()],
+        "env": env,
     }
-    if cc.secret_name:
-        # optional: pods start without the secret and fail only where a password is needed
-        out["envFrom"] = [{"secretRef": {"name": cc.secret_name, "optional": True}}]
     if ports:
         out["ports"] = [{"name": n, "containerPort": p} for n, p in ports.items()]
     out["resources"] = resources(cc, cpus, memory, gpus)
-    out["volumeMounts"] = volumes(cc, shm=True)[1]
+    out["volumeMounts"] = volumes(cc, shm=True)[1] + secret_mount
+    out["securityContext"] = container_security()
     return out
 
 
-def pod_template(cfg: Config, main: dict[str, Any], gpu: bool) -> dict[str, Any]:
+def pod_template(cfg: Config, main: dict[str, Any], gpu: bool, role: str) -> dict[str, Any]:
     """A pod template around ``main``; GPU pods get the node selector and tolerations."""
     cc = cfg.cluster
     spec: dict[str, Any] = {
         "serviceAccountName": cc.service_account,
-        "securityContext": {"fsGroup": FS_GROUP},
+        "securityContext": pod_security(),
         "containers": [main],
-        "volumes": volumes(cc, shm=True)[0],
+        "volumes": volumes(cc, shm=True)[0] + secret_mounts(cc, role)[0],
     }
     if gpu:
         if cc.gpu_node_selector:
             spec["nodeSelector"] = dict(cc.gpu_node_selector)
         if cc.gpu_tolerations:
             spec["tolerations"] = [dict(t) for t in cc.gpu_tolerations]
-    return {"metadata": {"labels": {"app.kubernetes.io/part-of": "nightshift"}}, "spec": spec}
+    return {"metadata": {"labels": dict(LABELS)}, "spec": spec}
 
 
 def head_group(cfg: Config) -> dict[str, Any]:
@@ -128,29 +179,30 @@ def head_group(cfg: Config) -> dict[str, Any]:
         "serve": cfg.serve.port,
         "metrics": RAY_METRICS_PORT,
     }
-    main = container(cfg, "ray-head", cc.head_cpus, cc.head_memory, cc.head_gpus, ports)
+    main = container(cfg, "ray-head", "head", cc.head_cpus, cc.head_memory, cc.head_gpus, ports)
     return {
-        # rayStartParams values are strings (they become `ray start` flags).
+        # rayStartParams values are strings (they become `ray start` flags); Kubernetes expands
+        # $(POD_IP) in the command KubeRay builds from them.
         "rayStartParams": {
-            "dashboard-host": "0.0.0.0",
+            "dashboard-host": "$(POD_IP)",
             "num-cpus": str(cc.head_cpus),
             "num-gpus": str(cc.head_gpus),
         },
-        "template": pod_template(cfg, main, gpu=cc.head_gpus > 0),
+        "template": pod_template(cfg, main, gpu=cc.head_gpus > 0, role="head"),
     }
 
 
 def worker_group(cfg: Config, replicas: int) -> dict[str, Any]:
     """KubeRay ``workerGroupSpecs[0]``: the GPU workers (Ray Train workers, one per GPU)."""
     cc = cfg.cluster
-    main = container(cfg, "ray-worker", cc.worker_cpus, cc.worker_memory, cc.worker_gpus)
+    main = container(cfg, "ray-worker", "worker", cc.worker_cpus, cc.worker_memory, cc.worker_gpus)
     return {
         "groupName": "gpu-workers" if cc.worker_gpus else "workers",
         "replicas": replicas,
         "minReplicas": min(cc.worker_min_replicas, replicas),
         "maxReplicas": max(cc.worker_max_replicas, replicas),
         "rayStartParams": {"num-cpus": str(cc.worker_cpus), "num-gpus": str(cc.worker_gpus)},
-        "template": pod_template(cfg, main, gpu=cc.worker_gpus > 0),
+        "template": pod_template(cfg, main, gpu=cc.worker_gpus > 0, role="worker"),
     }
 
 
@@ -161,6 +213,28 @@ def ray_cluster_spec(cfg: Config, *, autoscaling: bool, replicas: int) -> dict[s
         "enableInTreeAutoscaling": autoscaling,
         "headGroupSpec": head_group(cfg),
         "workerGroupSpecs": [worker_group(cfg, replicas)],
+    }
+
+
+def network_policy(cfg: Config) -> dict[str, Any]:
+    """Ingress to our pods: the Serve port from anywhere; every port from our own pods (Ray's nodes,
+    the flow runs); the Ray dashboard port from the KubeRay operator's namespace. Nothing else."""
+    cc = cfg.cluster
+    ours = {"podSelector": {"matchLabels": dict(LABELS)}}
+    operator = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": cc.kuberay_namespace}}}
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": f"{cc.name}-ingress", "namespace": cc.namespace, "labels": dict(LABELS)},
+        "spec": {
+            "podSelector": {"matchLabels": dict(LABELS)},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {"ports": [{"protocol": "TCP", "port": cfg.serve.port}]},
+                {"from": [ours]},
+                {"from": [operator], "ports": [{"protocol": "TCP", "port": RAY_DASHBOARD_PORT}]},
+            ],
+        },
     }
 
 

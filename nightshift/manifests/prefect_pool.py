@@ -20,8 +20,10 @@ from training.config import Config
 def base_job_template(cfg: Config) -> dict[str, Any]:
     """``{"job_configuration", "variables"}`` for ``prefect work-pool create --base-job-template``."""
     cc = cfg.cluster
-    env = {**pods.cluster_env(cfg), "RAY_ADDRESS": pods.ray_client_address(cc)}
+    secret_vols, secret_mount, secret_env = pods.secret_mounts(cc, "flow")
+    env = {**pods.cluster_env(cfg), **secret_env, "RAY_ADDRESS": pods.ray_client_address(cc)}
     vols, mounts = pods.volumes(cc, shm=False)
+    vols, mounts = vols + secret_vols, mounts + secret_mount
     main: dict[str, Any] = {
         "name": "prefect-job",
         "image": "{{ image }}",
@@ -29,19 +31,18 @@ def base_job_template(cfg: Config) -> dict[str, Any]:
         "args": "{{ command }}",
         "env": "{{ env }}",
     }
-    if cc.secret_name:
-        main["envFrom"] = [{"secretRef": {"name": cc.secret_name, "optional": True}}]
     main["resources"] = {
         "requests": {"cpu": "{{ cpu }}", "memory": "{{ memory }}"},
         "limits": {"memory": "{{ memory }}"},
     }
     main["volumeMounts"] = mounts
+    main["securityContext"] = pods.container_security()
     pod_spec: dict[str, Any] = {
         "parallelism": 1,
         "completions": 1,
         "restartPolicy": "Never",
         "serviceAccountName": "{{ service_account_name }}",
-        "securityContext": {"fsGroup": pods.FS_GROUP},
+        "securityContext": pods.pod_security(),
         "containers": [main],
         "volumes": vols,
     }
@@ -99,7 +100,7 @@ def _variables(cfg: Config, env: dict[str, str]) -> dict[str, Any]:
         },
         "env": {
             "title": "Environment",
-            "description": "Environment of the flow-run pod; the secret's keys come on top (envFrom).",
+            "description": "Environment of the flow-run pod; secrets come as files (PGPASSFILE, ...).",
             "type": "object",
             "additionalProperties": {"type": "string"},
             "default": env,

@@ -21,6 +21,7 @@ LAUNCHER = "infra/cluster/ray-cluster.yaml"
 LAUNCHER_PARAMS = "infra/cluster/pretrain-params.json"
 RAYJOB = "infra/k8s/rayjob-pretrain.yaml"
 RAYSERVICE = "infra/k8s/rayservice.yaml"
+NETWORK_POLICY = "infra/k8s/networkpolicy.yaml"
 PREFECT_TEMPLATE = "infra/k8s/prefect-base-job-template.json"
 PREFECT_PARAMS = "infra/k8s/pretrain-params.json"
 DOCKERFILE = "infra/docker/Dockerfile"
@@ -58,6 +59,7 @@ def render(cfg: Config, preset: str | Path, overrides: Mapping[str, Any] | None 
         LAUNCHER_PARAMS: dump_json(vm_params),
         RAYJOB: head + dump_yaml(kuberay.rayjob(cfg, preset, overrides)),
         RAYSERVICE: head + dump_yaml(kuberay.rayservice(cfg)),
+        NETWORK_POLICY: head + dump_yaml(pods.network_policy(cfg)),
         PREFECT_TEMPLATE: dump_json(prefect_pool.base_job_template(cfg)),
         PREFECT_PARAMS: dump_json(k8s_params),
         DOCKERFILE: docker.dockerfile(cfg),

@@ -5,7 +5,12 @@
 - RayService ``serveConfigV2``: Ray Serve's ``ServeDeploySchema`` (plus no keys it would ignore),
   and the import path imported and its builder called with the args, as Serve does, without
   starting Serve; every configured deployment must exist in the built application;
-- RayJob / RayService: :mod:`nightshift.manifests.kube_schema` and KubeRay's cross-field rules;
+- RayJob / RayService: KubeRay's fields (:mod:`nightshift.manifests.kube_schema`) and cross-field
+  rules; every pod template inside them by the real Kubernetes schema (``kubernetes-validate``,
+  strict: unknown fields are errors), and the hardening every pod must have (non-root, no privilege
+  escalation, no capabilities, seccomp ``RuntimeDefault``, secrets only as files, the Ray dashboard
+  off ``0.0.0.0``);
+- NetworkPolicy: the Kubernetes schema, and only the Serve port open to every source;
 - Prefect base job template: Prefect's server-side work-pool validation, a JSON-schema check of
   ``variables``, the defaults against it, and the job it renders against the structure Prefect's
   Kubernetes worker requires;
@@ -25,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+import kubernetes_validate
 import yaml
 
 from nightshift.manifests import REPO_ROOT, kube_schema, render
@@ -95,6 +101,67 @@ def check_serve_config(doc: dict[str, Any]) -> list[str]:
     return problems
 
 
+# The Kubernetes version whose schemas the rendered objects are checked against (kubernetes-validate
+# ships one per minor release).
+KUBERNETES_VERSION = "1.32"
+
+
+def check_kubernetes(doc: dict[str, Any], what: str) -> list[str]:
+    """A Kubernetes object against the API's own schema (strict: an unknown field is an error)."""
+    try:
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+    except kubernetes_validate.ValidationError as e:
+        return [f"{what}: {'/'.join(str(p) for p in e.path) or '(top)'}: {e.message}"]
+    except kubernetes_validate.SchemaNotFoundError as e:
+        return [f"{what}: {e.message}"]
+    return []
+
+
+def check_pod_template(template: dict[str, Any], what: str) -> list[str]:
+    """A pod template by the Kubernetes schema (as a core/v1 PodTemplate), then the hardening rules."""
+    doc = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "check"}, "template": template}
+    return check_kubernetes(doc, what) + _hardening_problems(template, what)
+
+
+def _hardening_problems(template: dict[str, Any], where: str) -> list[str]:
+    spec = template.get("spec", {})
+    pod = spec.get("securityContext", {})
+    out = []
+    if pod.get("runAsNonRoot") is not True:
+        out.append(f"{where}: securityContext.runAsNonRoot must be true")
+    if (pod.get("seccompProfile") or {}).get("type") != "RuntimeDefault":
+        out.append(f"{where}: securityContext.seccompProfile.type must be RuntimeDefault")
+    for c in spec.get("containers", []) + spec.get("initContainers", []):
+        sc = c.get("securityContext", {})
+        if sc.get("allowPrivilegeEscalation") is not False:
+            out.append(f"{where}: container {c.get('name')}: allowPrivilegeEscalation must be false")
+        if "ALL" not in (sc.get("capabilities") or {}).get("drop", []):
+            out.append(f"{where}: container {c.get('name')}: capabilities must drop ALL")
+        if any("secretRef" in e for e in c.get("envFrom", [])) or any(
+            "secretKeyRef" in (e.get("valueFrom") or {}) for e in c.get("env", []) if isinstance(e, dict)
+        ):
+            out.append(f"{where}: container {c.get('name')}: secrets go in as files, not variables")
+    return out
+
+
+def check_network_policy(doc: dict[str, Any], serve_port: int) -> list[str]:
+    """The Kubernetes schema, and: the only rule open to every source admits the Serve port alone."""
+    out = check_kubernetes(doc, "NetworkPolicy")
+    if out:
+        return out
+    spec = doc["spec"]
+    if "Ingress" not in spec.get("policyTypes", []):
+        out.append("NetworkPolicy: policyTypes must include Ingress")
+    for i, rule in enumerate(spec.get("ingress", [])):
+        ports = [p.get("port") for p in rule.get("ports", [])]
+        if not rule.get("from") and ports != [serve_port]:
+            opened = ports or "all ports"
+            out.append(
+                f"NetworkPolicy ingress[{i}]: every source may reach {opened}; only Serve's {serve_port} may"
+            )
+    return out
+
+
 def _pod_problems(template: dict[str, Any], where: str) -> list[str]:
     spec = template.get("spec", {})
     declared = {v["name"] for v in spec.get("volumes", [])}
@@ -123,11 +190,17 @@ def check_ray_cluster(spec: dict[str, Any], where: str) -> list[str]:
     for needed in ("gcs-server", "dashboard", "client"):
         if needed not in ports:
             out.append(f"{where}: the head container has no port named {needed!r}")
+    if spec["headGroupSpec"]["rayStartParams"].get("dashboard-host", "0.0.0.0") in ("0.0.0.0", "::"):
+        out.append(
+            f"{where}: the Ray dashboard listens on every interface; set rayStartParams dashboard-host"
+        )
+    out += check_pod_template(head, f"{where} head")
     out += _pod_problems(head, f"{where} head")
     for g in spec.get("workerGroupSpecs", []):
         lo, n, hi = g.get("minReplicas", 0), g.get("replicas", 0), g.get("maxReplicas", 2**31)
         if not lo <= n <= hi:
             out.append(f"{where} {g['groupName']}: replicas {n} outside [minReplicas {lo}, maxReplicas {hi}]")
+        out += check_pod_template(g["template"], f"{where} {g['groupName']}")
         out += _pod_problems(g["template"], f"{where} {g['groupName']}")
     return out
 
@@ -259,7 +332,7 @@ def check_prefect_template(template: dict[str, Any]) -> list[str]:
     unresolved = {p.name for p in left} - {"name", "labels", "command", "job_watch_timeout_seconds"}
     if unresolved:
         out.append(f"prefect template: placeholders without defaults: {sorted(unresolved)}")
-    out += _schema_errors(pod, kube_schema.POD_TEMPLATE, "prefect template pod")
+    out += check_pod_template(pod, "prefect template pod")
     out += _pod_problems(pod, "prefect template pod")
     return out
 
@@ -293,6 +366,9 @@ def validate_files(files: Mapping[str, str]) -> list[str]:
     out = check_launcher(yaml.safe_load(doc[render.LAUNCHER]))
     out += check_rayjob(yaml.safe_load(doc[render.RAYJOB]))
     out += check_rayservice(yaml.safe_load(doc[render.RAYSERVICE]))
+    serve = yaml.safe_load(yaml.safe_load(doc[render.RAYSERVICE])["spec"]["serveConfigV2"])
+    serve_port = (serve.get("http_options") or {}).get("port", 8000)
+    out += check_network_policy(yaml.safe_load(doc[render.NETWORK_POLICY]), serve_port)
     out += check_prefect_template(json.loads(doc[render.PREFECT_TEMPLATE]))
     out += check_params(json.loads(doc[render.PREFECT_PARAMS]), "pretrain-params.json (k8s)")
     out += check_params(json.loads(doc[render.LAUNCHER_PARAMS]), "pretrain-params.json (launcher)")

@@ -21,6 +21,7 @@ TABLES = {
     "completions",
     "feedback",
     "preference_feedback",
+    "api_keys",
 }
 
 

@@ -155,7 +155,13 @@ def filled(tmp_path_factory: pytest.TempPathFactory, mlflow_server: str, ray_loc
     config_path = root / "dashboard.yaml"
     config_path.write_text(
         yaml.safe_dump(
-            {"tracking": {"mlflow_uri": mlflow_server, "catalog_url": catalog_url, "experiment": EXPERIMENT}}
+            {
+                "tracking": {
+                    "mlflow_uri": str(mlflow_server),
+                    "catalog_url": catalog_url,
+                    "experiment": EXPERIMENT,
+                }
+            }
         )
     )
     return Filled(

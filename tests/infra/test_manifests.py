@@ -9,6 +9,7 @@ validation, the RayJob's command through real shells.
 from __future__ import annotations
 
 import ast
+import copy
 import inspect
 import json
 import shlex
@@ -167,16 +168,67 @@ def test_kuberay_manifests_have_the_required_fields(files, cfg):
     )
     assert worker["template"]["spec"]["nodeSelector"] == cfg.cluster.gpu_node_selector
     assert validate.check_rayjob(job) == [] and validate.check_rayservice(svc) == []
-    # The schema catches a misspelt field, a missing image and a bad quantity.
+    # Kubernetes' own schema (kubernetes-validate, strict) catches a misspelt field and a wrong type
+    # inside the pod templates; KubeRay's fields are checked by ours.
     c = _containers(job["spec"]["rayClusterSpec"])[1]
     c["resource"] = c.pop("resources")
-    del _containers(svc["spec"]["rayClusterConfig"])[0]["image"]
-    svc["spec"]["rayClusterConfig"]["headGroupSpec"]["template"]["spec"]["containers"][0]["resources"][
-        "limits"
-    ]["memory"] = "lots"
+    _containers(svc["spec"]["rayClusterConfig"])[0]["ports"][0]["containerPort"] = "eighty"
+    svc["spec"]["rayClusterConfig"]["headGroupSpec"]["rayStartParam"] = {}
     assert "'resource' was unexpected" in " ".join(validate.check_rayjob(job))
-    problems = " ".join(validate.check_rayservice(svc))
-    assert "'image' is a required property" in problems and "'lots' does not match" in problems
+    assert "'rayStartParam' was unexpected" in " ".join(validate.check_rayservice(svc))
+    del svc["spec"]["rayClusterConfig"]["headGroupSpec"]["rayStartParam"]
+    assert "'eighty' is not of type 'integer'" in " ".join(validate.check_rayservice(svc))
+
+
+def test_every_pod_is_hardened_and_gets_only_its_secrets_as_files(files, cfg):
+    from nightshift.manifests import pods
+
+    svc = _yaml(files, render.RAYSERVICE)
+    flow = json.loads(files[render.PREFECT_TEMPLATE])["job_configuration"]["job_manifest"]["spec"]["template"]
+    head = svc["spec"]["rayClusterConfig"]["headGroupSpec"]
+    worker = svc["spec"]["rayClusterConfig"]["workerGroupSpecs"][0]["template"]
+    assert head["rayStartParams"]["dashboard-host"] == "$(POD_IP)"  # not every interface
+    for role, template in (("head", head["template"]), ("worker", worker), ("flow", flow)):
+        spec = template["spec"]
+        assert spec["securityContext"]["runAsNonRoot"] is True
+        assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        (main,) = spec["containers"]
+        assert main["securityContext"] == {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+        }
+        assert "envFrom" not in main  # no secret as variables
+        (secret,) = [v for v in spec["volumes"] if "secret" in v]
+        keys = {i["key"] for i in secret["secret"]["items"]}
+        wanted = {k for k, (_, _, roles) in pods.SECRET_FILES.items() if role in roles}
+        assert keys == wanted, role
+        env = main["env"] if isinstance(main["env"], list) else None
+        names = (
+            {e["name"] for e in env}
+            if env
+            else set(json.loads(files[render.PREFECT_TEMPLATE])["variables"]["properties"]["env"]["default"])
+        )
+        assert ("PGPASSFILE" in names) == (role != "worker") and {
+            "RAY_AUTH_MODE",
+            "RAY_AUTH_TOKEN_PATH",
+        } <= names
+    # A pod that runs as root, or takes the secret as variables, fails the check.
+    bad = copy.deepcopy(head["template"])
+    bad["spec"]["securityContext"]["runAsNonRoot"] = False
+    bad["spec"]["containers"][0]["envFrom"] = [{"secretRef": {"name": "nightshift-secrets"}}]
+    problems = " ".join(validate.check_pod_template(bad, "head"))
+    assert "runAsNonRoot must be true" in problems and "secrets go in as files" in problems
+
+
+def test_the_network_policy_admits_only_the_serve_port_from_outside(files, cfg):
+    policy = _yaml(files, render.NETWORK_POLICY)
+    assert validate.check_network_policy(policy, cfg.serve.port) == []
+    open_rules = [r for r in policy["spec"]["ingress"] if "from" not in r]
+    assert open_rules == [{"ports": [{"protocol": "TCP", "port": cfg.serve.port}]}]
+    policy["spec"]["ingress"].append({"ports": [{"protocol": "TCP", "port": 8265}]})
+    assert "only Serve's" in " ".join(validate.check_network_policy(policy, cfg.serve.port))
+    policy["spec"]["podSelectr"] = {}
+    assert "'podSelectr' was unexpected" in " ".join(validate.check_network_policy(policy, cfg.serve.port))
 
 
 def test_rayjob_entrypoint_survives_both_shells_and_runs_the_flow(files):

@@ -3,10 +3,11 @@
 * ``embedded`` (default, part of ``make test``): a SQLite catalog, artifacts in a local directory,
   the session's MLflow server (SQLite + local artifacts).
 * ``postgres`` (``make test-postgres``): ``nightshift up`` with ``stack.backend: postgres`` on free
-  ports — a Postgres 15 cluster (Debian's binaries) with the databases prefect, mlflow and catalog, an
-  S3 server on loopback, and Prefect, MLflow, Ray and the worker pointed at them. The same tests then
-  use that MLflow (Postgres + S3), fresh catalog databases on that Postgres and the S3 artifact root,
-  and ``test_stack_postgres.py`` (collected only here) runs ``pretrain/nightly`` through the worker.
+  ports — a Postgres 15 cluster (Debian's binaries) with the databases prefect, mlflow and catalog, and
+  the session's S3 test double (moto, conftest's ``s3_server``) as its external ``stack.s3_endpoint``,
+  with Prefect, MLflow, Ray and the worker pointed at them. The same tests then use that MLflow
+  (Postgres + S3), fresh catalog databases on that Postgres and the S3 artifact root, and
+  ``test_stack_postgres.py`` (collected only here) runs ``pretrain/nightly`` through the worker.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ class Backend:
     mlflow_uri: str
     artifact_root: str
     tmp: Path
-    postgres_server: str | None = None  # postgresql://postgres:<pw>@127.0.0.1:<port>/postgres
+    postgres_server: str | None = None  # postgresql://postgres@127.0.0.1:<port>/postgres (PGPASSFILE)
     bucket: str | None = None
     mlflow_stores: tuple[str, str] | None = None  # MLflow's backend store and artifact destination
 
@@ -87,8 +88,9 @@ class Backend:
 
 
 @pytest.fixture(scope="session")
-def postgres_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
-    """``nightshift up`` with ``stack.backend: postgres`` on free ports; yields the config."""
+def postgres_stack(tmp_path_factory: pytest.TempPathFactory, s3_server) -> Iterator[object]:
+    """``nightshift up`` with ``stack.backend: postgres`` on free ports, the S3 test double as its
+    external store; yields the config. The session keeps ``PGPASSFILE`` (the stack's password file)."""
     from nightshift import stack
     from nightshift.services import free_port_overrides
     from training.config import load_config
@@ -101,6 +103,8 @@ def postgres_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]
         {
             "stack.backend": "postgres",
             "stack.postgres_dir": str(pg_dir),
+            "stack.s3_endpoint": s3_server.endpoint,
+            "stack.s3_bucket": s3_server.bucket,
             "stack.ray_num_cpus": 1,
             "stack.ray_object_store_bytes": 100_000_000,
             "stack.set_profile": False,
@@ -109,6 +113,7 @@ def postgres_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("NIGHTSHIFT_HOME", str(home))
         mp.setenv("PREFECT_HOME", str(tmp_path_factory.mktemp("prefect_home")))
+        mp.setenv("PGPASSFILE", str(home / "pgpass"))
         cfg = load_config("tiny", overrides)
         try:
             stack.up(cfg, deploy=True)

@@ -1,6 +1,7 @@
 """`nightshift up` with ``stack.backend: postgres``: Prefect, MLflow and the catalog on Postgres,
-artifacts on S3, and ``pretrain/nightly`` run through the worker on them. Collected only in the
-postgres pass (``make test-postgres``); the stack is the session's (see conftest.py)."""
+artifacts on S3 (the session's test double as an external endpoint), and ``pretrain/nightly`` run
+through the worker on them; then every store is scanned for the password and the API keys. Collected
+only in the postgres pass (``make test-postgres``); the stack is the session's (see conftest.py)."""
 
 from __future__ import annotations
 
@@ -16,14 +17,14 @@ import pytest
 from catalog.artifacts import INDEX, open_artifact
 from nightshift import stack
 from nightshift.backends import password_path
-from nightshift.services import process_start_time, stop
+from nightshift.services import process_start_time
 from tests.flows.conftest import write_corpus
 from tests.integration.conftest import Backend, rows
 from training.config import Config, nightshift_home
 
 pytestmark = [pytest.mark.integration, pytest.mark.stack, pytest.mark.postgres, pytest.mark.slow]
 
-SERVICES = ["postgres", "s3", "prefect-server", "mlflow", "ray-head", "prefect-worker", "dashboard"]
+SERVICES = ["postgres", "prefect-server", "mlflow", "ray-head", "prefect-worker", "dashboard"]
 
 
 def _cmdlines_of_group(pgid: int) -> list[str]:
@@ -45,10 +46,15 @@ def test_every_service_runs_on_postgres_and_s3(postgres_stack: Config, backend: 
     assert [s.name for s in services] == SERVICES
     assert all(s.healthy for s in services), [(s.name, s.detail) for s in services if not s.healthy]
     env = stack.stack_env(cfg)
-    assert env["NIGHTSHIFT_CATALOG_URL"].startswith("postgresql+psycopg://postgres:")
-    assert env["NIGHTSHIFT_CATALOG_URL"].endswith(f"@127.0.0.1:{cfg.stack.postgres_port}/catalog")
+    # No URL holds the password: libpq and asyncpg read it from the stack's password file.
+    assert (
+        env["NIGHTSHIFT_CATALOG_URL"]
+        == f"postgresql+psycopg://postgres@127.0.0.1:{cfg.stack.postgres_port}/catalog"
+    )
+    assert stat.S_IMODE(Path(env["PGPASSFILE"]).stat().st_mode) == 0o600
     assert env["NIGHTSHIFT_ARTIFACTS"] == f"s3://{cfg.stack.s3_bucket}/artifacts"
-    assert env["AWS_ENDPOINT_URL"] == f"http://127.0.0.1:{cfg.stack.s3_port}"
+    assert env["AWS_ENDPOINT_URL"] == cfg.stack.s3_endpoint
+    assert stat.S_IMODE(nightshift_home().stat().st_mode) == 0o700
     env_file = nightshift_home() / "env"
     assert stat.S_IMODE(env_file.stat().st_mode) == 0o600 and "NIGHTSHIFT_ARTIFACTS" in env_file.read_text()
     # Prefect keeps its state in Postgres: the deployments `up` applied are rows of its database.
@@ -115,24 +121,41 @@ def test_nightly_deployment_runs_on_postgres_and_s3(
     assert (model.path / "model.safetensors").is_file() and model.path.is_relative_to(tmp_path / "elsewhere")
 
 
-def test_objects_outlive_a_restart_of_the_s3_server(
-    postgres_stack: Config, backend: Backend, tmp_path: Path, monkeypatch
-) -> None:
-    """The loopback S3 server keeps objects in memory; `up` replays its recording after a restart."""
-    cfg = postgres_stack
-    before = backend.objects("")
-    assert before
-    stop(nightshift_home(), "s3")
-    again = {s.name: s for s in stack.up(cfg, deploy=False)}
-    assert again["s3"].healthy
-    assert backend.objects("") == before
+def test_no_store_holds_the_password_or_a_key(postgres_stack: Config, backend: Backend) -> None:
+    """After a night on Postgres: the password, the API keys and the S3 secret are in no database
+    (catalog, MLflow's params and tags, Prefect's parameters and logs), no object (artifacts, MLflow's
+    artifacts) and no file under $NIGHTSHIFT_HOME or Ray's session logs, but the secret files."""
+    from catalog.keys import create_key
+    from nightshift import leaks
+    from nightshift.credentials import client_key
+
+    cfg, home = postgres_stack, nightshift_home()
     catalog_url = stack.stack_env(cfg)["NIGHTSHIFT_CATALOG_URL"]
-    (uri,) = rows(catalog_url, "SELECT uri FROM artifacts WHERE kind = 'model'")[0]
-    monkeypatch.setenv("NIGHTSHIFT_ARTIFACT_CACHE", str(tmp_path / "cache"))
-    assert open_artifact(uri, kind="model").uri == uri
+    labeller, _ = create_key(catalog_url, "scan-labeller", "labeller")
+    secrets = {
+        "postgres password": password_path(home).read_text().strip(),
+        "local API key": client_key(home) or "",
+        "labeller API key": labeller,
+        "S3 secret key": os.environ.get("AWS_SECRET_ACCESS_KEY", ""),
+    }
+    assert all(secrets.values())
+    hits = leaks.scan(
+        home,
+        secrets,
+        databases={name: backend.database(name) for name in ("catalog", "mlflow", "prefect")},
+        s3_prefixes=[f"s3://{cfg.stack.s3_bucket}/artifacts", f"s3://{cfg.stack.s3_bucket}/mlflow"],
+    )
+    hits += leaks.scan_files(Path(stack._ray_temp_dir(cfg, home)), secrets)
+    assert hits == [], hits
+    # The scan does find a secret where one is: it is not blind.
+    (home / "logs" / "planted.log").write_text(f"oops {secrets['labeller API key']}\n")
+    assert [h.where for h in leaks.scan_files(home, secrets)] == [
+        str((home / "logs" / "planted.log").resolve())
+    ]
+    (home / "logs" / "planted.log").unlink()
 
 
-def test_down_stops_postgres_and_s3_too(postgres_stack: Config) -> None:
+def test_down_stops_postgres_too(postgres_stack: Config) -> None:
     cfg = postgres_stack
     pids = {s.name: s.pid for s in stack.status(cfg)}
     after = stack.down(cfg)
@@ -140,6 +163,6 @@ def test_down_stops_postgres_and_s3_too(postgres_stack: Config) -> None:
     for name, pid in pids.items():
         assert pid is not None and process_start_time(pid) is None, name
         with pytest.raises(ProcessLookupError):
-            os.killpg(pid, 0)  # the whole group: postgres's backends, the S3 server's threads
+            os.killpg(pid, 0)  # the whole group: postgres's backends too
     # The cluster stays on disk for the next `up`.
     assert (Path(cfg.stack.postgres_dir) / "data" / "PG_VERSION").is_file()

@@ -76,3 +76,24 @@ def test_sft_then_dpo_from_the_command_line(tmp_path, capsys, monkeypatch):
     assert main(["dpo", "--model", sft["artifact"], "--out", str(tmp_path / "dpo"), *common]) == 0
     dpo = json.loads(capsys.readouterr().out)
     assert dpo["sha256"] != sft["sha256"] and dpo["preferences"]
+
+
+def test_keys_create_list_revoke(tmp_path, capsys):
+    url = f"sqlite:///{tmp_path / 'catalog.db'}"
+    over = ["--tracking.catalog_url", url]
+    assert main(["keys", "create", "--name", "ann", "--role", "labeller", *over]) == 0
+    out, err = capsys.readouterr()
+    key = out.strip()
+    assert key.startswith("ns-") and "labeller key 'ann'" in err and key not in err
+    assert main(["keys", "create", "--name", "ann", *over]) == 2  # names are unique
+    assert "a key named 'ann' exists" in capsys.readouterr().err
+    assert main(["keys", "create", "--name", "bad name!", *over]) == 2
+    assert main(["keys", "list", *over]) == 0
+    listed = capsys.readouterr().out
+    assert "ann" in listed and "labeller" in listed and "active" in listed and key not in listed
+    assert main(["keys", "revoke", "ann", *over]) == 0
+    assert main(["keys", "list", *over]) == 0
+    assert "revoked" in capsys.readouterr().out
+    from catalog.keys import digest, lookup
+
+    assert lookup(url, digest(key)) is None

@@ -35,42 +35,54 @@ def test_embedded_is_the_default_and_changes_nothing(tmp_path, monkeypatch):
     assert not {"NIGHTSHIFT_ARTIFACTS", "AWS_ENDPOINT_URL"} & set(env)
 
 
-def test_postgres_backend_runs_local_postgres_and_s3(tmp_path):
-    cfg = load_config(
-        "tiny", {"stack.backend": "postgres", "stack.postgres_port": 6543, "stack.s3_port": 9100}
-    )
+def test_postgres_backend_runs_local_postgres_and_keeps_artifacts_on_disk(tmp_path):
+    """No external S3: artifacts and MLflow's files stay under $NIGHTSHIFT_HOME (no S3 server is run),
+    and the password lives only in the password file every process is pointed at."""
+    cfg = load_config("tiny", {"stack.backend": "postgres", "stack.postgres_port": 6543})
     backends.ensure_password(tmp_path)
     password = backends.password_path(tmp_path).read_text()
+    pgpass = backends.write_pgpass(cfg, tmp_path)
+    assert (
+        pgpass.read_text() == f"127.0.0.1:6543:*:postgres:{password}\n"
+        and oct(pgpass.stat().st_mode)[-3:] == "600"
+    )
     services = stack._services(cfg, tmp_path, stack.REPO_ROOT)
-    assert list(services)[:2] == ["postgres", "s3"]
+    assert list(services) == [
+        "postgres",
+        "prefect-server",
+        "mlflow",
+        "ray-head",
+        "prefect-worker",
+        "dashboard",
+    ]
     assert services["postgres"].ports == (("postgres_port", 6543),)
     prefect_db = services["prefect-server"].env["PREFECT_SERVER_DATABASE_CONNECTION_URL"]
-    assert prefect_db == f"postgresql+asyncpg://postgres:{password}@127.0.0.1:6543/prefect"
+    assert prefect_db == "postgresql+asyncpg://postgres@127.0.0.1:6543/prefect"
     mlflow_env = services["mlflow"].env
-    assert mlflow_env["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql+psycopg://postgres:")
-    assert mlflow_env["MLFLOW_BACKEND_STORE_URI"].endswith("@127.0.0.1:6543/mlflow")
-    assert mlflow_env["MLFLOW_ARTIFACTS_DESTINATION"] == "s3://nightshift/mlflow"
-    assert mlflow_env["MLFLOW_S3_ENDPOINT_URL"] == "http://127.0.0.1:9100"
+    assert mlflow_env["MLFLOW_BACKEND_STORE_URI"] == "postgresql+psycopg://postgres@127.0.0.1:6543/mlflow"
+    assert "MLFLOW_ARTIFACTS_DESTINATION" not in mlflow_env  # the script's local directory
     env = stack.stack_env(cfg)
-    assert env["NIGHTSHIFT_CATALOG_URL"].endswith("@127.0.0.1:6543/catalog")
-    assert env["NIGHTSHIFT_ARTIFACTS"] == "s3://nightshift/artifacts"
-    assert env["AWS_ENDPOINT_URL"] == "http://127.0.0.1:9100" and env["AWS_ACCESS_KEY_ID"]
+    assert env["NIGHTSHIFT_CATALOG_URL"] == "postgresql+psycopg://postgres@127.0.0.1:6543/catalog"
+    assert not {"NIGHTSHIFT_ARTIFACTS", "AWS_ENDPOINT_URL"} & set(env)
     assert env["NIGHTSHIFT_STACK_BACKEND"] == "postgres"  # a shell that sourced the env file means this stack
-    # The worker's flow runs get the same, so tracking.* defaults point at Postgres and S3 there.
-    worker = services["prefect-worker"].env
-    assert worker["NIGHTSHIFT_ARTIFACTS"] == env["NIGHTSHIFT_ARTIFACTS"]
+    for svc in services.values():
+        assert svc.env["PGPASSFILE"] == str(pgpass)
+        assert not [k for k, v in svc.env.items() if password in v], svc.name
 
 
 def test_external_postgres_and_s3_start_nothing_local(tmp_path, monkeypatch):
     monkeypatch.setenv("NIGHTSHIFT_S3_ENDPOINT", "https://s3.example.org")
     cfg = load_config(
         "tiny",
-        {"stack.backend": "postgres", "stack.postgres_url": "postgresql://ns:pw@db.internal:5432/postgres"},
+        {"stack.backend": "postgres", "stack.postgres_url": "postgresql://ns:p:w@db.internal:5432/postgres"},
     )
     services = stack._services(cfg, tmp_path, stack.REPO_ROOT)
-    assert "postgres" not in services and "s3" not in services
+    assert "postgres" not in services
     env = stack.stack_env(cfg)
-    assert env["NIGHTSHIFT_CATALOG_URL"] == "postgresql+psycopg://ns:pw@db.internal:5432/catalog"
+    # The URL's password moves to the password file; the URLs everyone sees hold none.
+    assert env["NIGHTSHIFT_CATALOG_URL"] == "postgresql+psycopg://ns@db.internal:5432/catalog"
+    assert backends.write_pgpass(cfg, tmp_path).read_text() == "db.internal:5432:*:ns:p\\:w\n"
+    assert env["NIGHTSHIFT_ARTIFACTS"] == "s3://nightshift/artifacts"
     assert env["AWS_ENDPOINT_URL"] == "https://s3.example.org"
     assert "AWS_ACCESS_KEY_ID" not in env  # real credentials stay the user's, never written to the env file
 
@@ -90,7 +102,7 @@ def test_bad_backend_settings_are_listed_together():
     for needle in ("postgres_url", "s3_endpoint", "s3_bucket"):
         assert needle in text
     assert "secret" not in text  # the password of a bad URL is not echoed
-    with pytest.raises(ConfigError, match="s3_port: port 4200 is already used by prefect_port"):
-        load_config("tiny", {"stack.backend": "postgres", "stack.s3_port": 4200})
+    with pytest.raises(ConfigError, match="postgres_port: port 4200 is already used by prefect_port"):
+        load_config("tiny", {"stack.backend": "postgres", "stack.postgres_port": 4200})
     with pytest.raises(ConfigError, match="stack.backend"):
         load_config("tiny", {"stack.backend": "sqlite"})

@@ -65,6 +65,10 @@ def live(serve_port, tmp_path_factory) -> Iterator[Live]:
         "serve": {
             "api_key_hashes": [digest(KEY)],
             "api_key_file": str(root / "no-keys"),
+            "key_cache_s": 0.5,
+            "completions_per_minute": 0,  # the queue tests send bursts; test_feedback_keys sets its own
+            "feedback_per_minute": 30,
+            "rate_limit_burst_s": 10,
             "max_batch": 4,
             "max_waiting": 4,
             "max_body_bytes": 20_000,

@@ -46,6 +46,8 @@ def abuse_serve_config(root) -> dict:
     return {
         "api_key_hashes": [digest(KEY)],
         "api_key_file": str(root / "no-keys"),
+        # The load tests send one key's bursts on purpose; per-key limits: test_feedback_keys.py.
+        "completions_per_minute": 0,
         "max_batch": 4,
         "max_waiting": 8,
         "max_body_bytes": LIMIT,

@@ -1,4 +1,4 @@
-"""The live Serve deployment driven by the official `openai` client: wire format, streaming, errors, auth."""
+"""The OpenAI-compatible API on a live Serve deployment: bodies, errors, feedback, keys and limits."""
 
 from __future__ import annotations
 
@@ -8,10 +8,13 @@ import time
 import httpx
 import openai
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from catalog.db import session_scope
-from catalog.models import Artifact, Completion, Feedback
+from catalog.keys import create_key, revoke_key
+from catalog.models import USER_CHARS, Artifact, Completion, Feedback
+from serving.auth import digest
+from serving.schemas import CompletionRequest, FeedbackRequest
 from tests.serving.conftest import KEY
 
 MODEL = "nightshift-gpt"
@@ -147,7 +150,13 @@ def test_feedback_rating_and_comparison(client, live):
     assert r.status_code == 400
     with session_scope(live.catalog_url) as s:
         fb = s.get(Feedback, fid)
-        assert fb.kind == "preference" and fb.preferred == "b" and fb.labeller == "ann" and fb.source == "api"
+        # The labeller is the key (a static one here), never the client's `user`, which stays as data.
+        assert fb.kind == "preference" and fb.preferred == "b" and fb.source == "api"
+        assert (
+            fb.labeller == f"static-{digest(KEY)[:8]}"
+            and fb.user == "ann"
+            and fb.key_id.startswith("static-")
+        )
 
 
 def test_queue_full_gives_429_and_disconnect_frees_the_batch(live):
@@ -173,3 +182,97 @@ def test_queue_full_gives_429_and_disconnect_frees_the_batch(live):
     metrics = httpx.get(live.url + "/metrics").text
     assert "nightshift_completion_tokens_total" in metrics and "process_resident_memory_bytes" in metrics
     assert "nightshift_open_streams 0.0" in metrics  # the stream that left is no longer counted
+
+
+# --- feedback integrity: named keys with roles, one label per key and target, rate limits ---------
+
+
+def _h(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def _complete(live, key: str, n: int = 2) -> list[str]:
+    r = httpx.post(
+        live.url + "/v1/completions",
+        json={"model": MODEL, "prompt": "to be", "max_tokens": 3, "n": n, "seed": 1},
+        headers=_h(key),
+        timeout=60,
+    )
+    assert r.status_code == 200, r.text
+    return [c["completion_id"] for c in r.json()["choices"]]
+
+
+def _rate(live, key: str, body: dict) -> httpx.Response:
+    return httpx.post(live.url + "/v1/feedback", json=body, headers=_h(key), timeout=30)
+
+
+def test_client_keys_label_only_their_own_and_a_repeat_replaces(live):
+    alice, a_info = create_key(live.catalog_url, "alice-client", "client")
+    bob, _ = create_key(live.catalog_url, "bob-client", "client")
+    lab, _ = create_key(live.catalog_url, "lena-labeller", "labeller")
+    mine = _complete(live, alice)
+    with session_scope(live.catalog_url) as s:
+        assert {s.get(Completion, c).key_id for c in mine} == {a_info.id}  # the key's id, never the key
+    r = _rate(live, bob, {"completion_id": mine[0], "rating": 5})
+    assert r.status_code == 403 and r.json()["error"]["code"] == "not_your_completion", r.text
+    pair = {"completion_id": mine[0], "other_completion_id": mine[1], "preferred": "a"}
+    assert _rate(live, bob, pair).status_code == 403
+    r = _rate(live, lab, {"completion_id": mine[0], "rating": 2})
+    assert r.status_code == 200 and r.json()["labeller"] == "lena-labeller" and not r.json()["replaced"]
+
+    first = _rate(live, alice, {"completion_id": mine[0], "rating": 1, "user": "someone-else"}).json()
+    again = _rate(live, alice, {"completion_id": mine[0], "rating": 4, "user": "a third name"}).json()
+    assert again["replaced"] and again["id"] == first["id"] and again["labeller"] == "alice-client"
+    # The same pair in the other order is the same target.
+    p1 = _rate(live, alice, pair).json()
+    p2 = _rate(live, alice, {**pair, "completion_id": mine[1], "other_completion_id": mine[0]}).json()
+    assert p2["replaced"] and p2["id"] == p1["id"]
+    with session_scope(live.catalog_url) as s:
+        rows = s.scalars(select(Feedback).where(Feedback.labeller == "alice-client")).all()
+        assert len(rows) == 2
+        rating = next(r for r in rows if r.kind == "rating")
+        assert rating.rating == 4 and rating.user == "a third name" and rating.key_id == a_info.id
+        total = s.scalar(select(func.count()).select_from(Feedback).where(Feedback.completion_id.in_(mine)))
+        assert total == 3  # alice's rating and pair, the labeller's rating; bob's were refused
+
+
+def test_a_revoked_key_is_refused_without_a_restart(live):
+    key, _ = create_key(live.catalog_url, "soon-revoked", "client")
+    assert httpx.get(live.url + "/v1/models", headers=_h(key)).status_code == 200
+    revoke_key(live.catalog_url, "soon-revoked")
+    deadline = time.monotonic() + 10
+    while httpx.get(live.url + "/v1/models", headers=_h(key)).status_code == 200:
+        assert time.monotonic() < deadline, (
+            "the revoked key still works after 10 s (serve.key_cache_s is 0.5)"
+        )
+        time.sleep(0.2)
+    r = httpx.get(live.url + "/v1/models", headers=_h(key))
+    assert r.status_code == 401 and "revoked" in r.json()["error"]["message"]
+
+
+def test_feedback_over_the_key_rate_gets_429_with_retry_after(live):
+    key, _ = create_key(live.catalog_url, "hasty", "client")
+    (cid,) = _complete(live, key, n=1)
+    codes = [_rate(live, key, {"completion_id": cid, "rating": i % 5}) for i in range(8)]
+    # serve.feedback_per_minute 30 with a 10 s burst: 5 at once, then 429s naming when to retry.
+    assert [r.status_code for r in codes[:5]] == [200] * 5
+    limited = codes[5]
+    assert limited.status_code == 429 and limited.json()["error"]["code"] == "rate_limit_exceeded"
+    assert 1 <= int(limited.headers["Retry-After"]) <= 2
+    other, _ = create_key(live.catalog_url, "patient", "client")  # the limit is per key
+    assert httpx.get(live.url + "/v1/models", headers=_h(other)).status_code == 200
+    assert "nightshift_rate_limited_total" in httpx.get(live.url + "/metrics").text
+
+
+def test_request_limits_match_the_catalog_columns(live):
+    """A value the API accepts always fits its column: a 256-character user is a 400, not a failed batch."""
+    assert CompletionRequest.model_fields["user"].metadata[0].max_length == USER_CHARS
+    assert FeedbackRequest.model_fields["user"].metadata[0].max_length == USER_CHARS
+    assert Completion.__table__.c.user.type.length == USER_CHARS == Feedback.__table__.c.user.type.length
+    key, _ = create_key(live.catalog_url, "long-user", "client")
+    r = httpx.post(
+        live.url + "/v1/completions",
+        json={"model": MODEL, "prompt": "to be", "max_tokens": 2, "user": "u" * (USER_CHARS + 1)},
+        headers=_h(key),
+    )
+    assert r.status_code == 400 and r.json()["error"]["param"] == "user"

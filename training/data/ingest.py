@@ -26,6 +26,7 @@ from typing import IO, Any
 import numpy as np
 
 from catalog.artifacts import ArtifactRef, publish
+from catalog.redact import redact
 from training.config import RayConfig
 from training.data.config import DataConfig
 from training.data.dedup import Deduper, lsh_params
@@ -187,7 +188,8 @@ def ingest(
     inputs: list[dict[str, Any]] = []
     kept = gutenberg = docs_read = 0
     bytes_in = 0
-    card_config = cfg.model_dump(mode="json") | {"sources": source_list}
+    # The manifest and data card are read by anyone: a source URL's credentials are masked.
+    card_config = redact(cfg.model_dump(mode="json") | {"sources": source_list})
 
     ctx_publish = publish("corpus", dest=out) if out is not None else publish("corpus", root=artifact_root)
     with ctx_publish as staging:

@@ -59,6 +59,16 @@ class PreferenceConfig(Section):
     min_rating_gap: int = Field(
         1, ge=1, description="Two ratings of the same prompt make a pair when they differ by this much."
     )
+    max_disagreement: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="A labeller whose votes disagree with the majority of the other labellers on more than "
+        "this share of the pairs they share is left out of the snapshot (its data card says why).",
+    )
+    min_overlap: int = Field(
+        3, ge=1, description="Pairs a labeller must share with others before max_disagreement applies."
+    )
     refusal: str = Field(
         "I can't help with that.",
         description="The chosen reply paired against a completion flagged unsafe that has no safe sibling; "

@@ -9,6 +9,11 @@ either comparisons (kind ``preference`` or ``comparison``: ``preferred`` 'a' is 
   differ by ``min_rating_gap`` or more make a pair; an unsafe completion loses to every safe one.
 * An unsafe completion with no safe sibling is paired against the refusal: refusing is preferred.
 
+The labeller of a row is who gave it (the API key's name, or the dashboard's identity), never the
+request's ``user``. One labeller has one label per completion and per pair (the newest; the catalog
+also keeps only one since revision 0004), and a labeller who disagrees with the others' majority
+beyond ``max_disagreement`` is left out (:mod:`training.rlhf.labellers`).
+
 Every row read is used, quarantined (malformed: a comparison of two different prompts, a chat
 prompt that does not parse, a pair longer than the context, ...) or skipped (a lone rating):
 the counts add up.
@@ -18,7 +23,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -26,9 +31,10 @@ from sqlalchemy import select
 
 from catalog.artifacts import ArtifactRef
 from catalog.db import migrate, session_scope
-from catalog.models import Artifact, Completion, Feedback, PreferenceFeedback
+from catalog.models import Artifact, Completion, Feedback, PreferenceFeedback, feedback_target
 from training.chat import check_messages
 from training.data.tokenizer import CHAT_TOKENS
+from training.rlhf.labellers import labeller_of, outliers, votes
 from training.rlhf.preferences import PreferencePair, PreferenceSet, pair_problem, quarantine
 
 if TYPE_CHECKING:
@@ -83,8 +89,14 @@ def feedback_pairs(
     max_rows: int | None = None,
     min_rating_gap: int = 1,
     refusal: str = "I can't help with that.",
+    max_disagreement: float = 0.5,
+    min_overlap: int = 3,
 ) -> PreferenceSet:
-    """Preference pairs from the catalog's feedback rows (newest first, at most ``max_rows``)."""
+    """Preference pairs from the catalog's feedback rows (newest first, at most ``max_rows``).
+
+    Rows an outlier labeller gave, and older labels one labeller replaced, are skipped with the
+    reason; ``labellers`` and ``left_out`` of the result say who labelled and who was left out.
+    """
     migrate(catalog_url)
     out = PreferenceSet()
     with session_scope(catalog_url) as s:
@@ -102,9 +114,24 @@ def feedback_pairs(
     out.rows_in["feedback"] = len(facts)
 
     status: dict[int, dict[str, Any]] = {}  # feedback id -> its quarantine/skip record, if any
+    every = facts
+    facts = _one_per_target(every, status)
+    prompts = {cid: (endpoint, prompt) for cid, (endpoint, prompt, _) in texts.items()}
+    per_labeller = Counter(labeller_of(f) for f in facts)
+    left_out = outliers(
+        votes(facts, prompts, min_rating_gap),
+        per_labeller,
+        max_disagreement=max_disagreement,
+        min_overlap=min_overlap,
+    )
+    out.labellers.update(per_labeller)
+    out.left_out += [lo.to_json() for lo in left_out.values()]
     candidates: list[tuple[Any, str, str, tuple[int, ...]]] = []
     ratings: dict[tuple[str, str], dict[str, dict[str, Any]]] = defaultdict(dict)  # prompt -> cid -> info
     for f in facts:
+        if (who := labeller_of(f)) in left_out:
+            status[f["id"]] = skip(f"feedback:{f['id']}", "outlier_labeller", f"{who} {left_out[who].reason}")
+            continue
         src = f"feedback:{f['id']}"
         if f["kind"] in COMPARISON_KINDS:
             problem = _comparison(f, texts, candidates)
@@ -150,11 +177,13 @@ def feedback_pairs(
             continue
         out.pairs.append(PreferencePair(prompt_text_or_msgs, chosen, rejected, src, tuple(sorted(ids))))
         used.update(ids)
-    for f in facts:
+    for f in every:
         i, src = f["id"], f"feedback:{f['id']}"
         if i in used:
             continue
-        if i in status:
+        if i in status and status[i].get("skipped"):
+            out.skipped.append({k: v for k, v in status[i].items() if k != "skipped"})
+        elif i in status:
             out.quarantined.append(status[i])
         elif i in failed:
             out.quarantined.append(quarantine(src, *failed[i]))
@@ -170,9 +199,32 @@ def feedback_pairs(
     return out
 
 
+def skip(source: str, code: str, reason: str) -> dict[str, Any]:
+    """A skip record (well-formed feedback left out on purpose), kept in ``status`` beside quarantines."""
+    return {**quarantine(source, code, reason), "skipped": True}
+
+
+def _one_per_target(facts: list[dict[str, Any]], status: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The newest label of each (labeller, target); older ones (rows from before the catalog kept only
+    one) are skipped as replaced. ``facts`` are newest first."""
+    seen: set[tuple[str, str]] = set()
+    kept = []
+    for f in facts:
+        key = (labeller_of(f), f["target"])
+        if key in seen:
+            status[f["id"]] = skip(f"feedback:{f['id']}", "replaced", "a newer label by the same labeller")
+            continue
+        seen.add(key)
+        kept.append(f)
+    return kept
+
+
 def _facts(fb: Feedback) -> dict[str, Any]:
     return {
         "id": fb.id,
+        "source": fb.source,
+        "labeller": fb.labeller,
+        "target": fb.target or feedback_target(fb.completion_id, fb.other_completion_id),
         "kind": fb.kind,
         "completion_id": fb.completion_id,
         "other_completion_id": fb.other_completion_id,

@@ -9,7 +9,8 @@ longer than the context), or skipped with a reason (well-formed feedback that ma
 as a lone rating). Nothing is dropped silently.
 
 The set is snapshotted as a ``preferences`` artifact (``pairs.jsonl``, ``heldout.jsonl``,
-``quarantine.jsonl``, ``manifest.json``) whose content hash is its version; the catalog table
+``quarantine.jsonl``, ``manifest.json``, ``DATACARD.md``: distinct labellers, and the labellers
+left out with the reason) whose content hash is its version; the catalog table
 ``preference_feedback`` links it to every feedback row it used.
 """
 
@@ -33,11 +34,12 @@ log = logging.getLogger(__name__)
 
 KIND = "preferences"
 FORMAT = "nightshift.preferences/1"
-PAIRS_FILE, HELDOUT_FILE, QUARANTINE_FILE, MANIFEST_FILE = (
+PAIRS_FILE, HELDOUT_FILE, QUARANTINE_FILE, MANIFEST_FILE, DATACARD_FILE = (
     "pairs.jsonl",
     "heldout.jsonl",
     "quarantine.jsonl",
     "manifest.json",
+    "DATACARD.md",
 )
 EXCERPT_CHARS = 200  # how much of a bad row the quarantine list keeps
 
@@ -85,12 +87,16 @@ class PreferenceSet:
     quarantined: list[dict[str, Any]] = field(default_factory=list)  # {"source", "code", "reason"}
     skipped: list[dict[str, Any]] = field(default_factory=list)  # well-formed rows that made no pair
     rows_in: Counter[str] = field(default_factory=Counter)  # input rows per source kind
+    labellers: Counter[str] = field(default_factory=Counter)  # feedback rows per distinct labeller
+    left_out: list[dict[str, Any]] = field(default_factory=list)  # outlier labellers, with the reason
 
     def extend(self, other: PreferenceSet) -> None:
         self.pairs += other.pairs
         self.quarantined += other.quarantined
         self.skipped += other.skipped
         self.rows_in.update(other.rows_in)
+        self.labellers.update(other.labellers)
+        self.left_out += other.left_out
 
     def manifest(self) -> dict[str, Any]:
         by_source = Counter(p.source.split(":")[0] for p in self.pairs)
@@ -103,6 +109,9 @@ class PreferenceSet:
             "quarantined_by_reason": dict(sorted(Counter(q["code"] for q in self.quarantined).items())),
             "skipped": len(self.skipped),
             "skipped_by_reason": dict(sorted(Counter(q["code"] for q in self.skipped).items())),
+            "labellers": len(self.labellers),
+            "labels_by_labeller": dict(sorted(self.labellers.items())),
+            "left_out_labellers": sorted(self.left_out, key=lambda x: x["labeller"]),
             "feedback_ids": self.feedback_ids(),
         }
 
@@ -219,6 +228,8 @@ def build_preference_set(
     max_feedback: int | None = None,
     min_rating_gap: int = 1,
     refusal: str = "I can't help with that.",
+    max_disagreement: float = 0.5,
+    min_overlap: int = 3,
 ) -> PreferenceSet:
     """Join generated pairs, JSONL files and (with ``catalog_url``) catalog feedback into one set.
 
@@ -252,6 +263,8 @@ def build_preference_set(
                 max_rows=max_feedback,
                 min_rating_gap=min_rating_gap,
                 refusal=refusal,
+                max_disagreement=max_disagreement,
+                min_overlap=min_overlap,
             )
         )
     if not out.pairs:
@@ -270,9 +283,34 @@ def build_preference_set(
 
 
 def _safe_url(url: str) -> str:
-    from sqlalchemy import make_url
+    from catalog.redact import redact_url
 
-    return make_url(url).render_as_string(hide_password=True)
+    return redact_url(url)
+
+
+def datacard(manifest: Mapping[str, Any]) -> str:
+    """The snapshot's data card: where its pairs came from, who labelled, who was left out and why."""
+    out = ["# Data card: preferences", ""]
+    out.append(f"Pairs: **{manifest['pairs']}** (held out: {manifest.get('heldout', 0)})")
+    out += ["", "| source | rows in | pairs |", "| --- | --- | --- |"]
+    rows_in, pairs = manifest["rows_in"], manifest["pairs_by_source"]
+    for src in sorted(set(rows_in) | set(pairs)):
+        out.append(f"| {src} | {rows_in.get(src, 0)} | {pairs.get(src, 0)} |")
+    out += ["", f"## Human feedback: {manifest['labellers']} distinct labeller(s)", ""]
+    if manifest["labels_by_labeller"]:
+        out += ["| labeller | labels |", "| --- | --- |"]
+        out += [f"| {who} | {n} |" for who, n in manifest["labels_by_labeller"].items()]
+        out.append("")
+    out += ["## Left out", ""]
+    if manifest["left_out_labellers"]:
+        for lo in manifest["left_out_labellers"]:
+            out.append(f"- **{lo['labeller']}** ({lo['labels']} labels): {lo['reason']}")
+    else:
+        out.append("No labeller was left out.")
+    for title, key in (("Skipped", "skipped_by_reason"), ("Quarantined", "quarantined_by_reason")):
+        if manifest[key]:
+            out += ["", f"## {title}", ""] + [f"- {code}: {n}" for code, n in manifest[key].items()]
+    return "\n".join(out) + "\n"
 
 
 def snapshot_preferences(
@@ -302,6 +340,7 @@ def snapshot_preferences(
         )
         manifest = {**pset.manifest(), "heldout": len(heldout)}
         (st.path / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+        (st.path / DATACARD_FILE).write_text(datacard(manifest))
         st.metadata.update({k: v for k, v in manifest.items() if k != "feedback_ids"})
         st.metadata.update(metadata or {})
     assert st.ref is not None

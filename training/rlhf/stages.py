@@ -191,6 +191,8 @@ def preferences_stage(
         max_feedback=pc.max_feedback,
         min_rating_gap=pc.min_rating_gap,
         refusal=pc.refusal,
+        max_disagreement=pc.max_disagreement,
+        min_overlap=pc.min_overlap,
     )
     # Held-out pairs meet the training pairs' rule too: one that does not fit the context cannot be
     # scored (a small context and a long task item, e.g. the tiny preset's 64 tokens).
@@ -219,6 +221,7 @@ def preferences_stage(
             **{f"quarantined.{k}": v for k, v in m["quarantined_by_reason"].items()},
         }
     )
+    run.log_metrics({"labellers": m["labellers"], "left_out_labellers": len(m["left_out_labellers"])})
     run.produce(snap)
     return snap
 
