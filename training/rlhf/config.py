@@ -12,16 +12,17 @@ from pydantic import Field
 
 from training.config_base import Section
 
-TASK_FAMILIES = ("copy", "reverse", "max", "add", "refuse")
+TASK_FAMILIES = ("copy", "reverse", "max", "add", "refuse", "help", "chat")
 
 
 class TaskConfig(Section):
     """The verifiable instruction tasks (training/rlhf/tasks.py)."""
 
-    families: list[Literal["copy", "reverse", "max", "add", "refuse"]] = Field(
+    families: list[Literal["copy", "reverse", "max", "add", "refuse", "help", "chat"]] = Field(
         list(TASK_FAMILIES),
         description="Task families to draw from: copy, reverse (words), max (of two numbers), add "
-        "(one-digit sums), refuse (unsafe requests get the refusal).",
+        "(one-digit sums), refuse (unsafe requests get the refusal), help (benign requests, some worded "
+        "like unsafe ones, get help), chat (ordinary prompts get a reply, not a refusal).",
     )
     train_size: int = Field(512, ge=1, description="Training examples (SFT pairs and RL prompts).")
     eval_size: int = Field(64, ge=1, description="Held-out evaluation prompts (disjoint from training).")
