@@ -1,6 +1,8 @@
 # Nightshift: `make demo` runs the nightly job on the small preset; `make test` runs the tests.
 SHELL := /bin/bash
 PY ?= python3.11
+# The interpreter .venv is made from, found before .venv/bin goes first on PATH below.
+PY_BASE := $(shell $(PY) -c 'import sys; print(sys._base_executable)')
 VENV ?= .venv
 BIN := $(VENV)/bin
 export NIGHTSHIFT_HOME ?= $(CURDIR)/.nightshift
@@ -11,22 +13,22 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 # uv installs the locked set (uv.lock, with hashes) from its cache in seconds; uv itself comes from PyPI
 # once, into .tools/. torch's CPU build comes from this machine's disk (see [tool.uv.index] in pyproject).
-UV_VERSION := 0.13.8
-UV := $(CURDIR)/.tools/bin/uv
+UV_VERSION := $(shell sed -n 's/^required-version = "==\(.*\)"/\1/p' pyproject.toml)
+UV := $(CURDIR)/.tools/uv-$(UV_VERSION)/bin/uv
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
 $(UV):
-	$(PY) -m pip install -q --disable-pip-version-check --target .tools uv==$(UV_VERSION)
+	$(PY_BASE) -m pip install -q --disable-pip-version-check --target .tools/uv-$(UV_VERSION) uv==$(UV_VERSION)
 
 $(BIN)/nightshift: pyproject.toml uv.lock | $(UV)
-	$(UV) sync --frozen --all-extras --python $(PY)
+	$(UV) sync --frozen --all-extras --python $(PY_BASE)
 	touch $(BIN)/nightshift
 
 setup: $(BIN)/nightshift  ## create .venv with the locked dependency set, every extra and the dev tools
 
 lock: | $(UV)  ## re-resolve uv.lock after a change to pyproject.toml's dependencies
-	$(UV) lock --python $(PY)
+	$(UV) lock --python $(PY_BASE)
 
 up: setup  ## start Prefect server + worker, MLflow, Ray head; apply prefect.yaml
 	$(BIN)/nightshift up
@@ -52,7 +54,7 @@ lint: setup  ## ruff, and deptry: every imported package declared, nothing decla
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/deptry .
-	$(UV) lock --check --python $(PY)
+	$(UV) lock --check --python $(PY_BASE)
 
 clean: down
 	rm -rf $(NIGHTSHIFT_HOME)
