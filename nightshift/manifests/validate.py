@@ -351,7 +351,9 @@ def check_dockerfile(text: str) -> list[str]:
         "FROM python:3.11-slim": any(re.fullmatch(r"FROM python:3\.11-slim", ln) for ln in lines),
         "COPY uv.lock": any(re.match(r"COPY .*\buv\.lock", ln) for ln in lines),
         "uv export --frozen --no-dev": any(re.search(r"uv export --frozen --no-dev\b", r) for r in runs),
-        "uv pip install --require-hashes": any(re.search(r"uv pip install .*--require-hashes", r) for r in runs),
+        "uv pip install --require-hashes": any(
+            re.search(r"uv pip install .*--require-hashes", r) for r in runs
+        ),
         "pip install of the package (-e .)": any(re.search(_PACKAGE_INSTALL, r) for r in runs),
         "ARG TORCH_INDEX_URL": any(ln.startswith("ARG TORCH_INDEX_URL=") for ln in lines),
         "torch from $TORCH_INDEX_URL": any("--index-url" in r and "$TORCH_INDEX_URL" in r for r in runs),
