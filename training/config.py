@@ -136,6 +136,13 @@ class StackConfig(Section):
     ray_dashboard_agent_port: int = Field(
         52365, ge=1, le=65535, description="HTTP port of the Ray head's dashboard agent."
     )
+    ray_metrics_port: int = Field(
+        8080,
+        ge=1,
+        le=65535,
+        description="Ray head's Prometheus metrics port: every Serve replica's metrics (serving/metrics.py), "
+        "tagged by replica, and Ray's own; scrape http://HOST:PORT/metrics.",
+    )
     ray_object_store_bytes: int = Field(
         1_000_000_000, ge=78_643_200, description="Object store memory of the Ray head, in bytes."
     )
@@ -188,6 +195,7 @@ class StackConfig(Section):
             "ray_dashboard_port": self.ray_dashboard_port,
             "ray_client_port": self.ray_client_port,
             "ray_dashboard_agent_port": self.ray_dashboard_agent_port,
+            "ray_metrics_port": self.ray_metrics_port,
             "dashboard_port": self.dashboard_port,
         }
         if self.backend == "postgres" and not self.postgres_url:
