@@ -164,7 +164,7 @@ def test_nightly_deployment_runs_to_completed(
     exp = client.get_experiment_by_name("nightshift")
     runs = client.search_runs([exp.experiment_id])
     parent = next(r for r in runs if r.data.tags.get("nightshift.prefect_flow_run_id"))
-    children = {r.data.tags["mlflow.runName"] for r in runs if r.data.tags.get("mlflow.parentRunId")}
+    children = {r.data.tags["nightshift.stage"] for r in runs if r.data.tags.get("mlflow.parentRunId")}
     assert {"ingest", "tokenize", "pretrain"} <= children
     with session_scope(cfg.tracking.catalog_url) as s:
         assert {"source", "corpus", "tokenizer", "tokens", "model"} <= {a.kind for a in s.query(Artifact)}
