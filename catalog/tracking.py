@@ -51,6 +51,7 @@ TAG_FLOW_RUN = "nightshift.prefect_flow_run_id"
 TAG_CATALOG_RUN = "nightshift.catalog_run_id"
 TAG_PARENT = "mlflow.parentRunId"  # mlflow.utils.mlflow_tags.MLFLOW_PARENT_RUN_ID
 TAG_NIGHT = "nightshift.night"
+TAG_ARTIFACT = "nightshift.artifact_sha256"  # on a LoggedModel: the model artifact it holds
 TAG_STAGE = "nightshift.stage"
 # MLflow's server-side limits (mlflow/utils/validation.py); exceeding them fails the whole batch.
 MAX_PARAM_VALUE = 6000
@@ -136,14 +137,40 @@ class _TrackedRun:
         for i in range(0, len(items), MAX_PARAMS_PER_BATCH):
             self.tracker.client.log_batch(self.mlflow_run_id, params=items[i : i + MAX_PARAMS_PER_BATCH])
 
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        """Log metrics (anything ``float()`` accepts, e.g. 0-d tensors) at ``step`` (default 0)."""
+    def log_metrics(
+        self,
+        metrics: Mapping[str, float],
+        step: int | None = None,
+        *,
+        model_id: str | None = None,
+        dataset: ArtifactRef | None = None,
+    ) -> None:
+        """Log metrics (anything ``float()`` accepts, e.g. 0-d tensors) at ``step`` (default 0).
+
+        Args:
+            model_id: the MLflow LoggedModel they measure (:meth:`logged_model_id`): they show on
+                that model's page and in the registry version made from it.
+            dataset: the artifact they were measured on, as logged by :meth:`StageRun.use`.
+        """
         from mlflow.entities import Metric
 
         ts = _now_ms()
-        items = [Metric(k[:MAX_KEY], float(v), ts, step or 0) for k, v in metrics.items()]
+        on = {"model_id": model_id}
+        if dataset is not None:
+            on |= {"dataset_name": dataset.kind, "dataset_digest": dataset.sha256[:16]}
+        items = [Metric(k[:MAX_KEY], float(v), ts, step or 0, **on) for k, v in metrics.items()]
         for i in range(0, len(items), MAX_METRICS_PER_BATCH):
             self.tracker.client.log_batch(self.mlflow_run_id, metrics=items[i : i + MAX_METRICS_PER_BATCH])
+
+    def logged_model_id(self, ref: ArtifactRef) -> str | None:
+        """The newest MLflow LoggedModel of the experiment that holds artifact ``ref``, or None."""
+        found = self.tracker.client.search_logged_models(
+            experiment_ids=[self.tracker.experiment_id],
+            filter_string=f"tags.`{TAG_ARTIFACT}` = '{ref.sha256}'",
+            order_by=[{"field_name": "creation_time", "ascending": False}],
+            max_results=1,
+        )
+        return found[0].model_id if found else None
 
     def log_text(self, text: str, artifact_file: str) -> None:
         """Save ``text`` as the run artifact ``artifact_file`` (e.g. ``"DATACARD.md"``)."""
