@@ -60,7 +60,11 @@ class TrainConfig(Section):
         50, ge=1, description="Optimizer steps between checkpoints (and at the end)."
     )
     keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept on disk (the newest ones).")
-    progress_bar: bool = Field(True, description="Lightning's progress bar when training in one process.")
+    progress_bar: bool = Field(
+        True,
+        description="A live bar (steps, loss, tokens/s, ETA) on a terminal, on Ray Train too; false: only "
+        "the log line every log_every steps.",
+    )
     # --- hardware ---
     precision: Literal["auto", "32-true", "bf16-mixed", "16-mixed"] = Field(
         "auto", description="Lightning precision; 'auto' is bf16-mixed with GPUs and 32-true on CPU."
