@@ -19,12 +19,27 @@ class ModelConfig(Section):
     # --- regularisation ---
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on attention, residual and embeddings.")
     bias: bool = Field(True, description="Biases in Linear and LayerNorm layers, as GPT-2.")
+    activation: Literal["gelu", "gelu_tanh"] = Field(
+        "gelu",
+        description="MLP activation: exact GELU (the presets: its CPU kernel took 0.4x the time of the tanh "
+        "one, bench/train_throughput.py) or GPT-2's tanh approximation (HF 'gelu_new'; imported GPT-2 "
+        "checkpoints and models stored before this setting existed).",
+    )
 
     def problems(self) -> list[str]:
         out = []
         if self.n_embd % self.n_head:
             out.append(f"n_embd: {self.n_embd} is not divisible by n_head {self.n_head}")
         return out
+
+
+def stored_model_config(raw: dict) -> ModelConfig:
+    """A :class:`ModelConfig` from a stored ``config.json`` body (its ``format`` marker removed).
+
+    Models stored before ``activation`` existed were trained with GPT-2's tanh GELU, so its absence
+    means ``gelu_tanh``, not today's default.
+    """
+    return ModelConfig(**{"activation": "gelu_tanh", **raw})
 
 
 class TrainConfig(Section):
