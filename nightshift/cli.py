@@ -12,7 +12,6 @@ import argparse
 import json
 import logging
 import os
-import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -292,8 +291,11 @@ def cmd_fetch_data(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
 
 def cmd_demo(args: argparse.Namespace, extra: Sequence[str]) -> int:
-    """Fetch the Shakespeare texts, bring the stack up, run pretrain/nightly and watch it."""
-    from nightshift import stack
+    """Fetch the Shakespeare texts, bring the stack up, run pretrain/nightly and follow its log."""
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from nightshift import nights, stack
 
     cfg = _config(args, extra)
     fetch_demo_data(Path(os.environ["NIGHTSHIFT_HOME"]))
@@ -301,11 +303,15 @@ def cmd_demo(args: argparse.Namespace, extra: Sequence[str]) -> int:
     env = {**os.environ, **stack.stack_env(cfg)}
     from training.config import parse_cli_overrides
 
-    params = json.dumps({"preset": args.preset, "overrides": parse_cli_overrides(extra)})
-    prefect = str(Path(sys.executable).with_name("prefect"))
-    rc = subprocess.run(
-        [prefect, "deployment", "run", "pretrain/nightly", "--params", params, "--watch"], env=env
-    ).returncode
+    params = {"preset": args.preset, "overrides": parse_cli_overrides(extra)}
+    # As `prefect deployment run pretrain/nightly`, then the run's own log on the console (stage
+    # progress included) rather than `--watch`'s state events only.
+    api = env["PREFECT_API_URL"]
+    with temporary_settings({PREFECT_API_URL: api}):
+        flow_run = run_deployment("pretrain/nightly", parameters=params, timeout=0, as_subflow=False)
+    print(f"pretrain/nightly: flow run {flow_run.name} ({flow_run.id}); its log follows", flush=True)
+    final = nights.follow(api, str(flow_run.id), out=lambda line: print(line, flush=True))
+    rc = 0 if final == "Completed" else 1
     h, st = cfg.stack.host, cfg.stack
     print(f"\nPrefect UI:  http://{h}:{st.prefect_port}")
     print(f"MLflow UI:   http://{h}:{st.mlflow_port}")
