@@ -11,6 +11,7 @@ One :class:`Progress` per piece of work; ``update`` takes the position reached a
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import sys
@@ -174,7 +175,12 @@ def relayed(progress: Progress) -> Iterator[QueueSink]:
             except Exception:  # the queue actor died with the Ray it ran on
                 return
 
-    thread = threading.Thread(target=loop, name="nightshift-progress", daemon=True)
+    # The thread runs in a copy of this context: Prefect finds the flow and task run a log record
+    # belongs to in context variables, and without them its API handler drops the thread's lines
+    # (they would reach the worker's console but not the flow run's log).
+    thread = threading.Thread(
+        target=contextvars.copy_context().run, args=(loop,), name="nightshift-progress", daemon=True
+    )
     thread.start()
     try:
         yield QueueSink(queue)
