@@ -190,8 +190,8 @@ def main() -> None:
         rows["stages"].append(_stage_row(seed, "sft", sft, time.perf_counter() - t0))
         t0 = time.perf_counter()
         reward = rlhf.reward_stage(cfg, NullStageRun(), sft.model)
-        print(f"{seed:>4} reward held-out accuracy {reward.metrics.get('heldout_accuracy', float('nan')):.3f} "
-              f"{time.perf_counter() - t0:.0f}s", flush=True)  # fmt: skip
+        acc = reward.metrics.get("heldout_accuracy", float("nan"))
+        print(f"{seed:>4} reward held-out accuracy {acc:.3f} {time.perf_counter() - t0:.0f}s", flush=True)
         for algo in a.algos:
             t0 = time.perf_counter()
             if algo == "ppo":
