@@ -16,11 +16,13 @@ degeneration and toxicity rates and its verdict; then five replies of each polic
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
@@ -43,18 +45,19 @@ SHOW_PROMPTS = (
 )
 
 
-def _config(seed: int, work: Path, extra: dict[str, Any]) -> Config:
+def night_config(seed: int, work: Path, extra: dict[str, Any], preset: str = "small") -> Config:
     over = {
         "seed": seed,
+        "train.keep_checkpoints": 1000,  # every checkpoint: bench/gates.py builds candidates from them
         "tracking.artifact_root": str(work / "artifacts"),
         "tracking.catalog_url": f"sqlite:///{work / 'catalog.db'}",
         "ray.address": "local",
         **extra,
     }
-    return load_config("small", over)
+    return load_config(preset, over)
 
 
-def _data(cfg: Config, work: Path) -> tuple[Any, Any]:
+def demo_data(cfg: Config, work: Path) -> tuple[Any, Any]:
     """Corpus and tokens, shared by every seed (ingestion and the tokenizer do not depend on it)."""
     done = work / "data.json"
     if done.exists():
@@ -71,7 +74,9 @@ def _data(cfg: Config, work: Path) -> tuple[Any, Any]:
     return tok.tokens, tok.tokenizer
 
 
-def _base(cfg: Config, work: Path, tokens: Any, tokenizer: Any) -> Any:
+def pretrained_base(cfg: Config, work: Path, tokens: Any, tokenizer: Any) -> Any:
+    """The seed's pretrained model, trained once per ``--work`` (its checkpoints stay in
+    ``pretrain-seed<N>/checkpoints``; bench/gates.py builds its candidates from them)."""
     marker = work / f"base-seed{cfg.seed}.json"
     if marker.exists():
         return open_artifact(json.loads(marker.read_text())["model"], kind="model")
@@ -80,6 +85,50 @@ def _base(cfg: Config, work: Path, tokens: Any, tokenizer: Any) -> Any:
     )
     marker.write_text(json.dumps({"model": str(res.model.path), "metrics": res.metrics}))
     return res.model
+
+
+def _key(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def sft_and_reward(
+    cfg: Config, work: Path, base: Any, tokens: Any, rows: list[dict[str, Any]]
+) -> tuple[SimpleNamespace, SimpleNamespace]:
+    """The seed's SFT policy and reward model, trained once per base model and config slice (markers
+    in ``--work``, so that tuning an algorithm does not retrain them)."""
+    r = cfg.rlhf
+    dump = lambda section: section.model_dump(mode="json")  # noqa: E731
+    key = _key(base.sha256, cfg.seed, dump(r.sft), dump(r.tasks), dump(cfg.eval))
+    marker = work / f"sft-{key}.json"
+    if marker.exists():
+        d = json.loads(marker.read_text())
+        sft = SimpleNamespace(model=open_artifact(d["model"], kind="model"))
+        rows.append(d["row"])
+        print(f"{cfg.seed:>4} sft   (trained before) acc {d['row']['accuracy']:.3f}", flush=True)
+    else:
+        t0 = time.perf_counter()
+        res = rlhf.sft_stage(cfg, NullStageRun(), base, tokens=tokens)
+        row = _stage_row(cfg.seed, "sft", res, time.perf_counter() - t0)
+        rows.append(row)
+        marker.write_text(json.dumps({"model": str(res.model.path), "row": row}, default=str))
+        sft = SimpleNamespace(model=res.model)
+    key = _key(sft.model.sha256, cfg.seed, dump(r.reward), dump(r.preferences), dump(r.tasks))
+    marker = work / f"reward-{key}.json"
+    if marker.exists():
+        d = json.loads(marker.read_text())
+        reward = SimpleNamespace(
+            model=open_artifact(d["model"], kind="reward_model"),
+            preferences=open_artifact(d["preferences"], kind="preferences"),
+        )
+        print(f"{cfg.seed:>4} reward (trained before) held-out accuracy {d['accuracy']:.3f}", flush=True)
+        return sft, reward
+    t0 = time.perf_counter()
+    res = rlhf.reward_stage(cfg, NullStageRun(), sft.model)
+    acc = res.metrics.get("heldout_accuracy", float("nan"))
+    print(f"{cfg.seed:>4} reward held-out accuracy {acc:.3f} {time.perf_counter() - t0:.0f}s", flush=True)
+    d = {"model": str(res.model.path), "preferences": str(res.preferences.path), "accuracy": acc}
+    marker.write_text(json.dumps(d))
+    return sft, SimpleNamespace(model=res.model, preferences=res.preferences)
 
 
 def _interval(r: Any) -> str:
@@ -182,16 +231,10 @@ def main() -> None:
     rows: dict[str, list[dict[str, Any]]] = {"stages": [], "final": []}
     t_all = time.perf_counter()
     for seed in a.seeds:
-        cfg = _config(seed, work, extra)
-        tokens, tokenizer = _data(cfg, work)
-        base = _base(cfg, work, tokens, tokenizer)
-        t0 = time.perf_counter()
-        sft = rlhf.sft_stage(cfg, NullStageRun(), base, tokens=tokens)
-        rows["stages"].append(_stage_row(seed, "sft", sft, time.perf_counter() - t0))
-        t0 = time.perf_counter()
-        reward = rlhf.reward_stage(cfg, NullStageRun(), sft.model)
-        acc = reward.metrics.get("heldout_accuracy", float("nan"))
-        print(f"{seed:>4} reward held-out accuracy {acc:.3f} {time.perf_counter() - t0:.0f}s", flush=True)
+        cfg = night_config(seed, work, extra)
+        tokens, tokenizer = demo_data(cfg, work)
+        base = pretrained_base(cfg, work, tokens, tokenizer)
+        sft, reward = sft_and_reward(cfg, work, base, tokens, rows["stages"])
         for algo in a.algos:
             t0 = time.perf_counter()
             if algo == "ppo":

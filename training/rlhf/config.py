@@ -176,6 +176,12 @@ class DPOConfig(Section):
     label_smoothing: float = Field(
         0.0, ge=0, lt=0.5, description="Assumed share of flipped labels (conservative DPO); 0 is plain DPO."
     )
+    nll_coef: float = Field(
+        0.0,
+        ge=0,
+        description="Weight of the chosen replies' per-token NLL added to the DPO loss (RPO); keeps DPO "
+        "from lowering the chosen replies while it widens the margin. 0 is plain DPO.",
+    )
 
 
 class GRPOConfig(Section):
