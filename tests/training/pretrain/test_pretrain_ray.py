@@ -33,13 +33,17 @@ def ray_run(tokens: ArtifactRef, tmp_path_factory: pytest.TempPathFactory, ray_l
     handler, logger = Lines(), logging.getLogger("training.progress")
     logger.addHandler(handler)
     # Log lines, not a bar, and a logger on whatever earlier tests' logging set-ups did to it.
+    # setLevel, not an assignment to .level: only setLevel clears the loggers' isEnabledFor cache, and
+    # an earlier test that logged here under a WARNING root left "INFO: off" in it.
     saved = logger.level, logger.disabled, os.environ.get("NIGHTSHIFT_PROGRESS")
-    logger.level, logger.disabled, os.environ["NIGHTSHIFT_PROGRESS"] = logging.INFO, False, "log"
+    logger.setLevel(logging.INFO)
+    logger.disabled, os.environ["NIGHTSHIFT_PROGRESS"] = False, "log"
     try:
         return pretrain(cfg, tokens, workdir=tmp_path_factory.mktemp("ray2"))
     finally:
         logger.removeHandler(handler)
-        logger.level, logger.disabled = saved[0], saved[1]
+        logger.setLevel(saved[0])
+        logger.disabled = saved[1]
         if saved[2] is None:
             os.environ.pop("NIGHTSHIFT_PROGRESS", None)
         else:
