@@ -56,19 +56,11 @@ from tests.serving.conftest import KEY, make_model_artifact, wait_http  # noqa: 
 LIMIT = 20_000
 
 
-def metric(target: Target, name: str) -> float:
-    for line in httpx.get(target.url + "/metrics", timeout=30).text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[-1])
-    raise RuntimeError(f"no {name} in /metrics")
-
-
 def replica_state(target: Target) -> dict[str, float]:
-    """The replica's identity (process start time) and memory, from its Prometheus metrics."""
-    return {
-        "start_time": metric(target, "process_start_time_seconds"),
-        "rss_mb": metric(target, "process_resident_memory_bytes") / 2**20,
-    }
+    """The replica's identity (process start time) and memory, from its ``/health`` figures."""
+    f = httpx.get(target.url + "/health", timeout=30).json()["figures"]
+    rss_mb = f["process_resident_memory_bytes"] / 2**20
+    return {"start_time": f["process_start_time_seconds"], "rss_mb": rss_mb}
 
 
 def bad(status: int | None) -> bool:

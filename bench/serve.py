@@ -39,7 +39,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from serve_http import bench_http, load_run, pct, replica_metric, replica_rss  # noqa: E402
+from serve_http import bench_http, load_run, pct, replica_figures, replica_rss  # noqa: E402
 
 from serving.engine import Engine, SamplingParams  # noqa: E402
 from training.data.tokenizer import train_tokenizer  # noqa: E402
@@ -246,15 +246,15 @@ def main() -> None:
     def levels(label: str, which: tuple[tuple[int, int], ...]) -> list[dict[str, float]]:
         out = []
         for clients, per in which:
-            steps0 = replica_metric(base, "nightshift_engine_decode_steps")
-            writes0 = replica_metric(base, "nightshift_stream_writes_total")
+            f0 = replica_figures(base)
             r = bench_http(base, ps, clients, per, args.max_tokens)
             # Tokens per decode step: how full the running batch was; stream writes: how often each
             # stream was written (serve.stream_interval_ms, stretched by serve.stream_writes_per_s).
             # Both over the warm-up requests too.
             tokens_all, seconds_all = r.pop("tokens_all"), r.pop("seconds_all")
-            steps = replica_metric(base, "nightshift_engine_decode_steps") - steps0
-            writes = replica_metric(base, "nightshift_stream_writes_total") - writes0
+            f1 = replica_figures(base)
+            steps = f1["engine_decode_steps"] - f0["engine_decode_steps"]
+            writes = f1["stream_writes"] - f0["stream_writes"]
             r["mean_batch"] = tokens_all / max(1.0, steps)
             r["tokens_per_write"] = tokens_all / max(1.0, writes)
             r["stream_write_interval_ms"] = 1e3 * clients * seconds_all / max(1.0, writes)

@@ -1,5 +1,5 @@
 """The HTTP side of ``bench/serve.py``: streaming clients at a fixed concurrency, the bounded load
-run, and readings of the replica's ``/metrics``."""
+run, and readings of the replica's figures (its ``/health``)."""
 
 from __future__ import annotations
 
@@ -80,29 +80,18 @@ def bench_http(base: str, ps: list[str], clients: int, per_client: int, max_toke
     return asyncio.run(run())
 
 
-def replica_metric(base: str, name: str) -> float:
-    """One unlabelled sample of the replica's ``/metrics``."""
+def replica_figures(base: str) -> dict[str, float]:
+    """The replica's figures now, from its ``/health`` (the bench runs one replica; a deployment's
+    every replica is on Ray's metrics port)."""
     import httpx
 
-    for line in httpx.get(base + "/metrics", timeout=10).text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[-1])
-    raise RuntimeError(f"no {name} in /metrics")
+    return httpx.get(base + "/health", timeout=10).json()["figures"]
 
 
 def replica_rss(base: str) -> float:
     """The replica's resident memory, its engine process's included."""
-    import httpx
-
-    names = ("process_resident_memory_bytes", "nightshift_engine_process_resident_memory_bytes")
-    found = [
-        float(line.split()[-1])
-        for line in httpx.get(base + "/metrics", timeout=10).text.splitlines()
-        if line.split(" ")[0] in names
-    ]
-    if not found:
-        raise RuntimeError("no process_resident_memory_bytes in /metrics")
-    return sum(found)
+    f = replica_figures(base)
+    return f["process_resident_memory_bytes"] + f.get("engine_process_resident_memory_bytes", 0.0)
 
 
 def load_run(base: str, ps: list[str], total: int, concurrency: int) -> dict[str, object]:

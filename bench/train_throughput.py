@@ -6,9 +6,13 @@ measures, in the same run:
 a. the fp32 matmul peak of this machine (``torch.mm``, all threads) — the MFU denominator — and,
    labelled separately, the matmul rate at the model's own GEMM shapes (what its matmuls can reach);
 b. a plain PyTorch loop over the same model, data windows and AdamW;
-c. ``pretrain()`` in one process (Lightning);
+c. ``pretrain()`` in one process (Lightning), with the presets' exact GELU, and (c-) the same
+   with GPT-2's tanh GELU (the activation before exact GELU became the default);
 d. Lightning through Ray Train on the local Ray: 1 worker with all CPUs (the fair overhead
-   comparison) and 2 workers with one CPU each.
+   comparison) and 2 workers with one CPU each;
+n. nanoGPT's ``train.py`` step, rebuilt in ``bench/nanogpt_loop.py`` (no network needed; what it
+   reproduces is listed there), on the same tokens, shape and batch. The "vs nanoGPT" column is
+   each path's median over nanoGPT's median.
 
 Steady state only: the first ``--warmup`` steps of each path are not timed. The machine's speed
 drifts by more than the overheads measured, so (b) runs right before and after each other path,
@@ -42,6 +46,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from nanogpt_loop import nanogpt_tokens_per_s  # noqa: E402  (bench/ is on sys.path as the script's dir)
+
 from catalog.artifacts import ArtifactRef, publish  # noqa: E402
 from training.config import Config, RayConfig  # noqa: E402
 from training.data.shards import TokenShards  # noqa: E402
@@ -69,7 +75,7 @@ def make_tokens(root: Path, n_train: int = 400_000, n_val: int = 20_000, vocab: 
     return st.ref
 
 
-def bench_config(steps: int, **train: object) -> Config:
+def bench_config(steps: int, activation: str = "gelu", **train: object) -> Config:
     t = dict(
         max_steps=steps, batch_size=16, lr=3e-4, min_lr=3e-5, warmup_steps=1, val_every=steps,
         val_batches=1, log_every=steps, checkpoint_every=steps, keep_checkpoints=1, progress_bar=False,
@@ -78,7 +84,15 @@ def bench_config(steps: int, **train: object) -> Config:
     t.update(train)
     return Config(
         seed=0,
-        model=ModelConfig(n_layer=4, n_head=4, n_embd=256, block_size=256, vocab_size=VOCAB, dropout=0.0),
+        model=ModelConfig(
+            n_layer=4,
+            n_head=4,
+            n_embd=256,
+            block_size=256,
+            vocab_size=VOCAB,
+            dropout=0.0,
+            activation=activation,
+        ),
         train=TrainConfig(**t),
         ray=RayConfig(address="local", num_cpus=os.cpu_count()),
     )
@@ -241,8 +255,29 @@ def main() -> None:
             peaks.append(args.peak_flops or measure_matmul_peak(n=2048, seconds=1.5))
             return plain_loop(cfg, tokens, args.steps, args.warmup)
 
+        m = cfg.model
+        nano = "(n) nanoGPT train.py loop (rebuilt)"
         paths: list[tuple[str, Callable[[Path], float]]] = [
-            ("(c) Lightning, 1 process", lambda d: lightning_path(bench_config(args.steps), tokens, d, peak))
+            (
+                nano,
+                lambda d: nanogpt_tokens_per_s(
+                    tokens.path / "train-00000.bin",
+                    n_layer=m.n_layer,
+                    n_head=m.n_head,
+                    n_embd=m.n_embd,
+                    block_size=m.block_size,
+                    vocab=m.vocab_size,
+                    bias=m.bias,
+                    batch_size=cfg.train.batch_size,
+                    steps=args.steps,
+                    warmup=args.warmup,
+                ),  # fmt: skip
+            ),
+            ("(c) Lightning, 1 process", lambda d: lightning_path(bench_config(args.steps), tokens, d, peak)),
+            (
+                "(c-) Lightning, 1 process, tanh GELU",
+                lambda d: lightning_path(bench_config(args.steps, "gelu_tanh"), tokens, d, peak),
+            ),
         ]
         if not args.no_ray:
             paths += [
@@ -292,7 +327,8 @@ def main() -> None:
         )
         print(f"medians of {args.rounds} rounds; overhead against the plain loop runs around each path;")
         print("MFU against the peak measured next to each run (the first peak for compiled runs)")
-        print(f"{'path':<50} {'tokens/s':>10} {'MFU':>7} {'overhead':>9} {mfu_shaped:>7}")
+        print("overhead > 0: slower than the plain loop; vs nanoGPT > 1: faster than nanoGPT's loop")
+        print(f"{'path':<50} {'tokens/s':>10} {'MFU':>7} {'overhead':>9} {mfu_shaped:>7} {'vs nanoGPT':>10}")
         rows = [
             (
                 label,
@@ -303,8 +339,12 @@ def main() -> None:
             for label in rates
         ]
         rows += [(label, tps, fpt * tps / peak, over) for label, tps, over in compiled]
+        nano_tps = statistics.median(rates[nano])
         for label, tps, mfu, over in rows:
-            print(f"{label:<50} {tps:>10.0f} {mfu:>7.1%} {over:>+9.1%} {fpt * tps / shaped:>7.1%}")
+            print(
+                f"{label:<50} {tps:>10.0f} {mfu:>7.1%} {over:>+9.1%} {fpt * tps / shaped:>7.1%} "
+                f"{tps / nano_tps:>9.2f}x"
+            )
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -33,6 +33,7 @@ import traceback
 import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from catalog import lineage
@@ -49,6 +50,9 @@ TAG_PREFIX = "nightshift."
 TAG_FLOW_RUN = "nightshift.prefect_flow_run_id"
 TAG_CATALOG_RUN = "nightshift.catalog_run_id"
 TAG_PARENT = "mlflow.parentRunId"  # mlflow.utils.mlflow_tags.MLFLOW_PARENT_RUN_ID
+TAG_NIGHT = "nightshift.night"
+TAG_ARTIFACT = "nightshift.artifact_sha256"  # on a LoggedModel: the model artifact it holds
+TAG_STAGE = "nightshift.stage"
 # MLflow's server-side limits (mlflow/utils/validation.py); exceeding them fails the whole batch.
 MAX_PARAM_VALUE = 6000
 MAX_TAG_VALUE = 8000
@@ -133,14 +137,40 @@ class _TrackedRun:
         for i in range(0, len(items), MAX_PARAMS_PER_BATCH):
             self.tracker.client.log_batch(self.mlflow_run_id, params=items[i : i + MAX_PARAMS_PER_BATCH])
 
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        """Log metrics (anything ``float()`` accepts, e.g. 0-d tensors) at ``step`` (default 0)."""
+    def log_metrics(
+        self,
+        metrics: Mapping[str, float],
+        step: int | None = None,
+        *,
+        model_id: str | None = None,
+        dataset: ArtifactRef | None = None,
+    ) -> None:
+        """Log metrics (anything ``float()`` accepts, e.g. 0-d tensors) at ``step`` (default 0).
+
+        Args:
+            model_id: the MLflow LoggedModel they measure (:meth:`logged_model_id`): they show on
+                that model's page and in the registry version made from it.
+            dataset: the artifact they were measured on, as logged by :meth:`StageRun.use`.
+        """
         from mlflow.entities import Metric
 
         ts = _now_ms()
-        items = [Metric(k[:MAX_KEY], float(v), ts, step or 0) for k, v in metrics.items()]
+        on = {"model_id": model_id}
+        if dataset is not None:
+            on |= {"dataset_name": dataset.kind, "dataset_digest": dataset.sha256[:16]}
+        items = [Metric(k[:MAX_KEY], float(v), ts, step or 0, **on) for k, v in metrics.items()]
         for i in range(0, len(items), MAX_METRICS_PER_BATCH):
             self.tracker.client.log_batch(self.mlflow_run_id, metrics=items[i : i + MAX_METRICS_PER_BATCH])
+
+    def logged_model_id(self, ref: ArtifactRef) -> str | None:
+        """The newest MLflow LoggedModel of the experiment that holds artifact ``ref``, or None."""
+        found = self.tracker.client.search_logged_models(
+            experiment_ids=[self.tracker.experiment_id],
+            filter_string=f"tags.`{TAG_ARTIFACT}` = '{ref.sha256}'",
+            order_by=[{"field_name": "creation_time", "ascending": False}],
+            max_results=1,
+        )
+        return found[0].model_id if found else None
 
     def log_text(self, text: str, artifact_file: str) -> None:
         """Save ``text`` as the run artifact ``artifact_file`` (e.g. ``"DATACARD.md"``)."""
@@ -217,10 +247,16 @@ class PipelineRun(_TrackedRun):
     """A pipeline run: the parent MLflow run plus a catalog run; opens nested stage runs."""
 
     def __init__(
-        self, tracker: Tracker, mlflow_run_id: str, catalog_run_id: str, prefect_flow_run_id: str | None
+        self,
+        tracker: Tracker,
+        mlflow_run_id: str,
+        catalog_run_id: str,
+        prefect_flow_run_id: str | None,
+        night: str | None = None,
     ) -> None:
         super().__init__(tracker, mlflow_run_id, catalog_run_id)
         self.prefect_flow_run_id = prefect_flow_run_id
+        self.night = night or night_label()
 
     @contextmanager
     def stage(self, name: str, *, config: Mapping[str, Any] | None = None) -> Iterator[StageRun]:
@@ -229,9 +265,9 @@ class PipelineRun(_TrackedRun):
         ``config`` is logged as params and stored on the catalog run. On an exception the
         stage is marked failed in both places and the exception re-raised.
         """
-        tags = {TAG_PARENT: self.mlflow_run_id, f"{TAG_PREFIX}stage": name}
+        tags = {TAG_PARENT: self.mlflow_run_id, TAG_STAGE: name, TAG_NIGHT: self.night}
         with self.tracker._tracked(
-            name, config, tags, parent=self, prefect_flow_run_id=self.prefect_flow_run_id
+            name, config, tags, parent=self, prefect_flow_run_id=self.prefect_flow_run_id, night=self.night
         ) as (mlflow_id, catalog_id):
             yield StageRun(self.tracker, mlflow_id, catalog_id)
 
@@ -327,27 +363,31 @@ class Tracker:
         config: Mapping[str, Any],
         prefect_flow_run_id: str | None = None,
         tags: Mapping[str, str] | None = None,
+        night: str | None = None,
     ) -> Iterator[PipelineRun]:
         """Open a pipeline run: the parent MLflow run and a top-level catalog run.
 
         Args:
-            name: Pipeline name (the MLflow run name and the catalog run's ``stage``).
+            name: Pipeline name (the catalog run's ``stage``; the MLflow run is ``"<name> <night>"``).
             config: The pipeline config; logged as params and as ``config.json``.
             prefect_flow_run_id: The driving Prefect flow run, tagged on the MLflow run.
             tags: Extra MLflow tags.
+            night: Which night this is, e.g. ``2026-12-07 gentle-heron`` (:func:`night_label`): in
+                every MLflow run name of the pipeline and tagged ``nightshift.night``, so the nights'
+                runs tell apart in the MLflow UI. Default: today's UTC date.
 
         Yields:
             The :class:`PipelineRun`. On an exception both runs are marked failed (MLflow
             FAILED, catalog 'failed' with the traceback) and the exception is re-raised.
         """
-        all_tags = {f"{TAG_PREFIX}pipeline": name, **(tags or {})}
+        night = night or night_label()
+        all_tags = {f"{TAG_PREFIX}pipeline": name, TAG_NIGHT: night, **(tags or {})}
         if prefect_flow_run_id:
             all_tags[TAG_FLOW_RUN] = prefect_flow_run_id
-        with self._tracked(name, config, all_tags, parent=None, prefect_flow_run_id=prefect_flow_run_id) as (
-            mlflow_id,
-            catalog_id,
-        ):
-            run = PipelineRun(self, mlflow_id, catalog_id, prefect_flow_run_id)
+        with self._tracked(
+            name, config, all_tags, parent=None, prefect_flow_run_id=prefect_flow_run_id, night=night
+        ) as (mlflow_id, catalog_id):
+            run = PipelineRun(self, mlflow_id, catalog_id, prefect_flow_run_id, night)
             if config:
                 run.log_dict(_jsonable(config), "config.json")
             yield run
@@ -372,7 +412,8 @@ class Tracker:
             row = s.get(Run, catalog_run_id)
             if row is None or row.mlflow_run_id is None:
                 raise ValueError(f"no tracked pipeline run {catalog_run_id!r} in {self.catalog_url}")
-            return PipelineRun(self, row.mlflow_run_id, row.id, row.prefect_flow_run_id)
+            night = self.client.get_run(row.mlflow_run_id).data.tags.get(TAG_NIGHT)
+            return PipelineRun(self, row.mlflow_run_id, row.id, row.prefect_flow_run_id, night)
 
     @contextmanager
     def _tracked(
@@ -383,8 +424,9 @@ class Tracker:
         *,
         parent: PipelineRun | None,
         prefect_flow_run_id: str | None,
+        night: str,
     ) -> Iterator[tuple[str, str]]:
-        mlflow_run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
+        mlflow_run = self.client.create_run(self.experiment_id, run_name=f"{name} {night}", tags=tags)
         mlflow_id = mlflow_run.info.run_id
         try:
             with session_scope(self.catalog_url) as s:
@@ -440,6 +482,12 @@ class Tracker:
             self.client.set_terminated(mlflow_id, status)
         except Exception:
             log.exception("could not mark MLflow run %s %s", mlflow_id, status)
+
+
+def night_label(when: datetime | None = None, flow_run_name: str | None = None) -> str:
+    """``2026-12-07 gentle-heron``: the UTC date of ``when`` (default now) and the flow run's name."""
+    day = (when or datetime.now(UTC)).astimezone(UTC).strftime("%Y-%m-%d")
+    return f"{day} {flow_run_name}" if flow_run_name else day
 
 
 def _jsonable(value: Any) -> Any:

@@ -31,8 +31,19 @@ class NullStageRun:
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Do nothing."""
 
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+    def log_metrics(
+        self,
+        metrics: Mapping[str, float],
+        step: int | None = None,
+        *,
+        model_id: str | None = None,
+        dataset: ArtifactRef | None = None,
+    ) -> None:
         """Do nothing."""
+
+    def logged_model_id(self, ref: ArtifactRef) -> str | None:
+        """None: nothing is tracked."""
+        return None
 
     def log_text(self, text: str, artifact_file: str) -> None:
         """Do nothing."""

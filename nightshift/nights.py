@@ -8,12 +8,19 @@ it (``flows/watchdog.py``), unless the process that would is gone (a worker kill
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterStartTime
-from prefect.client.schemas.sorting import FlowRunSort
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterStartTime,
+    LogFilter,
+    LogFilterFlowRunId,
+)
+from prefect.client.schemas.sorting import FlowRunSort, LogSort
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from sqlalchemy import select
 
@@ -122,3 +129,41 @@ def format_nights(nights: list[Night]) -> list[str]:
             detail = n.message.splitlines()[0][:90] if n.message else ""
         lines.append(f"{started:<17} {n.flow:<11} {n.state:<11} {took:>8}  {n.name[:24]:<24} {detail}")
     return lines
+
+
+def follow(api_url: str, flow_run_id: str, out=print, poll_s: float = 2.0) -> str:
+    """Print a flow run's log lines as they arrive (its stages' progress lines among them) and its
+    state changes, until it ends; return the final state's name (``Completed``, ``GateFailed``, …).
+
+    ``prefect deployment run --watch`` shows only state events; a user watching the night wants the
+    log the Prefect UI shows, on the console.
+    """
+    seen = 0
+    last_state = None
+    only_this_run = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))
+
+    def drain(client) -> None:
+        nonlocal seen
+        while logs := client.read_logs(
+            log_filter=only_this_run, sort=LogSort.TIMESTAMP_ASC, offset=seen, limit=200
+        ):
+            for entry in logs:
+                level = logging.getLevelName(entry.level)
+                out(f"{entry.timestamp.astimezone(UTC):%H:%M:%S} | {level:<7} | {entry.message}")
+            seen += len(logs)
+
+    with temporary_settings({PREFECT_API_URL: api_url}), get_client(sync_client=True) as client:
+        while True:
+            run = client.read_flow_run(flow_run_id)
+            drain(client)
+            state = run.state
+            if state is not None and state.name != last_state:
+                last_state = state.name
+                why = f" ({state.message})" if state.message else ""
+                out(f"--- flow run {run.name}: {state.name}{why}")
+            if state is not None and state.is_final():
+                # The run's last lines reach the server in the log handler's next batch.
+                time.sleep(poll_s + 2.0)
+                drain(client)
+                return state.name
+            time.sleep(poll_s)

@@ -228,6 +228,7 @@ def _services(cfg: Config, home: Path, repo: Path) -> dict[str, Service]:
         "RAY_DASHBOARD_PORT": str(s.ray_dashboard_port),
         "RAY_CLIENT_PORT": str(s.ray_client_port),
         "RAY_DASHBOARD_AGENT_PORT": str(s.ray_dashboard_agent_port),
+        "RAY_METRICS_EXPORT_PORT": str(s.ray_metrics_port),
         "RAY_OBJECT_STORE_BYTES": str(s.ray_object_store_bytes),
         "RAY_TEMP_DIR": _ray_temp_dir(cfg, home),
         "RAY_NUM_CPUS": str(s.ray_num_cpus or ""),
@@ -295,6 +296,7 @@ def _services(cfg: Config, home: Path, repo: Path) -> dict[str, Service]:
                 ("ray_dashboard_port", s.ray_dashboard_port),
                 ("ray_client_port", s.ray_client_port),
                 ("ray_dashboard_agent_port", s.ray_dashboard_agent_port),
+                ("ray_metrics_port", s.ray_metrics_port),
             ),
             url=dashboard,
             # The dashboard answers this only once it reaches the GCS, so it covers both.

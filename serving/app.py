@@ -4,10 +4,13 @@
 (``import_path: serving.app:build_app``), for ``nightshift serve`` and for the deploy stage.
 Each replica loads the model, starts an :class:`~serving.engine.Engine` thread, and answers:
 
-- ``GET /v1/models``, ``POST /v1/completions``, ``POST /v1/chat/completions`` (``stream: true``
-  gives server-sent events ending in ``data: [DONE]``), ``POST /v1/feedback``;
-- ``GET /health``, ``GET /metrics`` (Prometheus) and ``GET /openapi.json`` (see
-  :mod:`serving.openapi`), without auth.
+- ``GET /v1/models``, ``GET /v1/models/{id}``, ``POST /v1/completions``, ``POST /v1/chat/completions``
+  (``stream: true`` gives server-sent events ending in ``data: [DONE]``), ``POST /v1/feedback``;
+- ``GET /health`` (this replica's state and figures) and ``GET /openapi.json`` (see
+  :mod:`serving.openapi`), without auth. Metrics go through ``ray.serve.metrics`` to Ray's metrics
+  port, tagged by replica (:mod:`serving.metrics`).
+
+A 429 or 503 always carries ``Retry-After`` (seconds).
 
 Every response names the model artifact that produced it (``X-Nightshift-Model``) and every
 completion is stored in the catalog with that artifact and the deployment.
@@ -24,7 +27,7 @@ import time
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import JSONResponse, Response
 from ray import serve
 
 from serving import errors, openapi
@@ -55,6 +58,9 @@ _LIMITS = LimitSettings()
 api.add_middleware(RequestLimits, settings=_LIMITS)
 # Besides the body errors: no key, unknown model, queue full or key over its rate, engine failed.
 _GENERATION_ERRORS = (401, 404, 429, 503)
+# Retry-After (s) of a full queue (it drains within a decode step or two) and of a failed engine or
+# catalog write (Serve's health check replaces a failed replica within seconds).
+_RETRY_FULL_S, _RETRY_FAILED_S = 1, 5
 
 
 class Handoff:
@@ -130,6 +136,7 @@ class NightshiftServer(StreamingMixin):
                 self.served.model, self.tok, max_batch=self.cfg.max_batch, max_waiting=self.cfg.max_waiting
             ).start()
         self.name = self.cfg.model_name
+        self.created = int(time.time())  # when this replica started serving the model
         openapi.set_served_model(api, self.name)
         self.headers = {"X-Nightshift-Model": f"model:{self.served.ref.sha256}"}
         version = self.served.registry.get("version") or a.registry_version
@@ -151,6 +158,7 @@ class NightshiftServer(StreamingMixin):
             "feedback": RateLimiter(self.cfg.feedback_per_minute, self.cfg.rate_limit_burst_s),
         }
         self.metrics = Metrics(getattr(self.engine, "pid", None))
+        self.metrics.start(lambda: (self.engine.stats(), self._open_streams))
         self._handoff = Handoff()
         self.recorder = None
         self.deployment_id = a.deployment_id
@@ -170,6 +178,8 @@ class NightshiftServer(StreamingMixin):
         engine = getattr(self, "engine", None)
         if engine is not None:
             engine.stop()
+        if getattr(self, "metrics", None) is not None:
+            self.metrics.stop()
 
     async def check_health(self) -> None:
         """Serve's replica health check: a failed engine thread makes the replica unhealthy."""
@@ -195,7 +205,7 @@ class NightshiftServer(StreamingMixin):
             ident = found
         # Limits are per key: with serve.auth 'none' there is no key to limit (local experiments only).
         if limit is not None and ident is not None and (wait := self.limits[limit].take(ident.id)):
-            self.metrics.rate_limited.labels(limit).inc()
+            self.metrics.rate_limited.inc(tags={"limit": limit})
             raise errors.APIError(
                 429,
                 f"this key is over its {limit} rate limit (serve.{limit}_per_minute); retry after {wait} s",
@@ -268,7 +278,10 @@ class NightshiftServer(StreamingMixin):
                 self.engine.cancel(rid)
             self.metrics.rejected.inc()
             raise errors.APIError(
-                429, f"the server is at capacity ({e}); retry after a short wait", code="rate_limit_exceeded"
+                429,
+                f"the server is at capacity ({e}); retry after {_RETRY_FULL_S} s",
+                code="rate_limit_exceeded",
+                headers={"Retry-After": str(_RETRY_FULL_S)},
             ) from e
         return q, ids
 
@@ -308,7 +321,10 @@ class NightshiftServer(StreamingMixin):
             await asyncio.wrap_future(self.recorder.record(rows))
         except Exception as e:
             raise errors.APIError(
-                503, "the completion could not be stored in the catalog; retry later", code="record_failed"
+                503,
+                "the completion could not be stored in the catalog; retry later",
+                code="record_failed",
+                headers={"Retry-After": str(_RETRY_FAILED_S)},
             ) from e
 
     async def _collect(self, q: asyncio.Queue, ids: list[int], total: int, n: int) -> list[Choice]:
@@ -327,7 +343,10 @@ class NightshiftServer(StreamingMixin):
                 if d.finish_reason:
                     if d.finish_reason == "error":
                         raise errors.APIError(
-                            503, "the generation engine failed; retry later", code="engine_error"
+                            503,
+                            "the generation engine failed; retry later",
+                            code="engine_error",
+                            headers={"Retry-After": str(_RETRY_FAILED_S)},
                         )
                     done += 1
         except asyncio.CancelledError:
@@ -338,37 +357,50 @@ class NightshiftServer(StreamingMixin):
         return choices
 
     def _json(self, route: str, body: dict[str, Any], t0: float) -> JSONResponse:
-        self.metrics.requests.labels(route, "200").inc()
-        self.metrics.latency.labels(route).observe(time.perf_counter() - t0)
-        self.metrics.completion_tokens.inc(body["usage"]["completion_tokens"])
-        self.metrics.prompt_tokens.inc(body["usage"]["prompt_tokens"])
+        usage = body["usage"]
+        self.metrics.count_answer(
+            route, time.perf_counter() - t0, usage["prompt_tokens"], usage["completion_tokens"]
+        )
         return JSONResponse(body, headers=self.headers)
 
     # --- routes ---------------------------------------------------------------------------------
 
-    @api.get("/health", responses={200: {"model": openapi.Health}, 503: {"model": openapi.Health}})
+    @api.get(
+        "/health",
+        responses={
+            200: {"model": openapi.Health},
+            503: {"model": openapi.Health, "headers": openapi.RETRY_AFTER},
+        },
+    )
     async def health(self) -> JSONResponse:
         ok = self.engine.error is None
+        stats = self.engine.stats()
         return JSONResponse(
             {
                 "status": "ok" if ok else "failed",
                 "model": self.headers["X-Nightshift-Model"],
-                **self.engine.stats(),
+                **stats,
+                # This replica's figures now; the scrape of every replica is Ray's metrics port.
+                "figures": self.metrics.snapshot(stats, self._open_streams)
+                | {"stream_writes": self.metrics.stream_writes_total},
             },
             status_code=200 if ok else 503,
-            headers=self.headers,
+            headers=self.headers if ok else {**self.headers, "Retry-After": str(_RETRY_FAILED_S)},
         )
 
-    @api.get("/metrics", response_class=PlainTextResponse)
-    async def prometheus(self) -> Response:
-        body = self.metrics.render(self.engine.stats(), self._open_streams)
-        return Response(body, media_type="text/plain; version=0.0.4")
+    def _card(self) -> dict[str, Any]:
+        return {"id": self.name, "object": "model", "created": self.created, "owned_by": "nightshift"}
 
     @api.get("/v1/models", responses=responses(openapi.ModelList, 401))
     async def models(self, request: Request) -> JSONResponse:
         await self._auth(request)
-        card = {"id": self.name, "object": "model", "created": int(time.time()), "owned_by": "nightshift"}
-        return JSONResponse({"object": "list", "data": [card]}, headers=self.headers)
+        return JSONResponse({"object": "list", "data": [self._card()]}, headers=self.headers)
+
+    @api.get("/v1/models/{model_id}", responses=responses(openapi.ModelCard, 401, 404))
+    async def model(self, model_id: str, request: Request) -> JSONResponse:
+        await self._auth(request)
+        self._model(model_id)
+        return JSONResponse(self._card(), headers=self.headers)
 
     @api.post(
         "/v1/completions",
@@ -479,9 +511,9 @@ class NightshiftServer(StreamingMixin):
         except LookupError as e:
             raise errors.APIError(404, str(e), param="completion_id", code="completion_not_found") from e
         except NotYours as e:
-            self.metrics.requests.labels("feedback", "403").inc()
+            self.metrics.requests.inc(tags={"route": "feedback", "status": "403"})
             raise errors.APIError(403, str(e), param="completion_id", code="not_your_completion") from e
-        self.metrics.requests.labels("feedback", "200").inc()
+        self.metrics.requests.inc(tags={"route": "feedback", "status": "200"})
         return JSONResponse(
             {
                 "id": stored.id,

@@ -243,6 +243,13 @@ def _source_of(art: Artifact, row: Deployment) -> str:
     raise DeployError(f"model {art.sha256[:16]} of deployment {row.id} is no longer at {art.uri}")
 
 
+def _registry_of(row: Deployment) -> dict[str, str] | None:
+    """``{"name", "version"}`` of a deployment's registry version, when it was served as one."""
+    if row.registry_name and row.registry_version:
+        return {"name": row.registry_name, "version": str(row.registry_version)}
+    return None
+
+
 def redeploy_current(cfg: Config, *, created_by: str = "nightshift") -> DeployResult:
     """Serve the active deployment's model again (after a restart of the stack)."""
     cur = active_deployment(cfg)
@@ -254,7 +261,9 @@ def redeploy_current(cfg: Config, *, created_by: str = "nightshift") -> DeployRe
     with session_scope(cfg.tracking.catalog_url) as s:
         row = s.get(Deployment, cur["id"])
         source = _source_of(s.get(Artifact, row.model_artifact_id), row)
-    return deploy_model(cfg, source, created_by=created_by, alias=cur["alias"])
+        registry = _registry_of(row)
+    # The same registry version as before, so the dashboard and X-Nightshift-Model-Version keep it.
+    return deploy_model(cfg, source, created_by=created_by, alias=cur["alias"], registry=registry)
 
 
 def rollback(cfg: Config, *, created_by: str = "nightshift") -> DeployResult:
@@ -284,9 +293,9 @@ def rollback(cfg: Config, *, created_by: str = "nightshift") -> DeployResult:
                 "there is no earlier model to roll back to"
             )
         source = _source_of(s.get(Artifact, earlier.model_artifact_id), earlier)
-        target_id = earlier.id
+        target_id, registry = earlier.id, _registry_of(earlier)
     log.info("rolling back from deployment %d to the model of deployment %d", cur["id"], target_id)
-    return deploy_model(cfg, source, created_by=created_by, alias="rollback")
+    return deploy_model(cfg, source, created_by=created_by, alias="rollback", registry=registry)
 
 
 def deploy_stage(

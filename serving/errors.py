@@ -63,9 +63,15 @@ def error_body(
     }
 
 
+# A 429 or 503 without a more precise wait of its own still tells the client when to come back.
+DEFAULT_RETRY_AFTER_S = 1
+
+
 def error_response(
     status: int, message: str, param: str | None = None, code: str | None = None, headers=None
 ):
+    if status in (429, 503) and "Retry-After" not in (headers or {}):
+        headers = {**(headers or {}), "Retry-After": str(DEFAULT_RETRY_AFTER_S)}
     return JSONResponse(error_body(status, message, param, code), status_code=status, headers=headers)
 
 

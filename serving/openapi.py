@@ -169,6 +169,10 @@ class Health(BaseModel):
     waiting: int
     steps: int
     tokens_generated: int
+    figures: dict[str, float] = Field(
+        description="This replica now: batch and queue, open streams, stream writes, memory, CPU and start "
+        "time of the replica and its engine process. Every replica's are on Ray's metrics port."
+    )
 
 
 _ERRORS = {
@@ -179,7 +183,11 @@ _ERRORS = {
     408: "The request body did not arrive within serve.body_timeout_s.",
     413: "The request body is larger than serve.max_body_bytes.",
     429: "The server is at capacity, or this key is over its rate limit; retry after `Retry-After` seconds.",
-    503: "The generation engine failed (or, for feedback, the deployment has no catalog).",
+    503: "The generation engine failed, or the catalog could not store the completion (or, for feedback, "
+    "the deployment has no catalog); retry after `Retry-After` seconds.",
+}
+RETRY_AFTER = {
+    "Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}}
 }
 _BODY_ERRORS = (400, 408, 413)
 
@@ -217,6 +225,8 @@ def responses(
             out[200]["content"] = {"text/event-stream": _event_stream(stream)}
     for status in sorted(set(errors)):
         out[status] = {"model": ErrorResponse, "description": _ERRORS[status]}
+        if status in (429, 503):
+            out[status]["headers"] = RETRY_AFTER
     return out
 
 

@@ -5,7 +5,7 @@ completion id the moment it has it, and nothing is lost if the replica dies afte
 concurrent requests share one transaction: under load the writer commits many rows at once
 instead of one small transaction per request. When a shared transaction fails, each request's rows
 are written again on their own, so one bad record fails only its own request; ``failures`` counts
-the requests whose rows could not be stored (``nightshift_record_failures_total`` in ``/metrics``).
+the requests whose rows could not be stored (``nightshift_record_failures_total`` in the replica's metrics).
 """
 
 from __future__ import annotations

@@ -90,7 +90,7 @@ class StreamingMixin:
                     batch.append(q.get_nowait())
                 if any(d.text or d.finish_reason for _, d in batch):
                     last_sent = time.perf_counter()
-                    self.metrics.stream_writes.inc()
+                    self.metrics.count_stream_write()
                 for _, d in batch:
                     if d.finish_reason == "error":
                         raise errors.APIError(503, "the generation engine failed", code="engine_error")
@@ -191,7 +191,6 @@ class StreamingMixin:
         return StreamingResponse(gen(), media_type="text/event-stream", headers=self.headers)
 
     def _finish_stream(self, route: str, choices: list[Choice], prompt_tokens: int, t0: float) -> None:
-        self.metrics.requests.labels(route, "200").inc()
-        self.metrics.latency.labels(route).observe(time.perf_counter() - t0)
-        self.metrics.completion_tokens.inc(sum(c.completion_tokens for c in choices))
-        self.metrics.prompt_tokens.inc(prompt_tokens)
+        self.metrics.count_answer(
+            route, time.perf_counter() - t0, prompt_tokens, sum(c.completion_tokens for c in choices)
+        )

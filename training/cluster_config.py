@@ -25,7 +25,7 @@ _TOLERATION_KEYS = {"key", "operator", "value", "effect", "tolerationSeconds"}
 
 
 def installed_ray_version() -> str:
-    """The Ray version installed here, which the image gets from requirements.lock."""
+    """The Ray version installed here, which the image gets from uv.lock."""
     try:
         return metadata.version("ray")
     except metadata.PackageNotFoundError:  # pragma: no cover - ray is a dependency
@@ -66,7 +66,7 @@ class ClusterConfig(Section):
     ray_version: str | None = Field(
         None,
         description="Ray version of the image (KubeRay's rayVersion; checked on launcher nodes). None: the "
-        "Ray installed here, which the image installs from requirements.lock; another value is an error.",
+        "Ray installed here, which the image installs from uv.lock; another value is an error.",
     )
     repo_dir: str = Field(
         "/app", description="Where the image holds the repository ($NIGHTSHIFT_REPO, the flows' workdir)."
@@ -222,7 +222,7 @@ class ClusterConfig(Section):
         if self.ray_version is not None and self.ray_version != installed:
             out.append(
                 f"ray_version: {self.ray_version!r} is not the Ray installed here ({installed}), which the "
-                "image installs from requirements.lock; leave it unset"
+                "image installs from uv.lock; leave it unset"
             )
         return out
 

@@ -2,7 +2,7 @@
 
 A pipeline config is one :class:`Config` made of one section per concern (``data``, ``model``,
 ``train``, ``tracking``, ``ray``, ``stack``). Each section is a pydantic model whose fields carry
-their help text as ``description``; ``nightshift config --help-fields`` prints them.
+their help text as ``description``; ``nightshift config --fields`` prints them.
 
 Configs come from a preset (``configs/<name>.yaml`` or a path to a YAML file) and dotted
 overrides, from the CLI (``--data.vocab_size 4096``) or from a Prefect parameter
@@ -23,7 +23,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from catalog.files import write_atomic
 from training.cluster_config import ClusterConfig
-from training.config_base import ConfigError, Section
+from training.config_base import ConfigError, Section, did_you_mean
 from training.data.config import DataConfig
 from training.eval.config import EvalConfig
 from training.model_config import ModelConfig, TrainConfig
@@ -136,6 +136,13 @@ class StackConfig(Section):
     ray_dashboard_agent_port: int = Field(
         52365, ge=1, le=65535, description="HTTP port of the Ray head's dashboard agent."
     )
+    ray_metrics_port: int = Field(
+        8080,
+        ge=1,
+        le=65535,
+        description="Ray head's Prometheus metrics port: every Serve replica's metrics (serving/metrics.py), "
+        "tagged by replica, and Ray's own; scrape http://HOST:PORT/metrics.",
+    )
     ray_object_store_bytes: int = Field(
         1_000_000_000, ge=78_643_200, description="Object store memory of the Ray head, in bytes."
     )
@@ -188,6 +195,7 @@ class StackConfig(Section):
             "ray_dashboard_port": self.ray_dashboard_port,
             "ray_client_port": self.ray_client_port,
             "ray_dashboard_agent_port": self.ray_dashboard_agent_port,
+            "ray_metrics_port": self.ray_metrics_port,
             "dashboard_port": self.dashboard_port,
         }
         if self.backend == "postgres" and not self.postgres_url:
@@ -370,7 +378,8 @@ def _format_validation_error(err: ValidationError) -> list[str]:
     for e in err.errors():
         loc = ".".join(str(x) for x in e["loc"])
         if e["type"] == "extra_forbidden":
-            out.append(f"{loc}: unknown key; see `nightshift config --help-fields` for the known ones")
+            hint = did_you_mean(loc, [key for key, _, _ in describe_fields()])
+            out.append(f"{loc}: unknown key{hint} (`nightshift config --fields` lists the known ones)")
         else:
             out.append(f"{loc}: {e['msg']} (got {e.get('input')!r})")
     return out

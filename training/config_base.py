@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Sequence
 
 from pydantic import BaseModel, ConfigDict
+
+
+def did_you_mean(word: str, known: Sequence[str]) -> str:
+    """``; did you mean 'x'?`` for the closest known word, or ``''`` when none is close."""
+    close = difflib.get_close_matches(word, list(known), n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""
 
 
 class ConfigError(ValueError):

@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 BIASED = ("ln_1", "ln_2", "attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
 # Buffers of older GPT-2 checkpoints (causal mask), not weights.
+# Our activation names and transformers' (ACT2FN keys) for the same function.
+HF_ACTIVATION = {"gelu": "gelu", "gelu_tanh": "gelu_new"}
+FROM_HF_ACTIVATION = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
 IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
 
 
@@ -121,7 +124,7 @@ def export_hf(model_dir_or_ref: str | Path | ArtifactRef, out_dir: str | Path) -
         n_embd=cfg.n_embd,
         n_layer=cfg.n_layer,
         n_head=cfg.n_head,
-        activation_function="gelu_new",
+        activation_function=HF_ACTIVATION[cfg.activation],
         layer_norm_epsilon=1e-5,
         resid_pdrop=cfg.dropout,
         embd_pdrop=cfg.dropout,
@@ -167,8 +170,11 @@ def _read_hf_config(hf_dir: Path) -> ModelConfig:
     problems = []
     if c.get("model_type") != "gpt2":
         problems.append(f"model_type is {c.get('model_type')!r}, only 'gpt2' is supported")
-    if c.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
-        problems.append(f"activation_function {c.get('activation_function')!r} (need gelu_new)")
+    activation = FROM_HF_ACTIVATION.get(c.get("activation_function", "gelu_new"))
+    if activation is None:
+        problems.append(
+            f"activation_function {c.get('activation_function')!r} (need one of {sorted(FROM_HF_ACTIVATION)})"
+        )
     if abs(c.get("layer_norm_epsilon", 1e-5) - 1e-5) > 1e-12:
         problems.append(f"layer_norm_epsilon {c.get('layer_norm_epsilon')} (need 1e-5)")
     if c.get("n_inner") not in (None, 4 * c.get("n_embd", 0)):
@@ -188,6 +194,7 @@ def _read_hf_config(hf_dir: Path) -> ModelConfig:
             vocab_size=c["vocab_size"],
             dropout=c.get("resid_pdrop", 0.0),
             bias=c.get("nightshift_bias", True),
+            activation=activation,
         )
     except (KeyError, ValueError) as e:
         raise HFFormatError(f"{path}: cannot build a model config: {e}") from e

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import mlflow.pyfunc
 
+from catalog.tracking import TAG_ARTIFACT
 from training.generation import generate_text
 
 if TYPE_CHECKING:
@@ -114,6 +115,11 @@ def signature() -> ModelSignature:
     )
 
 
+def input_example() -> tuple[dict[str, list[str]], dict[str, Any]]:
+    """What the MLflow UI shows as the way to call a logged model: a prompt column and two params."""
+    return {"prompt": ["The", "Once upon a time"]}, {"max_new_tokens": 16, "temperature": 0.8}
+
+
 def pip_requirements() -> list[str]:
     """Runtime requirements pinned to the installed versions (local tags like ``+cpu`` dropped)."""
     return [f"{name}=={version(name).split('+')[0]}" for name in _REQUIREMENTS]
@@ -163,7 +169,7 @@ def log_model(
         experiment_id=run.info.experiment_id,
         name=name,
         source_run_id=run_id,
-        tags={"nightshift.artifact_sha256": ref.sha256},
+        tags={TAG_ARTIFACT: ref.sha256},
     )
     repo = Path(__file__).resolve().parent.parent
     try:
@@ -175,6 +181,7 @@ def log_model(
                 artifacts={"model": str(ref.path)},
                 code_paths=[str(repo / pkg) for pkg in _PACKAGES],
                 signature=signature(),
+                input_example=input_example(),
                 pip_requirements=pip_requirements(),
                 metadata={"nightshift_artifact_sha256": ref.sha256},
                 mlflow_model=Model(

@@ -1,9 +1,10 @@
 """The whole GPT-2 model in one file: attention, MLP, block, model, KV cache and sampling.
 
 GPT-2 as published (Radford et al. 2019): learned absolute positions, pre-LayerNorm blocks, a
-GELU (tanh approximation) MLP of width 4 x n_embd, a final LayerNorm, and an output head tied
-to the token embedding. Weights use GPT-2's initialisation. Attention goes through
-``F.scaled_dot_product_attention``, which picks the flash / memory-efficient kernels on GPU.
+GELU MLP of width 4 x n_embd (the exact GELU by default, GPT-2's tanh approximation on request), a
+final LayerNorm, and an output head tied to the token embedding. Weights use GPT-2's
+initialisation. Attention goes through ``F.scaled_dot_product_attention``, which picks the
+flash / memory-efficient kernels on GPU.
 Parameter names follow ``GPT2LMHeadModel`` closely so :mod:`training.hf` maps them one to one.
 
 No training code lives here.
@@ -84,10 +85,12 @@ class MLP(nn.Module):
         self.c_proj = nn.Linear(4 * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
         self.c_proj.residual = True
         self.dropout = nn.Dropout(cfg.dropout)
+        # GPT-2 used the tanh approximation of GELU ("gelu_new" in transformers); the exact one is
+        # the presets' choice because its CPU kernel is the faster one.
+        self.approximate = "tanh" if cfg.activation == "gelu_tanh" else "none"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # GPT-2 used the tanh approximation of GELU ("gelu_new" in transformers).
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate=self.approximate)))
 
 
 class Block(nn.Module):

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from catalog.artifacts import ArtifactRef, open_artifact, publish
 from training.data.tokenizer import EOT, TOKENIZER_FILE, load_tokenizer
-from training.model_config import ModelConfig
+from training.model_config import ModelConfig, stored_model_config
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -66,7 +66,7 @@ def read_config(path: Path) -> ModelConfig:
         raise ModelArtifactError(
             f"{path}: format is {fmt!r}, expected {FORMAT!r}; not a nightshift GPT config"
         )
-    return ModelConfig(**raw)
+    return stored_model_config(raw)
 
 
 def weights_to_save(model: GPT) -> dict[str, Any]:

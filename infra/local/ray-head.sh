@@ -9,6 +9,7 @@ PORT="${RAY_PORT:-6379}"
 DASHBOARD_PORT="${RAY_DASHBOARD_PORT:-8265}"
 CLIENT_PORT="${RAY_CLIENT_PORT:-10001}"
 AGENT_PORT="${RAY_DASHBOARD_AGENT_PORT:-52365}"
+METRICS_PORT="${RAY_METRICS_EXPORT_PORT:-8080}"
 OBJECT_STORE_BYTES="${RAY_OBJECT_STORE_BYTES:-1000000000}"
 # Unix socket paths are limited to ~107 bytes and Ray nests session_<date>_<pid>/sockets/… under
 # its temp dir, so the temp dir must stay short; stack.py picks one.
@@ -31,6 +32,7 @@ exec ray start --head --block --disable-usage-stats \
   --node-ip-address "$HOST" --port "$PORT" \
   --dashboard-host "$HOST" --dashboard-port "$DASHBOARD_PORT" \
   --ray-client-server-port "$CLIENT_PORT" --dashboard-agent-listen-port "$AGENT_PORT" \
+  --metrics-export-port "$METRICS_PORT" \
   --object-store-memory "$OBJECT_STORE_BYTES" \
   --temp-dir "$TEMP_DIR" \
   "${CPUS[@]}"

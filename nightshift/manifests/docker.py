@@ -1,18 +1,29 @@
-"""The image every pod and launcher node runs: Python 3.11, requirements.lock, this repository.
+"""The image every pod and launcher node runs: Python 3.11, uv.lock's runtime set, this repository.
 
 One image for the Ray head and workers, the Serve replicas and the Prefect flow-run pods, so
 every process imports the same code against the same pinned packages. torch comes from the
 PyTorch index named by the build argument ``TORCH_INDEX_URL`` (CPU wheels by default; a CUDA
-index for GPU nodes), at the version requirements.lock pins, before the rest of the lock.
+index for GPU nodes), at the version uv.lock pins; then uv installs the rest of the lock's
+runtime set, hash-checked: no dev tools, the extras a cluster uses (``postgres``, ``s3``).
 """
 
 from __future__ import annotations
 
+import tomllib
 from importlib import metadata
 
+from nightshift.manifests import REPO_ROOT
 from training.config import Config
 
 CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+# The optional parts (pyproject's extras) a cluster needs: its catalog on Postgres, artifacts on S3.
+IMAGE_EXTRAS = ("postgres", "s3")
+
+
+def uv_version() -> str:
+    """The uv that pyproject's ``[tool.uv] required-version`` pins (``==0.13.8`` -> ``0.13.8``)."""
+    with open(REPO_ROOT / "pyproject.toml", "rb") as f:
+        return tomllib.load(f)["tool"]["uv"]["required-version"].removeprefix("==")
 
 
 def _pinned(package: str) -> str:
@@ -54,10 +65,15 @@ RUN useradd --create-home --uid 1000 --gid 100 --shell /bin/bash ray \\
 
 WORKDIR {cc.repo_dir}
 
-# Dependencies first, so a code change does not reinstall them.
-COPY requirements.lock ./
-RUN pip install --index-url "$TORCH_INDEX_URL" "torch==$TORCH_VERSION" \\
-    && pip install -r requirements.lock
+# Dependencies first, so a code change does not reinstall them: torch from its index, then uv.lock's
+# runtime set (no dev group; extras {", ".join(IMAGE_EXTRAS)}), every file checked against the lock's hashes.
+COPY pyproject.toml uv.lock ./
+RUN pip install "uv=={uv_version()}" \\
+    && pip install --index-url "$TORCH_INDEX_URL" "torch==$TORCH_VERSION" \\
+    && uv export --frozen --no-dev --no-emit-project --no-emit-package torch \\
+        {" ".join(f"--extra {e}" for e in IMAGE_EXTRAS)} -o /tmp/runtime.txt \\
+    && uv pip install --system --no-deps --require-hashes -r /tmp/runtime.txt \\
+    && rm /tmp/runtime.txt
 
 # The package, editable: configs/, prefect.yaml and flows/ stay where the code looks for them.
 COPY --chown=ray:users . ./

@@ -349,9 +349,10 @@ def check_dockerfile(text: str) -> list[str]:
     runs = [ln for ln in lines if ln.startswith("RUN ")]
     checks = {
         "FROM python:3.11-slim": any(re.fullmatch(r"FROM python:3\.11-slim", ln) for ln in lines),
-        "COPY requirements.lock": any(re.match(r"COPY .*requirements\.lock", ln) for ln in lines),
-        "pip install -r requirements.lock": any(
-            re.search(r"pip install .*-r requirements\.lock", r) for r in runs
+        "COPY uv.lock": any(re.match(r"COPY .*\buv\.lock", ln) for ln in lines),
+        "uv export --frozen --no-dev": any(re.search(r"uv export --frozen --no-dev\b", r) for r in runs),
+        "uv pip install --require-hashes": any(
+            re.search(r"uv pip install .*--require-hashes", r) for r in runs
         ),
         "pip install of the package (-e .)": any(re.search(_PACKAGE_INSTALL, r) for r in runs),
         "ARG TORCH_INDEX_URL": any(ln.startswith("ARG TORCH_INDEX_URL=") for ln in lines),

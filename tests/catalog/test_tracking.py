@@ -18,6 +18,7 @@ from catalog.tracking import (
     TAG_PARENT,
     Tracker,
     flatten_params,
+    night_label,
 )
 from catalog.untracked import NullStageRun
 
@@ -92,7 +93,8 @@ def test_pipeline_and_stages(tracker: Tracker, mlflow_server: str, catalog_url: 
     assert parent.data.tags[TAG_CATALOG_RUN] == pipe.catalog_run_id
     assert parent.data.params["model.n_layer"] == "2" and parent.data.metrics["total_s"] == 1.5
     assert child.data.tags[TAG_PARENT] == pipe.mlflow_run_id
-    assert child.data.tags["mlflow.runName"] == "tokenize"
+    assert child.data.tags["mlflow.runName"] == f"tokenize {night_label()}"  # the night: date (+ flow run)
+    assert parent.info.run_name.startswith("nightly ") and child.data.tags["nightshift.stage"] == "tokenize"
     nested = client.search_runs([tracker.experiment_id], f"tags.`{TAG_PARENT}` = '{pipe.mlflow_run_id}'")
     assert [r.info.run_id for r in nested] == [st.mlflow_run_id]
     assert child.data.params["vocab_size"] == "512" and len(child.data.params["blob"]) == 6000
@@ -143,7 +145,7 @@ def test_standalone_stage_and_attach(tracker: Tracker, mlflow_server: str, catal
     client = MlflowClient(mlflow_server)
     child = client.get_run(st.mlflow_run_id)
     parent = client.get_run(child.data.tags[TAG_PARENT])
-    assert parent.info.run_name == child.info.run_name == "evaluate"
+    assert parent.info.run_name == child.info.run_name == f"evaluate {night_label()}"
     assert parent.info.status == "FINISHED" and parent.data.tags["nightshift.standalone"] == "true"
 
     with tracker.pipeline("nightly", config={}) as pipe:

@@ -8,7 +8,7 @@ from mlflow import MlflowClient
 
 from catalog.registry import Registry
 from flows.deploy import deploy
-from serving.deploy import deploy_model
+from serving.deploy import active_deployment, deploy_model
 from tests.serving.conftest import make_model_artifact
 from training.config import load_config
 from training.mlflow_model import log_model
@@ -59,6 +59,11 @@ def test_promote_by_hand_then_roll_the_champion_back(tmp_path, prefect_server, s
     assert back["model"] == refs[0].sha256 and registry.champion().version == versions[0]
     assert served(back["endpoint"])["x-nightshift-model-version"] == versions[0]
     assert [h["action"] for h in registry.history()][-1] == "rollback"
+    # A redeploy (after `nightshift down` and `up`) serves the same version, and says which: the
+    # dashboard's Models page shows "v1", not "v?".
+    again = deploy(action="redeploy", preset="tiny", overrides=overrides)
+    assert served(again["endpoint"])["x-nightshift-model-version"] == versions[0]
+    assert active_deployment(load_config("tiny", overrides))["registry_version"] == versions[0]
 
 
 def test_without_registry_history_rollback_serves_the_previous_deployment(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from datetime import UTC
 
 import httpx
 import pytest
@@ -44,7 +45,16 @@ def test_pretrain_flow_tracks_every_stage(tmp_path, mlflow_server, prefect_serve
     assert len(parents) == 1
     parent = parents[0]
     assert parent.data.tags["nightshift.prefect_flow_run_id"] == str(state.state_details.flow_run_id)
-    children = {r.data.tags["mlflow.runName"]: r for r in runs if r.data.tags.get("mlflow.parentRunId")}
+    children = {r.data.tags["nightshift.stage"]: r for r in runs if r.data.tags.get("mlflow.parentRunId")}
+    # Every run name carries the night: the date the flow run was scheduled for and its name.
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as prefect:
+        flow_run = prefect.read_flow_run(state.state_details.flow_run_id)
+    night = f"{flow_run.expected_start_time.astimezone(UTC):%Y-%m-%d} {flow_run.name}"
+    assert (
+        parent.info.run_name == f"pretrain {night}" and children["ingest"].info.run_name == f"ingest {night}"
+    )
     assert set(children) == {"ingest", "tokenize", "pretrain", "evaluate", "deploy"}
     assert all(c.data.tags["mlflow.parentRunId"] == parent.info.run_id for c in children.values())
     ingest_run = children["ingest"]

@@ -54,7 +54,7 @@ def test_feedback_reaches_the_next_rlhf_snapshot(tmp_path, mlflow_server, prefec
     assert {"policy", "preferences"} <= set(out)
     client = MlflowClient(mlflow_server)
     exp = client.get_experiment_by_name("rlhf-flow-test")
-    names = {r.data.tags.get("mlflow.runName") for r in client.search_runs([exp.experiment_id])}
+    names = {r.data.tags.get("nightshift.stage") for r in client.search_runs([exp.experiment_id])}
     assert {"sft", "reward", "dpo", "evaluate", "deploy"} <= names
     base = f"http://127.0.0.1:{serve_port}/rlhf-test"
     assert httpx.get(base + "/health").headers["x-nightshift-model"] == f"model:{out['policy']}"

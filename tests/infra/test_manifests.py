@@ -358,13 +358,14 @@ def test_dockerfile_installs_the_lock_and_the_package(files):
     text = files[render.DOCKERFILE]
     assert validate.check_dockerfile(text) == []
     order = [
-        text.index(s) for s in ("COPY requirements.lock", "-r requirements.lock", "COPY --chown", "-e .")
+        text.index(s) for s in ("COPY pyproject.toml uv.lock", "--require-hashes", "COPY --chown", "-e .")
     ]
     assert order == sorted(order)  # dependencies are a layer of their own, below the code
     ignored = files[render.DOCKERIGNORE].splitlines()
     assert {".venv", ".nightshift", ".git"} <= set(ignored)
-    assert validate.check_dockerfile(text.replace("-r requirements.lock", "-r other.txt")) == [
-        "Dockerfile: missing pip install -r requirements.lock"
+    assert "--no-dev" in text and "--extra postgres --extra s3" in text  # no pytest, ruff, moto
+    assert validate.check_dockerfile(text.replace("--require-hashes", "")) == [
+        "Dockerfile: missing uv pip install --require-hashes"
     ]
 
 

@@ -152,7 +152,7 @@ def test_tracked_stages_land_in_the_backend(backend: Backend, tmp_path: Path, mo
 
     client = MlflowClient(backend.mlflow_uri)
     exp = client.get_experiment_by_name(experiment)
-    runs = {r.info.run_name: r for r in client.search_runs([exp.experiment_id])}
+    runs = {r.info.run_name.split()[0]: r for r in client.search_runs([exp.experiment_id])}
     assert set(runs) == {"nightly", "tokenize", "pretrain"}
     assert "val_loss" in runs["pretrain"].data.metrics
     assert runs["pretrain"].data.tags["nightshift.output.model"] == pre.model.sha256

@@ -97,3 +97,113 @@ def test_keys_create_list_revoke(tmp_path, capsys):
     from catalog.keys import digest, lookup
 
     assert lookup(url, digest(key)) is None
+
+
+def test_verb_help_lists_its_config_keys_with_preset_values_and_two_examples(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["pretrain", "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert "config keys it reads" in out and "values of preset 'tiny'" in out
+    assert "--train.max_steps" in out and "--model.n_layer" in out and "--serve.port" not in out
+    # tiny.yaml's value, not the field's default
+    assert any(line.split()[:2] == ["--train.max_steps", "20"] for line in out.splitlines())
+    examples = out.split("examples:\n", 1)[1].strip().splitlines()
+    assert len(examples) == 2 and all(e.strip().startswith("nightshift pretrain") for e in examples)
+
+
+def test_every_example_names_real_keys_and_every_verb_has_help_keys():
+    import re
+
+    from nightshift.cli import build_parser
+    from nightshift.cli_help import EXAMPLES, VERB_KEYS, verb_keys
+    from training.config import describe_fields
+
+    known = {k for k, _, _ in describe_fields()}
+    for verb, examples in EXAMPLES.items():
+        for key in re.findall(r"--([a-z_]+\.[a-z_.]+)", " ".join(examples)):
+            assert key in known, (verb, key)
+    verbs = build_parser()._subparsers._group_actions[0].choices
+    assert set(EXAMPLES) | {"infra"} == set(verbs)
+    for verb in VERB_KEYS:
+        assert verb_keys(verb, "tiny"), verb
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.startswith("nightshift 0.")
+
+
+def test_mistyped_verb_and_key_get_a_did_you_mean(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["pretrian"])
+    assert exit_.value.code == 2
+    assert "did you mean 'pretrain'?" in capsys.readouterr().err
+    assert main(["config", "--train.max_step", "5"]) == 2
+    err = capsys.readouterr().err
+    assert "train.max_step: unknown key; did you mean 'train.max_steps'?" in err
+    assert "nightshift config --fields" in err and "--help-fields" not in err
+
+
+def test_stack_error_is_one_message_without_traceback(tmp_path, capsys, monkeypatch):
+    import socket
+
+    monkeypatch.setenv("NIGHTSHIFT_HOME", str(tmp_path / "home"))
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        assert main(["up", "--no-deploy", "--stack.prefect_port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot start the stack") and "--stack.prefect_port" in err
+    assert "Traceback" not in err
+
+
+def test_checkpoint_and_wrapped_errors_are_expected_and_a_missing_extra_names_its_fix():
+    from nightshift.cli_help import is_expected, missing_extra
+    from training.data.sources import SourceError
+    from training.pretrain.checkpoint import CheckpointError
+
+    assert is_expected(CheckpointError("x")) and not is_expected(RuntimeError("x"))
+
+    class RayTaskErrorLike(RuntimeError, SourceError):  # Ray's wrapper subclasses the cause's class
+        pass
+
+    assert is_expected(RayTaskErrorLike("x"))
+    hint = missing_extra(ModuleNotFoundError("No module named 'transformers'", name="transformers"))
+    assert "uv sync --extra hf" in hint
+    assert missing_extra(ModuleNotFoundError("x", name="numpyy")) is None
+
+
+def test_demo_archive_with_a_wrong_hash_is_refused_and_not_written(tmp_path, monkeypatch, capsys):
+    import http.server
+    import threading
+
+    from nightshift.cli import DEMO_ARCHIVE
+
+    class Index(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            base = f"http://127.0.0.1:{self.server.server_port}"
+            body = (
+                json.dumps({"files": [{"filename": DEMO_ARCHIVE, "url": f"{base}/f/{DEMO_ARCHIVE}"}]})
+                if self.path.startswith("/simple/")
+                else "not the archive"
+            ).encode()
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Index)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("PIP_INDEX_URL", f"http://127.0.0.1:{server.server_port}/simple")
+        monkeypatch.setenv("NIGHTSHIFT_HOME", str(tmp_path / "home"))
+        assert main(["fetch-data"]) == 2
+    finally:
+        server.shutdown()
+    assert "is not the pinned" in capsys.readouterr().err
+    assert not (tmp_path / "home" / "sources" / DEMO_ARCHIVE).exists()

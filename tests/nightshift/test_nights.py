@@ -349,6 +349,16 @@ def test_three_nights_with_the_champion_served(
         start, end = _stage_window(cfg, night, "pretrain")
         during = [t for t, outcome in load.results if start <= t <= (end or t)]
         assert during, f"no request completed during the pretraining of {night}"
+    # The night's log, as `nightshift demo` prints it: the stages' progress lines reach Prefect's
+    # log, pretraining's from the Ray Train workers included.
+    from nightshift.nights import follow
+
+    lines: list[str] = []
+    assert follow(env["PREFECT_API_URL"], nights[0], out=lines.append, poll_s=0.1) == "Completed"
+    text = "\n".join(lines)
+    assert "pretrain: step 10/10 (100%)" in text, text[-3000:]  # train.max_steps of _params
+    assert "tokens_per_s" in text and "sft: step" in text, text[-3000:]
+    assert lines[-1].startswith("--- flow run ") and lines[-1].endswith("Completed")
     runs = _dashboard_overview(cfg, env, tmp_path)
     assert list(runs["pipeline"]).count("pretrain") == 3
     assert all(link for link in runs["Prefect"])

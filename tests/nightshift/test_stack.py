@@ -164,7 +164,7 @@ def test_nightly_deployment_runs_to_completed(
     exp = client.get_experiment_by_name("nightshift")
     runs = client.search_runs([exp.experiment_id])
     parent = next(r for r in runs if r.data.tags.get("nightshift.prefect_flow_run_id"))
-    children = {r.data.tags["mlflow.runName"] for r in runs if r.data.tags.get("mlflow.parentRunId")}
+    children = {r.data.tags["nightshift.stage"] for r in runs if r.data.tags.get("mlflow.parentRunId")}
     assert {"ingest", "tokenize", "pretrain"} <= children
     with session_scope(cfg.tracking.catalog_url) as s:
         assert {"source", "corpus", "tokenizer", "tokens", "model"} <= {a.kind for a in s.query(Artifact)}
@@ -183,6 +183,66 @@ def test_nightly_deployment_runs_to_completed(
     raw = client.completions.with_raw_response.create(model="nightshift-gpt", prompt="the", max_tokens=5)
     assert raw.headers["x-nightshift-model"] == f"model:{model_sha}"
     assert raw.parse().usage.completion_tokens >= 1
+
+
+def _samples(text: str, name: str, **want: str) -> list[tuple[dict[str, str], float]]:
+    """The samples of metric ``name`` in Prometheus text whose labels include ``want``."""
+    import re
+
+    out = []
+    for m in re.finditer(rf"^{name}{{([^}}]*)}} (\S+)$", text, flags=re.M):
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
+        if all(labels.get(k) == v for k, v in want.items()):
+            out.append((labels, float(m.group(2))))
+    return out
+
+
+def test_two_replicas_are_two_series_on_rays_metrics_port(cfg: Config, started: dict[str, object]) -> None:
+    """Serving metrics go through ray.serve.metrics: one scrape of Ray's metrics port (not of the API,
+    which reaches one replica) has each replica as its own series, and every request counted once."""
+    import concurrent.futures as cf
+    from operator import attrgetter
+
+    import httpx
+
+    from catalog.db import session_scope
+    from catalog.models import Artifact
+
+    with session_scope(cfg.tracking.catalog_url) as s:
+        model = s.query(Artifact).filter_by(kind="model").order_by(Artifact.id.desc()).first().uri
+    ports = [f"stack.{k}" for k in type(cfg.stack).model_fields if k.endswith("_port")] + ["serve.port"]
+    overrides = [t for k in ports for t in (f"--{k}", str(attrgetter(k)(cfg)))]
+    twin = ["--serve.app_name", "twin", "--serve.route_prefix", "/twin", "--serve.engine_process", "false"]
+    twin += ["--serve.min_replicas", "2", "--serve.max_replicas", "2", "--serve.replica_cpus", "0.2"]
+    env = {**os.environ, **stack.stack_env(cfg)}
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("nightshift")), "serve", "--model", model, *overrides, *twin],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    base = f"http://127.0.0.1:{cfg.serve.port}/twin/v1/completions"
+    body = {"model": "nightshift-gpt", "prompt": "the", "max_tokens": 3}
+    h = {"Authorization": f"Bearer {env['OPENAI_API_KEY']}"}
+    with cf.ThreadPoolExecutor(4) as pool:
+        codes = list(
+            pool.map(lambda _: httpx.post(base, json=body, headers=h, timeout=60).status_code, range(12))
+        )
+    assert codes == [200] * 12
+    # Ray reports every few seconds; one scrape of its port must come to sum 12 over the 2 replicas.
+    url = f"http://127.0.0.1:{cfg.stack.ray_metrics_port}/metrics"
+    deadline = time.monotonic() + 90
+    while True:
+        text = httpx.get(url, timeout=10).text
+        counts = _samples(text, "ray_nightshift_requests_total", application="twin", route="completions")
+        memory = _samples(text, "ray_nightshift_process_resident_memory_bytes", application="twin")
+        if sum(v for _, v in counts) >= 12 and len(memory) >= 2 or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert sum(v for _, v in counts) == 12, counts
+    replicas = {labels["replica"] for labels, _ in memory}
+    assert len(replicas) == 2 and all(v > 1e7 for _, v in memory), memory
+    assert {labels["replica"] for labels, _ in counts} <= replicas
+    assert all(labels["status"] == "200" and labels["deployment"] for labels, _ in counts)
 
 
 def test_port_held_by_a_foreign_socket_is_a_clear_error(cfg: Config, tmp_path: Path) -> None:

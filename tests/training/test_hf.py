@@ -11,7 +11,7 @@ import torch
 from training.data.tokenizer import EOT, train_tokenizer
 from training.hf import HFFormatError, export_hf, import_hf
 from training.model import GPT
-from training.model_config import ModelConfig
+from training.model_config import ModelConfig, stored_model_config
 from training.model_io import load_model, save_model
 
 TEXTS = [
@@ -46,18 +46,21 @@ def _hf_logits(out: Path, idx: torch.Tensor, attn: str) -> torch.Tensor:
         return hf(idx).logits
 
 
+@pytest.mark.parametrize("activation", ["gelu", "gelu_tanh"])
 @pytest.mark.parametrize(
     "shape", [dict(n_layer=2, n_head=2, n_embd=32), dict(n_layer=4, n_head=4, n_embd=64)], ids=["2L", "4L"]
 )
-def test_logits_equal_transformers_gpt2(tmp_path: Path, tokenizer, shape: dict[str, int]) -> None:
-    model, ref = _model_artifact(tmp_path, tokenizer, **shape)
+def test_logits_equal_transformers_gpt2(
+    tmp_path: Path, tokenizer, shape: dict[str, int], activation: str
+) -> None:
+    model, ref = _model_artifact(tmp_path, tokenizer, **shape, activation=activation)
     out = export_hf(ref, tmp_path / "hf")
     idx = torch.randint(0, 384, (3, 40), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         ours, _ = model(idx)
     for attn in ("eager", "sdpa"):
         diff = (_hf_logits(out, idx, attn) - ours).abs().max().item()
-        print(f"{shape} {attn}: max abs logit diff {diff:.3e}")
+        print(f"{shape} {activation} {attn}: max abs logit diff {diff:.3e}")
         assert diff <= 1e-4
 
 
@@ -66,19 +69,22 @@ def test_hf_config_carries_our_settings(tmp_path: Path, tokenizer) -> None:
     c = json.loads((export_hf(ref, tmp_path / "hf") / "config.json").read_text())
     eot = tokenizer.token_to_id(EOT)
     assert (c["n_layer"], c["n_head"], c["n_embd"], c["n_positions"], c["vocab_size"]) == (2, 2, 32, 64, 384)
-    assert c["activation_function"] == "gelu_new" and c["layer_norm_epsilon"] == 1e-5
+    assert c["activation_function"] == "gelu" and c["layer_norm_epsilon"] == 1e-5
     assert c["resid_pdrop"] == c["embd_pdrop"] == c["attn_pdrop"] == 0.1
     assert c["bos_token_id"] == c["eos_token_id"] == eot
 
 
-def test_round_trip_gives_identical_weights_logits_and_artifact(tmp_path: Path, tokenizer) -> None:
-    model, ref = _model_artifact(tmp_path, tokenizer, n_layer=2, n_head=2, n_embd=32)
+@pytest.mark.parametrize("activation", ["gelu", "gelu_tanh"])
+def test_round_trip_gives_identical_weights_logits_and_artifact(
+    tmp_path: Path, tokenizer, activation: str
+) -> None:
+    model, ref = _model_artifact(tmp_path, tokenizer, n_layer=2, n_head=2, n_embd=32, activation=activation)
     back = import_hf(export_hf(ref, tmp_path / "hf"), root=tmp_path / "imported")
     assert back.kind == "model" and back.sha256 == ref.sha256  # same content, same identity
     m2, _, _ = load_model(back)
     sd1, sd2 = model.state_dict(), m2.state_dict()
     assert sd1.keys() == sd2.keys() and all(torch.equal(sd1[k], sd2[k]) for k in sd1)
-    assert m2.lm_head.weight is m2.transformer.wte.weight
+    assert m2.lm_head.weight is m2.transformer.wte.weight and m2.cfg.activation == activation
     idx = torch.randint(0, 384, (2, 30))
     with torch.no_grad():
         assert torch.equal(model(idx)[0], m2(idx)[0])
@@ -138,3 +144,15 @@ def test_import_refuses_what_it_cannot_represent(tmp_path: Path, tokenizer) -> N
     with pytest.raises(HFFormatError, match="pickle"):
         import_hf(out, root=tmp_path / "x")
     assert not (tmp_path / "x" / "model").exists() or not any((tmp_path / "x" / "model").iterdir())
+
+
+def test_a_model_stored_before_the_activation_setting_loads_with_the_tanh_gelu(
+    tmp_path: Path, tokenizer
+) -> None:
+    """Models of earlier nights were trained with GPT-2's tanh GELU and their config.json has no
+    ``activation``: they must come back with the function they were trained with."""
+    model, ref = _model_artifact(tmp_path, tokenizer, n_layer=2, n_head=2, n_embd=32, activation="gelu_tanh")
+    raw = json.loads((ref.path / "config.json").read_text())
+    del raw["activation"]
+    assert stored_model_config({k: v for k, v in raw.items() if k != "format"}).activation == "gelu_tanh"
+    assert ModelConfig().activation == "gelu"

@@ -106,7 +106,7 @@ def test_mlflow_pyfunc_round_trip(tmp_path: Path, model: GPT, tokenizer, mlflow_
     import pandas as pd
     from mlflow import MlflowClient
 
-    from training.mlflow_model import log_model
+    from training.mlflow_model import input_example, log_model
 
     ref = save_model(model, tokenizer, root=tmp_path)
     client = MlflowClient(mlflow_server)
@@ -128,5 +128,9 @@ def test_mlflow_pyfunc_round_trip(tmp_path: Path, model: GPT, tokenizer, mlflow_
     assert a == b
     two = loaded.predict({"prompt": ["hello", ""]}, params={**params, "temperature": 0.0})
     assert len(two) == 2
+    # The logged model shows how to call it: an input example with params, which predict takes.
+    example, example_params = input_example()
+    assert list(loaded.input_example["prompt"]) == example["prompt"]
+    assert len(loaded.predict(loaded.input_example, params=example_params)) == len(example["prompt"])
     version = mlflow.pyfunc.load_model("models:/nightshift-gpt-test/1")
     assert version.predict(pd.DataFrame({"prompt": ["hello"]}), params=params) == a

@@ -34,6 +34,7 @@ from training.data.report import datacard
 from training.data.sources import SourceError, resolve_sources
 from training.data.transform import OUT_FIELDS, PII_TYPES, read_rows
 from training.placement import WorkerPlan, plan_workers, reserve
+from training.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -192,11 +193,13 @@ def ingest(
     card_config = redact(cfg.model_dump(mode="json") | {"sources": source_list})
 
     ctx_publish = publish("corpus", dest=out) if out is not None else publish("corpus", root=artifact_root)
-    with ctx_publish as staging:
+    # Documents read, kept and dropped: a live bar on a terminal, a log line every 1,000.
+    with ctx_publish as staging, Progress("ingest", None, unit="docs", every=1000) as bar:
         writer = _ShardWriter(staging.path, cfg.shard_bytes)
         try:
             if units:
                 for col in _ordered_chunks(units, cfg, plan):
+                    bar.update(docs_read, kept=kept, dropped=sum(dropped.values()))
                     for i, kind in enumerate(col["kind"]):
                         if kind == "doc":
                             docs_read += 1
@@ -222,6 +225,7 @@ def ingest(
                         elif kind == "quarantine":
                             source, item, reason = col["source"][i], col["item"][i], col["reason"][i]
                             quarantined.append({"source": source, "item": item, "reason": reason})
+            bar.update(docs_read, kept=kept, dropped=sum(dropped.values()))
         finally:
             writer.close()
         t_done = time.perf_counter()

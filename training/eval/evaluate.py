@@ -32,6 +32,7 @@ from training.eval.scoring import (
     unigram_perplexity,
 )
 from training.eval.tasks import TaskItem, builtin_items, task_accuracy
+from training.progress import Progress
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -97,15 +98,18 @@ def _heldout_text(heldout: Any, tokenizer: Tokenizer, cfg: EvalConfig) -> Heldou
 
 
 class _Timer:
+    """Times each part of the evaluation; its progress is a log line as each part starts."""
+
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
+        self.progress = Progress("evaluate", None, unit="part", every=1, live=False)
 
     def __call__(self, name: str) -> _Timer:
         self._name, self._t0 = name, time.perf_counter()
         return self
 
     def __enter__(self) -> None:
-        log.info("evaluate: %s", self._name)
+        self.progress.update(len(self.seconds) + 1, now=self._name, seconds_so_far=sum(self.seconds.values()))
 
     def __exit__(self, *exc: object) -> None:
         self.seconds[self._name] = round(time.perf_counter() - self._t0, 3)

@@ -117,13 +117,17 @@ def evaluate_stage(
     ref = publish_eval_report(
         report, verdict, root=cfg.tracking.artifact_root if out is None else None, dest=out
     )
+    # Against the candidate's logged model (when its stage logged one), so they show on that model's
+    # page and on the registry version made from it.
     run.log_metrics(
         {
             **report.flat_metrics(),
             "gate.passed": float(verdict.passed),
             "gate.failed_rules": float(len(verdict.failed)),
             **{f"seconds.{k}": v for k, v in report.timings.items()},
-        }
+        },
+        model_id=run.logged_model_id(cand),
+        dataset=tokens_ref,
     )
     run.set_tag(TAG_GATE, "passed" if verdict.passed else "failed")
     run.set_tag(TAG_GATE_SUMMARY, verdict.summary())

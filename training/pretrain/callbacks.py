@@ -14,6 +14,7 @@ import logging
 import math
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -158,6 +159,22 @@ class StepMetrics(_StepHook):
             logger.log_metrics(
                 {k: summary[k] for k in ("tokens_per_s", "mfu") if k in summary}, trainer.global_step
             )
+
+
+class ProgressReport(_StepHook):
+    """Each optimizer step's position and the latest loss and throughput of :class:`StepMetrics`
+    (which must run before it), from rank 0 to ``sink(step, figures)``: the driver's
+    :class:`training.progress.Progress`, directly or from a Ray Train worker through a Ray queue."""
+
+    FIGURES = ("train_loss", "val_loss", "tokens_per_s")
+
+    def __init__(self, metrics: StepMetrics, sink: Callable[[int, dict[str, float]], None]) -> None:
+        super().__init__()
+        self.metrics, self.sink = metrics, sink
+
+    def on_step(self, trainer: L.Trainer, pl_module: L.LightningModule, step: int) -> None:
+        if trainer.is_global_zero:
+            self.sink(step, {k: self.metrics.last[k] for k in self.FIGURES if k in self.metrics.last})
 
 
 @torch.no_grad()

@@ -105,13 +105,14 @@ def fit_worker(payload: dict[str, Any]) -> None:
     Args:
         payload: ``cfg`` (``Config.model_dump``), ``tokens`` and ``workdir`` (paths), ``threads``,
             ``mlflow_run_id``, ``tracking_uri``, ``peak_flops``, ``callbacks`` (extra Lightning
-            callbacks), ``ray`` (whether this is a Ray Train worker) and ``niceness`` (the driver's,
-            which a Ray worker takes on).
+            callbacks), ``progress`` (``sink(step, figures)``, called on rank 0 after each step),
+            ``ray`` (whether this is a Ray Train worker) and ``niceness`` (the driver's, which a Ray
+            worker takes on).
     """
     import lightning as L
 
     from training.data.shards import TokenShards
-    from training.pretrain.callbacks import PeriodicCheckpoint, StepMetrics
+    from training.pretrain.callbacks import PeriodicCheckpoint, ProgressReport, StepMetrics
     from training.pretrain.data import TokenDataModule
     from training.pretrain.module import GPTPretrainModule
 
@@ -175,6 +176,7 @@ def fit_worker(payload: dict[str, Any]) -> None:
     saver = PeriodicCheckpoint(
         root, tc.checkpoint_every, tc.keep_checkpoints, tc.max_steps, report_to_ray=in_ray
     )
+    progress = [ProgressReport(metrics, payload["progress"])] if payload.get("progress") else []
     loggers = []
     if payload.get("mlflow_run_id") and rank == 0:
         loggers.append(_AttachedMLFlowLogger.make(payload["mlflow_run_id"], payload.get("tracking_uri")))
@@ -216,11 +218,11 @@ def fit_worker(payload: dict[str, Any]) -> None:
         num_sanity_val_steps=0,
         enable_checkpointing=False,  # PeriodicCheckpoint writes atomic, hash-checked ones
         logger=loggers or False,
-        enable_progress_bar=tc.progress_bar and not in_ray,
+        enable_progress_bar=False,  # the driver's training.progress.Progress shows ProgressReport's
         enable_model_summary=False,
         log_every_n_steps=tc.log_every,
         use_distributed_sampler=False,  # TokenDataModule shards the stream itself
-        callbacks=[metrics, saver, *payload.get("callbacks", [])],
+        callbacks=[metrics, *progress, saver, *payload.get("callbacks", [])],
         default_root_dir=str(workdir),
     )
     if distributed:

@@ -20,6 +20,7 @@ from training.config_base import ConfigError
 from training.data.shards import TokenShards
 from training.model import GPT
 from training.pretrain import checkpoint as ckpt
+from training.progress import Progress, relayed
 
 log = logging.getLogger(__name__)
 
@@ -187,10 +188,15 @@ def pretrain(
         " (Ray Train)" if tc.num_workers > 1 else "",
     )  # fmt: skip
     placement: dict[str, Any] = {}
-    if tc.num_workers > 1:
-        placement = fit_with_ray(payload, cfg).params()
-    else:
-        fit_worker(payload)
+    # Steps, loss, tokens/s and ETA: a live bar on a terminal, a log line every log_every steps.
+    with Progress(
+        "pretrain", tc.max_steps, every=tc.log_every, live=None if tc.progress_bar else False
+    ) as bar:
+        if tc.num_workers > 1:
+            with relayed(bar) as sink:  # from the Ray Train workers through a Ray queue
+                placement = fit_with_ray({**payload, "progress": sink}, cfg).params()
+        else:
+            fit_worker({**payload, "progress": lambda step, figures: bar.update(step, **figures)})
 
     final = ckpt.find_latest(workdir / "checkpoints")
     if final is None or final.step != tc.max_steps:

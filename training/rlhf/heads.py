@@ -18,7 +18,7 @@ from torch import nn
 
 from catalog.artifacts import ArtifactRef, open_artifact, publish
 from training.data.tokenizer import TOKENIZER_FILE, load_tokenizer
-from training.model_config import ModelConfig
+from training.model_config import ModelConfig, stored_model_config
 from training.model_io import (
     CONFIG_FILE,
     TIED_KEY,
@@ -148,7 +148,7 @@ def load_reward_model(
     raw = json.loads((ref.path / CONFIG_FILE).read_text())
     if raw.pop("format", None) != FORMAT:
         raise ModelArtifactError(f"{ref.path}: config.json is not a {FORMAT} config")
-    cfg = ModelConfig(**raw)
+    cfg = stored_model_config(raw)
     tok = load_tokenizer(ref.path / TOKENIZER_FILE)
     check_vocab(cfg, tok, str(ref.path))
     weights = load_file(str(ref.path / WEIGHTS_FILE), device="cpu")

@@ -20,12 +20,15 @@ fails: an empty preference set raises before any model is written.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from catalog.artifacts import ArtifactRef, open_artifact
 from training.config import Config
+from training.progress import Progress
 from training.rlhf.preferences import KIND as PREFERENCES_KIND
 from training.rlhf.tasks import TaskSplits, tasks_from_config
 
@@ -58,11 +61,22 @@ def _ref(x: ArtifactArg, kind: str) -> ArtifactRef:
     return x if isinstance(x, ArtifactRef) else open_artifact(x, kind=kind)
 
 
-def _logger(run: StageRun) -> LogFn:
-    def log_metrics(metrics: Any, step: int) -> None:
-        run.log_metrics(dict(metrics), step=step)
+# The figures of an RLHF step that its progress line shows (those it logs).
+_PROGRESS_FIGURES = ("loss", "reward", "kl", "accuracy", "margin")
 
-    return log_metrics
+
+@contextmanager
+def _progress(run: StageRun, stage: str, total: int) -> Iterator[LogFn]:
+    """The stage's ``log_metrics``: each row to its MLflow run, and its step to a progress bar (a log
+    line every 10 steps off a terminal). A stage trained on Ray Train workers logs its rows when they
+    come back, so its progress shows at the end."""
+    with Progress(stage, total, every=10) as bar:
+
+        def log_metrics(metrics: Any, step: int) -> None:
+            run.log_metrics(dict(metrics), step=step)
+            bar.update(step, **{k: float(metrics[k]) for k in _PROGRESS_FIGURES if k in metrics})
+
+        yield log_metrics
 
 
 def _load_policy(cfg: Config, run: StageRun, model: ArtifactArg) -> tuple[GPT, Tokenizer, ArtifactRef]:
@@ -281,10 +295,11 @@ def sft_stage(
         tok_ref = _ref(tokens, "tokens")
         run.use(tok_ref, context="ptx")
         ptx = torch.from_numpy(TokenShards.open(tok_ref).split("train").to_numpy().astype("int64"))
-    res = run_training(
-        cfg, train_sft, {"model": policy}, trained=("model",), log_metrics=_logger(run),
-        tokenizer=tok, examples=demos, cfg=cfg.rlhf.sft, seed=seed, pretrain_tokens=ptx,
-    )  # fmt: skip
+    with _progress(run, "sft", cfg.rlhf.sft.steps) as log_metrics:
+        res = run_training(
+            cfg, train_sft, {"model": policy}, trained=("model",), log_metrics=log_metrics,
+            tokenizer=tok, examples=demos, cfg=cfg.rlhf.sft, seed=seed, pretrain_tokens=ptx,
+        )  # fmt: skip
     metrics = res.metrics | _evaluate(cfg, run, policy, base, tok, splits)
     out_ref, uri = _publish_policy(
         cfg, run, policy, tok, out, {"stage": "sft", "base": ref.sha256, "metrics": metrics}
@@ -314,10 +329,11 @@ def reward_stage(
     pref, pairs, heldout = _preferences(cfg, run, ref, preferences)
     run.log_params({"rlhf.reward": cfg.rlhf.reward.model_dump(mode="json")})
     rm = scalar_model_from(gpt)
-    res = run_training(
-        cfg, train_reward, {"model": rm}, trained=("model",), log_metrics=_logger(run),
-        tokenizer=tok, pairs=pairs, cfg=cfg.rlhf.reward, heldout=heldout, seed=seed,
-    )  # fmt: skip
+    with _progress(run, "reward", cfg.rlhf.reward.steps) as log_metrics:
+        res = run_training(
+            cfg, train_reward, {"model": rm}, trained=("model",), log_metrics=log_metrics,
+            tokenizer=tok, pairs=pairs, cfg=cfg.rlhf.reward, heldout=heldout, seed=seed,
+        )  # fmt: skip
     out_ref = save_reward_model(
         rm,
         tok,
@@ -369,10 +385,11 @@ def ppo_stage(
         torch.nn.init.zeros_(value.score_head.weight)
         torch.nn.init.zeros_(value.score_head.bias)
     models = {"policy": pi, "reference": reference, "value_model": value, "reward_model": rm}
-    res = run_training(
-        cfg, train_ppo, models, trained=("policy", "value_model"), log_metrics=_logger(run),
-        tokenizer=tok, examples=splits.train, cfg=cfg.rlhf.ppo, sampling=cfg.rlhf.sampling, seed=seed,
-    )  # fmt: skip
+    with _progress(run, "ppo", cfg.rlhf.ppo.iterations) as log_metrics:
+        res = run_training(
+            cfg, train_ppo, models, trained=("policy", "value_model"), log_metrics=log_metrics,
+            tokenizer=tok, examples=splits.train, cfg=cfg.rlhf.ppo, sampling=cfg.rlhf.sampling, seed=seed,
+        )  # fmt: skip
     metrics = res.metrics | _evaluate(cfg, run, pi, reference, tok, splits, rm)
     meta = {"stage": "ppo", "base": ref.sha256, "reward_model": rm_ref.sha256, "metrics": metrics}
     out_ref, uri = _publish_policy(cfg, run, pi, tok, out, meta)
@@ -399,10 +416,11 @@ def dpo_stage(
     run.log_params({"rlhf.dpo": cfg.rlhf.dpo.model_dump(mode="json")})
     splits = tasks_from_config(cfg.rlhf, cfg.seed)
     reference = copy.deepcopy(pi)
-    res = run_training(
-        cfg, train_dpo, {"policy": pi, "reference": reference}, trained=("policy",),
-        log_metrics=_logger(run), tokenizer=tok, pairs=pairs, cfg=cfg.rlhf.dpo, heldout=heldout, seed=seed,
-    )  # fmt: skip
+    with _progress(run, "dpo", cfg.rlhf.dpo.steps) as log_metrics:
+        res = run_training(
+            cfg, train_dpo, {"policy": pi, "reference": reference}, trained=("policy",),
+            log_metrics=log_metrics, tokenizer=tok, pairs=pairs, cfg=cfg.rlhf.dpo, heldout=heldout, seed=seed,
+        )  # fmt: skip
     metrics = res.metrics | _evaluate(cfg, run, pi, reference, tok, splits)
     meta = {"stage": "dpo", "base": ref.sha256, "preferences": pref.sha256, "metrics": metrics}
     out_ref, uri = _publish_policy(cfg, run, pi, tok, out, meta)
@@ -435,10 +453,11 @@ def grpo_stage(
     splits = tasks_from_config(cfg.rlhf, cfg.seed)
     reference = copy.deepcopy(pi)
     models = {"policy": pi, "reference": reference} | ({"reward_model": rm} if rm is not None else {})
-    res = run_training(
-        cfg, train_grpo, models, trained=("policy",), log_metrics=_logger(run),
-        tokenizer=tok, examples=splits.train, cfg=cfg.rlhf.grpo, sampling=cfg.rlhf.sampling, seed=seed,
-    )  # fmt: skip
+    with _progress(run, "grpo", cfg.rlhf.grpo.iterations) as log_metrics:
+        res = run_training(
+            cfg, train_grpo, models, trained=("policy",), log_metrics=log_metrics,
+            tokenizer=tok, examples=splits.train, cfg=cfg.rlhf.grpo, sampling=cfg.rlhf.sampling, seed=seed,
+        )  # fmt: skip
     metrics = res.metrics | _evaluate(cfg, run, pi, reference, tok, splits, rm)
     meta = {"stage": "grpo", "base": ref.sha256, "metrics": metrics}
     if rm_ref is not None:

@@ -61,6 +61,15 @@ def test_worse_candidate_rejected_better_promoted(
     first = registry.get("1")
     assert first.gate == "passed" and CHAMPION in first.aliases
     assert "previous champion" not in first.description and "## Lineage" in first.description
+    # The evaluation's metrics are the logged model's too (its page, the registry version's metrics).
+    from mlflow import MlflowClient
+
+    client = MlflowClient(mlflow_server)
+    model_id = client.get_model_version(registry.name, "1").source.removeprefix("models:/")
+    logged = client.get_logged_model(model_id)
+    on_model = {m.key: m for m in logged.metrics}
+    assert on_model["gate.passed"].value == 1.0 and any("perplexity" in k for k in on_model)
+    assert on_model["gate.passed"].dataset_name == "tokens"  # measured on the held-out tokens
 
     assert night(models.weak) == ("2", False)  # far fewer steps: rejected
     rejected = registry.get("2")

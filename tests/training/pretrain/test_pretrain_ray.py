@@ -5,6 +5,8 @@ on a multi-node cluster in ``tests/cluster/test_multinode.py``."""
 
 from __future__ import annotations
 
+import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -17,10 +19,35 @@ from .conftest import tiny_config
 pytestmark = pytest.mark.slow
 
 
+PROGRESS: list[str] = []  # the driver's progress lines of the Ray run
+
+
 @pytest.fixture(scope="module")
 def ray_run(tokens: ArtifactRef, tmp_path_factory: pytest.TempPathFactory, ray_local: None) -> PretrainResult:
     cfg = tiny_config(max_steps=12, num_workers=2, checkpoint_every=4)
-    return pretrain(cfg, tokens, workdir=tmp_path_factory.mktemp("ray2"))
+
+    class Lines(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            PROGRESS.append(record.getMessage())
+
+    handler, logger = Lines(), logging.getLogger("training.progress")
+    logger.addHandler(handler)
+    # Log lines, not a bar, and a logger on whatever earlier tests' logging set-ups did to it.
+    # setLevel, not an assignment to .level: only setLevel clears the loggers' isEnabledFor cache, and
+    # an earlier test that logged here under a WARNING root left "INFO: off" in it.
+    saved = logger.level, logger.disabled, os.environ.get("NIGHTSHIFT_PROGRESS")
+    logger.setLevel(logging.INFO)
+    logger.disabled, os.environ["NIGHTSHIFT_PROGRESS"] = False, "log"
+    try:
+        return pretrain(cfg, tokens, workdir=tmp_path_factory.mktemp("ray2"))
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.disabled = saved[1]
+        if saved[2] is None:
+            os.environ.pop("NIGHTSHIFT_PROGRESS", None)
+        else:
+            os.environ["NIGHTSHIFT_PROGRESS"] = saved[2]
 
 
 def test_two_workers_follow_the_single_process_curve(
@@ -36,3 +63,10 @@ def test_two_workers_follow_the_single_process_curve(
     assert ray_run.metrics["tokens_per_s"] > 0
     # Ray Train received the checkpoints too (its storage under the workdir).
     assert list((ray_run.checkpoint_dir.parent.parent / "ray").rglob("step-000012/manifest.json"))
+
+
+def test_the_workers_progress_reaches_the_driver_log(ray_run: PretrainResult) -> None:
+    """Outside a terminal the driver logs a line every log_every (1) steps, from the Ray Train workers."""
+    assert [line.split(" (")[0] for line in PROGRESS] == [f"pretrain: step {s}/12" for s in range(1, 13)]
+    assert all("train_loss" in line and "tokens_per_s" in line for line in PROGRESS)
+    assert "ETA" in PROGRESS[1] and "(100%)" in PROGRESS[-1]
