@@ -172,7 +172,8 @@ def relayed(progress: Progress) -> Iterator[QueueSink]:
         while not stop.is_set():
             try:
                 drain(0.5)
-            except Exception:  # the queue actor died with the Ray it ran on
+            except Exception as e:  # the queue actor died with the Ray it ran on
+                log.warning("%s: progress relay from the Ray workers stopped: %r", progress.what, e)
                 return
 
     # The thread runs in a copy of this context: Prefect finds the flow and task run a log record
@@ -191,5 +192,5 @@ def relayed(progress: Progress) -> Iterator[QueueSink]:
             while drain(0.1):
                 pass
             queue.shutdown()
-        except Exception:
-            log.debug("progress queue already gone", exc_info=True)
+        except Exception as e:
+            log.warning("%s: progress queue already gone: %r", progress.what, e)

@@ -100,7 +100,8 @@ def test_nightly_deployment_runs_on_postgres_and_s3(
     assert dict(flow_runs).get("COMPLETED") == 1, flow_runs
     # MLflow: the pipeline's runs are rows in the `mlflow` database, the registered version too ...
     mlflow_db = backend.database("mlflow")
-    stages = {r[0] for r in rows(mlflow_db, "SELECT name FROM runs")}
+    # Run names carry the night ("pretrain 2026-12-07 <flow run>"); the stage is the tag.
+    stages = {r[0] for r in rows(mlflow_db, "SELECT value FROM tags WHERE key = 'nightshift.stage'")}
     assert {"pretrain", "ingest", "tokenize", "evaluate"} <= stages
     assert rows(mlflow_db, "SELECT count(*) FROM model_versions WHERE name = 'nightshift-gpt'") == [(1,)]
     # ... and what they logged (datacard, model files, the pyfunc model) are objects under mlflow/.
