@@ -200,7 +200,8 @@ def judge(cfg: Config, name: str, cand: Any, good: Any, tokens: Any, score: Any)
         cfg, NullStageRun(), cand, champion=good, tokens=tokens, tasks=eval_items(cfg), reward_fn=score
     )
     report = json.loads((res.report_ref.path / "report.json").read_text())
-    m = report["candidate"]["metrics"]
+    # The win rate is a comparison with the champion, not a figure of one model.
+    m = {**report["candidate"]["metrics"], "win_rate": (report.get("comparison") or {}).get("win_rate")}
     champ = (report.get("champion") or {}).get("metrics", {})
     decided = "accept" if res.verdict.passed else "reject"
     expected = "accept" if name == "better" else "reject"
