@@ -6,7 +6,6 @@ on a multi-node cluster in ``tests/cluster/test_multinode.py``."""
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import pytest
@@ -31,23 +30,20 @@ def ray_run(tokens: ArtifactRef, tmp_path_factory: pytest.TempPathFactory, ray_l
             PROGRESS.append(record.getMessage())
 
     handler, logger = Lines(), logging.getLogger("training.progress")
-    logger.addHandler(handler)
     # Log lines, not a bar, and a logger on whatever earlier tests' logging set-ups did to it.
     # setLevel, not an assignment to .level: only setLevel clears the loggers' isEnabledFor cache, and
     # an earlier test that logged here under a WARNING root left "INFO: off" in it.
-    saved = logger.level, logger.disabled, os.environ.get("NIGHTSHIFT_PROGRESS")
-    logger.setLevel(logging.INFO)
-    logger.disabled, os.environ["NIGHTSHIFT_PROGRESS"] = False, "log"
-    try:
-        return pretrain(cfg, tokens, workdir=tmp_path_factory.mktemp("ray2"))
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(saved[0])
-        logger.disabled = saved[1]
-        if saved[2] is None:
-            os.environ.pop("NIGHTSHIFT_PROGRESS", None)
-        else:
-            os.environ["NIGHTSHIFT_PROGRESS"] = saved[2]
+    level = logger.level
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("NIGHTSHIFT_PROGRESS", "log")
+        mp.setattr(logger, "disabled", False)
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        try:
+            return pretrain(cfg, tokens, workdir=tmp_path_factory.mktemp("ray2"))
+        finally:
+            logger.removeHandler(handler)
+            logger.setLevel(level)
 
 
 def test_two_workers_follow_the_single_process_curve(
