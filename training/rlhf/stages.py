@@ -338,7 +338,9 @@ def sft_stage(
     )
     splits = tasks_from_config(cfg.rlhf, cfg.seed)
     base = copy.deepcopy(policy)
-    demos = splits.sft_pairs()[: cfg.rlhf.sft.max_examples]
+    demos, too_long = _fitting_demos(
+        tok, policy.cfg.block_size, splits.sft_pairs()[: cfg.rlhf.sft.max_examples]
+    )
     ptx = None
     if tokens is not None and cfg.rlhf.sft.ptx_coef > 0:
         import torch
@@ -356,11 +358,38 @@ def sft_stage(
     scores, verdict = _evaluate(
         cfg, run, policy, base, tok, splits, stage="sft", baseline_name="base", tokens=tokens
     )
-    metrics = res.metrics | scores
+    metrics = res.metrics | scores | {"sft_examples_too_long": float(too_long)}
+    run.log_metrics({"sft_examples_too_long": float(too_long)}, step=cfg.rlhf.sft.steps)
     out_ref, uri = _publish_policy(
         cfg, run, policy, tok, out, {"stage": "sft", "base": ref.sha256, "metrics": metrics}
     )
     return RLHFStageResult(out_ref, metrics, None, uri, verdict)
+
+
+def _fitting_demos(
+    tok: Tokenizer, block: int, demos: list[tuple[list[dict[str, str]], str]]
+) -> tuple[list[tuple[list[dict[str, str]], str]], int]:
+    """The generated task demonstrations that fit the context; the rest are left out, counted and logged.
+
+    The task families are the product's own (not a user's rows), and a small context (the tiny
+    preset's 64 tokens) cannot hold the longer ones; the night trains on what fits and says how many
+    it left out (``sft_examples_too_long``). None fitting is an error naming the fix.
+    """
+    from training.rlhf.sequences import encode_reply
+
+    kept = [d for d in demos if len(encode_reply(tok, d[0], d[1])[0]) <= block]
+    dropped = len(demos) - len(kept)
+    if dropped:
+        log.warning(
+            "sft: %d of %d task example(s) longer than the context (%d) left out", dropped, len(demos), block
+        )
+    if not kept:
+        raise ValueError(
+            f"rlhf.tasks: none of the {len(demos)} SFT examples fits the context ({block} tokens); "
+            "use a model with a longer context (model.block_size) or shorter task families "
+            "(rlhf.tasks.families)"
+        )
+    return kept, dropped
 
 
 def reward_stage(
