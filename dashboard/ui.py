@@ -7,7 +7,10 @@ on every page.
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -17,6 +20,8 @@ from dashboard import actions, mlflow_reads, queries
 from dashboard.actions import Identity
 from dashboard.lineage_graph import STATUS_MARK, duration, when
 from dashboard.settings import Settings, load_settings
+
+_IMAGE_LINK = re.compile(r"!\[[^\]]*\]\([^)]*\)\n?")
 
 __all__ = ["Page", "duration", "link", "mark", "model_metrics", "page", "table", "versions", "when"]
 
@@ -123,3 +128,40 @@ def read_only_note(ctx: Page, what: str) -> None:
         f"Read-only dashboard: {what} is switched off (NIGHTSHIFT_DASHBOARD_READ_ONLY).",
         icon=":material/lock:",
     )
+
+
+def show_report(path: Path) -> None:
+    """An ``eval_report`` directory: every rule with its value, interval and bound, the plots, REPORT.md.
+
+    The plots are shown as images from the report's own directory (REPORT.md links them relatively,
+    which Streamlit cannot resolve), and the Markdown without its image links.
+    """
+    from training.eval.gates import RuleResult, interval_text
+    from training.eval.report import fmt
+
+    verdict = path / "verdict.json"
+    if verdict.is_file():
+        rules = [RuleResult(**r) for r in json.loads(verdict.read_text()).get("rules", [])]
+        table(
+            pd.DataFrame(
+                {
+                    "rule": [r.rule for r in rules],
+                    "candidate": [fmt(r.metric, r.value) for r in rules],
+                    "reference": [fmt(r.metric, r.champion) for r in rules],
+                    "95% interval (held to the bound)": [interval_text(r) for r in rules],
+                    "bound": [
+                        "—"
+                        if r.bound is None
+                        else (f"{r.bound:+.3g}" if r.compared == "difference" else fmt(r.metric, r.bound))
+                        for r in rules
+                    ],
+                    "result": [r.status + (f": {r.note}" if r.note else "") for r in rules],
+                }
+            )
+        )
+    for png in sorted((path / "plots").glob("*.png")):
+        st.image(str(png), caption=png.stem.replace("_", " "))
+    md = path / "REPORT.md"
+    if md.is_file():
+        with st.expander("REPORT.md"):
+            st.markdown(_IMAGE_LINK.sub("", md.read_text(errors="replace"))[:20000])

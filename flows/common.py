@@ -11,12 +11,15 @@ from prefect import get_run_logger
 from prefect.artifacts import create_markdown_artifact
 from prefect.context import get_run_context
 from prefect.settings import PREFECT_LOGGING_EXTRA_LOGGERS
+from prefect.states import Failed, State
 
 from catalog.redact import install_log_redaction, secrets_in
 from catalog.tracking import PipelineRun, Tracker, night_label
 from flows.watchdog import NightWatch
 from training.config import Config, load_config
 from training.config_base import ConfigError
+from training.eval.promotion import GateResult
+from training.rlhf.stages import RLHFStageResult
 
 
 def _forwarded_loggers() -> list[str]:
@@ -122,3 +125,29 @@ def samples_markdown(samples: list[str]) -> str:
     for i, text in enumerate(samples, 1):
         parts += [f"## Sample {i}", "", "~~~text", text.replace("~~~", "---"), "~~~", ""]
     return "\n".join(parts)
+
+
+def gate_failed(cfg: Config, gate: GateResult) -> State:
+    """The flow run's end when nothing was promoted: the state ``GateFailed`` with the reason."""
+    where = f"stage {gate.verdict.stage}" if gate.verdict.stage else "gate"
+    return Failed(
+        name="GateFailed",
+        message=f"{where} failed for {cfg.serve.registered_model} v{gate.version}: "
+        f"{gate.verdict.summary()}; champion v{gate.champion_before or '-'} keeps serving",
+    )
+
+
+def stage_failed(cfg: Config, pipeline: PipelineRun, failed: RLHFStageResult) -> State:
+    """A stage did not beat its input: register its model as ``challenger``, say why, end the night."""
+    from flows.tasks import stage_gate_task  # flows.tasks imports this module
+
+    gate = stage_gate_task(cfg, failed)
+    create_markdown_artifact(markdown=gate.markdown(), key="gate-verdict", description="Gate verdict")
+    stage = gate.verdict.stage or "?"
+    publish_summary(
+        "pretrain-summary",
+        f"stage {stage} did not beat its input",
+        pipeline,
+        [(stage, pipeline.stage_url(stage) or "", gate.verdict.summary())],
+    )
+    return gate_failed(cfg, gate)

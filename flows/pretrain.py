@@ -1,10 +1,12 @@
 """``pretrain/nightly``: ingest → tokenize → pretrain → [sft → reward → ppo|dpo|grpo] → evaluate
 and gate → deploy the champion.
 
-A candidate that fails a gate is registered (alias ``challenger``) but not promoted; the
-champion keeps serving and the flow run ends in the failed state ``GateFailed`` with the verdict
-as its message and as a Markdown artifact, rather than raising. A stage that overruns
-``night.stage_limits`` ends the night ``Crashed`` with the reason (``flows/watchdog.py``).
+Every RLHF stage must beat its input (SFT the base, the policy SFT: ``eval.stage_rules``); a stage
+that does not ends the night there. A candidate that fails a gate, or a stage that fails its rules,
+is registered (alias ``challenger``) but not promoted; the champion keeps serving and the flow run
+ends in the failed state ``GateFailed`` with the verdict as its message and as a Markdown
+artifact, rather than raising. A stage that overruns ``night.stage_limits`` ends the night
+``Crashed`` with the reason (``flows/watchdog.py``).
 """
 
 from __future__ import annotations
@@ -13,23 +15,23 @@ from typing import Any
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
-from prefect.states import Failed, State
+from prefect.states import State
 
 from flows.common import (
     flow_config,
+    gate_failed,
     pipeline_run,
     prefect_flow_run_url,
     publish_summary,
     samples_markdown,
+    stage_failed,
 )
 from flows.tasks import (
     deploy_task,
     evaluate_task,
     ingest_task,
-    policy_task,
     pretrain_task,
-    reward_task,
-    sft_task,
+    rlhf_chain,
     tokenize_task,
 )
 
@@ -59,9 +61,10 @@ def pretrain(preset: str = "small", overrides: dict[str, Any] | None = None) -> 
         candidate, candidate_uri = model.model, model.model_uri
         reward = reference = policy = None
         if cfg.rlhf.enabled:
-            sft = sft_task(cfg, pipeline, model.model, tokens.tokens)
-            reward = reward_task(cfg, pipeline, sft.model)
-            policy = policy_task(cfg, pipeline, sft.model, reward)
+            sft, reward, policy, failed = rlhf_chain(cfg, pipeline, model.model, tokens.tokens)
+            if failed is not None:
+                return stage_failed(cfg, pipeline, failed)
+            assert policy is not None
             candidate, candidate_uri, reference = policy.model, policy.model_uri, sft.model
         gate = evaluate_task(
             cfg,
@@ -128,11 +131,7 @@ def pretrain(preset: str = "small", overrides: dict[str, Any] | None = None) -> 
             )
         publish_summary("pretrain-summary", f"pretrain/nightly — preset {cfg.preset}", pipeline, rows)
     if not gate.promoted:
-        return Failed(
-            name="GateFailed",
-            message=f"gate failed for {cfg.serve.registered_model} v{gate.version}: "
-            f"{gate.verdict.summary()}; champion v{gate.champion_before or '-'} keeps serving",
-        )
+        return gate_failed(cfg, gate)
     return {
         **({"policy": policy.model.sha256, "preferences": reward.preferences.sha256} if policy else {}),
         "corpus": corpus.artifact.sha256,

@@ -11,11 +11,11 @@ from typing import Any
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
-from prefect.states import Failed, State
+from prefect.states import State
 
 from catalog.artifacts import open_artifact
-from flows.common import flow_config, pipeline_run, prefect_flow_run_url
-from flows.tasks import deploy_task, evaluate_task, policy_task, reward_task, sft_task
+from flows.common import flow_config, gate_failed, pipeline_run, prefect_flow_run_url, stage_failed
+from flows.tasks import deploy_task, evaluate_task, rlhf_chain
 from training.eval.promotion import registry_for, version_artifact
 
 
@@ -62,9 +62,10 @@ def rlhf(
             except Exception:  # moved, pruned or damaged: evaluate without held-out perplexity
                 tokens = None
     with pipeline_run(cfg, "rlhf") as pipeline:
-        sft = sft_task(cfg, pipeline, base, tokens)
-        reward = reward_task(cfg, pipeline, sft.model)
-        policy = policy_task(cfg, pipeline, sft.model, reward)
+        sft, reward, policy, failed = rlhf_chain(cfg, pipeline, base, tokens)
+        if failed is not None:
+            return stage_failed(cfg, pipeline, failed)
+        assert reward is not None and policy is not None
         gate = evaluate_task(
             cfg,
             pipeline,
@@ -79,11 +80,7 @@ def rlhf(
         if gate.promoted and cfg.serve.deploy_stage:
             deploy_task(cfg, pipeline, policy.model, created_by=who, version=gate.version)
     if not gate.promoted:
-        return Failed(
-            name="GateFailed",
-            message=f"gate failed for {cfg.serve.registered_model} v{gate.version}: "
-            f"{gate.verdict.summary()}; champion v{gate.champion_before or '-'} keeps serving",
-        )
+        return gate_failed(cfg, gate)
     return {
         "base": base.sha256,
         "policy": policy.model.sha256,

@@ -18,7 +18,7 @@ from training import stages
 from training.config import Config
 from training.data.ingest import IngestResult
 from training.data.tokenize import TokenizeResult
-from training.eval.promotion import GateResult, evaluate_and_gate
+from training.eval.promotion import GateResult, evaluate_and_gate, reject_at_stage
 from training.rlhf import stages as rlhf
 from training.rlhf.for_eval import eval_items, reward_fn
 from training.rlhf.stages import RLHFStageResult
@@ -61,15 +61,28 @@ def reward_task(cfg: Config, pipeline: PipelineRun, policy: ArtifactRef) -> RLHF
 
 @task(name="rl", retries=1, retry_delay_seconds=5, cache_policy=NONE)
 def policy_task(
-    cfg: Config, pipeline: PipelineRun, sft: ArtifactRef, reward: RLHFStageResult
+    cfg: Config,
+    pipeline: PipelineRun,
+    sft: ArtifactRef,
+    reward: RLHFStageResult,
+    tokens: ArtifactRef | None = None,
+    base: ArtifactRef | None = None,
 ) -> RLHFStageResult:
+    # tokens and base: the stage rule that holds the policy's held-out bits per byte to the base's.
     algo = cfg.rlhf.algorithm
     with watched_stage(cfg, pipeline, algo) as run:
         if algo == "ppo":
-            return rlhf.ppo_stage(cfg, run, sft, reward.model)
+            return rlhf.ppo_stage(cfg, run, sft, reward.model, tokens=tokens, base=base)
         if algo == "dpo":
-            return rlhf.dpo_stage(cfg, run, sft, preferences=reward.preferences)
-        return rlhf.grpo_stage(cfg, run, sft, reward_model=reward.model)
+            return rlhf.dpo_stage(cfg, run, sft, preferences=reward.preferences, tokens=tokens, base=base)
+        return rlhf.grpo_stage(cfg, run, sft, reward_model=reward.model, tokens=tokens, base=base)
+
+
+@task(name="stage-gate", retries=1, retry_delay_seconds=5, cache_policy=NONE)
+def stage_gate_task(cfg: Config, result: RLHFStageResult) -> GateResult:
+    # A stage that did not beat its input: its model is registered as `challenger`, nothing else moves.
+    assert result.verdict is not None
+    return reject_at_stage(cfg, result.model_uri, result.verdict)
 
 
 @task(name="evaluate", retries=1, retry_delay_seconds=5, cache_policy=NONE)
@@ -107,3 +120,20 @@ def deploy_task(
     # A rollout that fails leaves the previous model serving, so retrying it is safe.
     with watched_stage(cfg, pipeline, "deploy") as run:
         return deploy_stage(cfg, run, model, created_by=created_by, version=version)
+
+
+def rlhf_chain(
+    cfg: Config, pipeline: PipelineRun, base: ArtifactRef, tokens: ArtifactRef | None
+) -> tuple[RLHFStageResult, RLHFStageResult | None, RLHFStageResult | None, RLHFStageResult | None]:
+    """SFT → reward model → ppo|dpo|grpo from ``base``; stops at the first stage that fails its rules.
+
+    Returns ``(sft, reward, policy, failed)``: ``failed`` is the stage that did not beat its input
+    (reward and policy are None when SFT failed).
+    """
+    sft = sft_task(cfg, pipeline, base, tokens)
+    if sft.verdict is not None and not sft.verdict.passed:
+        return sft, None, None, sft
+    reward = reward_task(cfg, pipeline, sft.model)
+    policy = policy_task(cfg, pipeline, sft.model, reward, tokens, base)
+    failed = policy if policy.verdict is not None and not policy.verdict.passed else None
+    return sft, reward, policy, failed

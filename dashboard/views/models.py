@@ -87,9 +87,8 @@ else:
         if report.deleted_note:
             st.caption(f"Files {report.deleted_note}.")
         path = report.local_path
-        for md in sorted(path.glob("*.md"))[:2] if path and path.is_dir() else []:
-            with st.expander(md.name):
-                st.markdown(md.read_text(errors="replace")[:20000])
+        if path and path.is_dir():
+            ui.show_report(path)
     with st.expander("All tags of this version"):
         st.json(v.tags, expanded=True)
 

@@ -1,9 +1,11 @@
 """``evaluate(candidate, champion)``: both models measured on the same inputs, into one report.
 
 Sections, each run for the candidate and (when given) the champion with identical prompts, seeds
-and items: held-out perplexity and bits per byte; task accuracy; samples on held-out prompts
-(repetition, distinct-n, a sample table); reward-model win rate (with a ``reward_fn``); KL to a
-reference model (with a ``reference``); red-team safety probes; counterfactual bias probes.
+and items: held-out perplexity and bits per byte; task accuracy; a sample table on ``eval.prompts``;
+the behaviour probes of :mod:`training.eval.probes` (refusal of harmful requests, over-refusal of
+benign and ordinary ones, degeneration, toxicity and personal data under provocation); reward-model
+win rate (with a ``reward_fn``); KL to a reference model (with a ``reference``); counterfactual bias
+probes. Every rate keeps its per-item scores, so the gates decide on intervals.
 """
 
 from __future__ import annotations
@@ -19,8 +21,16 @@ from typing import TYPE_CHECKING, Any
 from catalog.artifacts import ArtifactRef
 from training.data.config import DataConfig
 from training.eval import bias as bias_probe
-from training.eval import diversity, safety
+from training.eval import diversity
 from training.eval.config import EvalConfig
+from training.eval.probes import (
+    Probe,
+    flag_reasons,
+    is_degenerate,
+    is_refusal,
+    probe_prompts,
+    toxicity_scores,
+)
 from training.eval.report import EvalReport, ModelResult, SampleRow
 from training.eval.sampling import Reply, sample_replies
 from training.eval.scoring import (
@@ -43,6 +53,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RewardFn = Callable[[str, str], float]  # (prompt text, reply) -> reward; higher is better
+DEFAULT_REFUSAL = "I can't help with that."  # rlhf.preferences.refusal's default
 
 
 @dataclass
@@ -88,7 +99,7 @@ def load_for_eval(source: Any, *, device: str = "cpu", what: str = "model") -> L
     )
 
 
-def _heldout_text(heldout: Any, tokenizer: Tokenizer, cfg: EvalConfig) -> HeldoutText:
+def heldout_text(heldout: Any, tokenizer: Tokenizer, cfg: EvalConfig) -> HeldoutText:
     from training.data.shards import TokenShards
 
     if isinstance(heldout, HeldoutText):
@@ -126,6 +137,7 @@ def evaluate(
     reward_fn: RewardFn | None = None,
     reference: Any = None,
     seed: int = 0,
+    refusal: str = DEFAULT_REFUSAL,
 ) -> EvalReport:
     """Measure ``candidate`` (and ``champion``) on the same held-out text, prompts, tasks and probes.
 
@@ -134,7 +146,7 @@ def evaluate(
             a :class:`LoadedModel`.
         champion: the model it must not be worse than, in the same forms; None when there is none.
         cfg: what to measure (prompts, sampling, probe switches, sizes).
-        data_cfg: the ingestion's toxicity settings for the safety probes (default: ``DataConfig()``).
+        data_cfg: unused by the probes since their toxicity is a trained classifier (kept for callers).
         heldout: a ``tokens`` artifact (or opened shards, or decoded text) whose ``cfg.heldout_split``
             is scored; None skips perplexity. The candidate's tokenizer must be the one that wrote it.
         tasks: verifiable task items; None uses the built-in ones when ``cfg.builtin_tasks``.
@@ -142,6 +154,7 @@ def evaluate(
             win rate on the held-out prompts.
         reference: a model to measure KL(candidate || reference) against (same vocabulary).
         seed: base seed of every sampled generation (both models get the same seeds).
+        refusal: the refusal sentence the policy was trained to give (``rlhf.preferences.refusal``).
 
     Returns:
         The :class:`EvalReport`.
@@ -151,7 +164,7 @@ def evaluate(
             tokens were written with another tokenizer.
     """
     with _torch_threads(cfg.torch_threads):
-        return _evaluate(candidate, champion, cfg, data_cfg, heldout, tasks, reward_fn, reference, seed)
+        return _evaluate(candidate, champion, cfg, heldout, tasks, reward_fn, reference, seed, refusal)
 
 
 @contextmanager
@@ -172,15 +185,14 @@ def _evaluate(
     candidate: Any,
     champion: Any,
     cfg: EvalConfig,
-    data_cfg: DataConfig | None,
     heldout: Any,
     tasks: Sequence[TaskItem] | None,
     reward_fn: RewardFn | None,
     reference: Any,
     seed: int,
+    refusal: str,
 ) -> EvalReport:
     device = resolve_device(cfg.device)
-    data_cfg = data_cfg or DataConfig()
     timer = _Timer()
     cand = load_for_eval(candidate, device=device, what="candidate")
     champ = load_for_eval(champion, device=device, what="champion") if champion is not None else None
@@ -201,7 +213,7 @@ def _evaluate(
 
     if heldout is not None:
         with timer("held-out text"):
-            text = _heldout_text(heldout, cand.tokenizer, cfg)
+            text = heldout_text(heldout, cand.tokenizer, cfg)
             report.heldout = {"source": text.source, "documents": len(text.documents), "bytes": text.bytes}
             for role, m in models:
                 s = score_heldout(m.model, m.tokenizer, text, batch_size=cfg.batch_size)
@@ -233,35 +245,31 @@ def _evaluate(
                     {f"task_accuracy.{k}": v["accuracy"] for k, v in t.per_task.items()}
                 )
                 results[role].tasks, results[role].task_items = t.per_task, t.items
+                results[role].items["task_accuracy"] = [float(c) for c in t.correct]
         if tasks is None:
             report.notes.append(f"Task accuracy on {len(items)} built-in items (add, copy).")
 
     with timer("samples"):
-        replies = {role: _prompt_replies(m, cfg, seed) for role, m in models}
-        for role, _ in models:
-            texts = [r.text for rs in replies[role] for r in rs]
-            results[role].metrics.update(
-                {
-                    "repetition_rate": diversity.repetition_rate(texts, cfg.repetition_ngram) or 0.0,
-                    "distinct_1": diversity.distinct_n(texts, 1) or 0.0,
-                    "distinct_2": diversity.distinct_n(texts, 2) or 0.0,
-                    "mean_words": diversity.mean_words(texts),
-                }
-            )
+        table = {role: _prompt_replies(m, cfg, seed) for role, m in models}
         report.samples = [
             SampleRow(
                 prompt=p,
-                candidate=replies["candidate"][i][0].text,
-                champion=replies["champion"][i][0].text if champ else None,
+                candidate=table["candidate"][i][0].text,
+                champion=table["champion"][i][0].text if champ else None,
             )
             for i, p in enumerate(cfg.prompts[: cfg.sample_rows])
         ]
 
-    if reward_fn is not None:
-        with timer("reward"):
-            _rewards(report, replies, cfg, reward_fn)
+    answered: dict[str, list[tuple[Probe, Reply]]] = {}
+    with timer("probes"):
+        for role, m in models:
+            answered[role] = probe_model(results[role], m, cfg, seed, refusal)
 
-    if ref is not None:
+    if reward_fn is not None and answered["candidate"]:
+        with timer("reward"):
+            _rewards(report, answered, reward_fn)
+
+    if ref is not None and answered["candidate"]:
         with timer("kl"):
             vocab = ref.tokenizer.get_vocab_size(with_added_tokens=True)
             for role, m in models:
@@ -270,40 +278,8 @@ def _evaluate(
                         "KL to the reference not measured for the champion (other tokenizer)."
                     )
                     continue
-                seqs = [(r.prompt_ids, r.ids) for rs in replies[role] for r in rs]
+                seqs = [(r.prompt_ids, r.ids) for p, r in answered[role] if p.set == "ordinary"]
                 results[role].metrics["kl_to_reference"] = kl_per_token(m.model, ref.model, seqs, vocab)
-
-    if cfg.red_team:
-        with timer("safety"):
-            prompts = safety.red_team_prompts()
-            for role, m in models:
-                outs = []
-                for j, (cat, p) in enumerate(prompts):
-                    for r in sample_replies(
-                        m.model,
-                        m.tokenizer,
-                        p,
-                        fmt=cfg.prompt_format,
-                        n=cfg.red_team_samples,
-                        max_new_tokens=cfg.max_new_tokens,
-                        temperature=cfg.temperature,
-                        top_k=cfg.top_k,
-                        seed=seed + 10_000 + j,
-                    ):
-                        outs.append((cat, p, r.text))
-                s = safety.summarize(outs, data_cfg)
-                results[role].metrics.update(
-                    {
-                        "safety_flag_rate": s.flag_rate,
-                        "safety_toxicity_rate": s.toxicity_rate,
-                        "safety_pii_rate": s.pii_rate,
-                    }
-                )
-                results[role].safety = {
-                    "per_category": s.per_category,
-                    "flagged": s.flagged,
-                    "outputs": s.outputs,
-                }
 
     if cfg.bias_probes:
         with timer("bias"):
@@ -321,7 +297,7 @@ def _evaluate(
 
 
 def _prompt_replies(m: LoadedModel, cfg: EvalConfig, seed: int) -> list[list[Reply]]:
-    """Replies to every held-out prompt; prompt ``i`` is sampled with seed ``seed + i`` for any model."""
+    """One reply to each of ``eval.prompts`` (the sample table); prompt ``i`` gets seed ``seed + i``."""
     return [
         sample_replies(
             m.model,
@@ -338,23 +314,163 @@ def _prompt_replies(m: LoadedModel, cfg: EvalConfig, seed: int) -> list[list[Rep
     ]
 
 
-def _rewards(
-    report: EvalReport, replies: dict[str, list[list[Reply]]], cfg: EvalConfig, reward_fn: RewardFn
-) -> None:
-    """Mean reward per model and, with a champion, the win rate over paired samples."""
+def _probe_sets(cfg: EvalConfig) -> list[str]:
+    """Refusal probes need a chat model; degeneration and provocation apply to any."""
+    sets = ["ordinary"]
+    if cfg.prompt_format == "chat" and cfg.refusal_probes:
+        sets += ["harmful", "sensitive"]
+    if cfg.red_team:
+        sets.append("provocation")
+    return sets
+
+
+def probe_model(
+    res: ModelResult, m: LoadedModel, cfg: EvalConfig, seed: int, refusal: str
+) -> list[tuple[Probe, Reply]]:
+    """Answer every probe prompt (``training.eval.probes``) and record the rates and per-item flags.
+
+    Prompt ``j`` is sampled with seed ``seed + 20_000 + j`` for any model, so two models answer the
+    same items with the same randomness. Returns the (probe, reply) pairs in item order.
+    """
+    chat = cfg.prompt_format == "chat"
+    pairs: list[tuple[Probe, Reply]] = []
+    prompts = probe_prompts(_probe_sets(cfg), cfg.probe_categories)
+    if cfg.probe_limit is not None:  # the first items of every category (tests and quick checks)
+        seen: dict[tuple[str, str], int] = {}
+        kept = []
+        for p in prompts:
+            key = (p.set, p.category)
+            seen[key] = seen.get(key, 0) + 1
+            if seen[key] <= cfg.probe_limit:
+                kept.append(p)
+        prompts = kept
+    for j, p in enumerate(prompts):
+        n = cfg.provocation_samples if p.set == "provocation" else cfg.probe_samples
+        for r in sample_replies(
+            m.model,
+            m.tokenizer,
+            p.prompt,
+            fmt=cfg.prompt_format,
+            n=n,
+            max_new_tokens=cfg.probe_max_new_tokens,
+            temperature=cfg.temperature,
+            top_k=cfg.top_k,
+            seed=seed + 20_000 + j,
+        ):
+            pairs.append((p, r))
+    flags: dict[str, list[tuple[Probe, Reply, bool, str]]] = {}
+    answering = [(p, r) for p, r in pairs if p.set in ("ordinary", "sensitive")]
+    if chat:
+        for p, r in pairs:
+            if p.set in ("harmful", "sensitive", "ordinary"):
+                key = "harmful" if p.set == "harmful" else p.set
+                refused = is_refusal(r.text, refusal)
+                flags.setdefault(key, []).append((p, r, refused, "refused" if refused else ""))
+    degenerate = [
+        is_degenerate(
+            r.text,
+            min_words=cfg.min_reply_words,
+            max_repetition=cfg.max_reply_repetition,
+            ngram=cfg.repetition_ngram,
+        )
+        for _, r in answering
+    ]
+    texts = [r.text for _, r in answering]
+    if answering:
+        res.items["degenerate_rate"] = [float(d) for d in degenerate]
+        res.items["repetition_rate"] = [
+            diversity.repetition_rate([t], cfg.repetition_ngram) or 0.0 for t in texts
+        ]
+        res.metrics.update(
+            {
+                "degenerate_rate": sum(degenerate) / len(degenerate),
+                "repetition_rate": sum(res.items["repetition_rate"]) / len(texts),
+                "distinct_1": diversity.distinct_n(texts, 1) or 0.0,
+                "distinct_2": diversity.distinct_n(texts, 2) or 0.0,
+                "mean_words": diversity.mean_words(texts),
+            }
+        )
+        res.probes["degeneration"] = _probe_summary(
+            [(p, r, d, "degenerate" if d else "") for (p, r), d in zip(answering, degenerate, strict=True)]
+        )
+    if "harmful" in flags:
+        rows = flags["harmful"]
+        res.items["harmful_refusal_rate"] = [float(f) for *_, f, _ in rows]
+        res.metrics["harmful_refusal_rate"] = sum(res.items["harmful_refusal_rate"]) / len(rows)
+        res.probes["harmful"] = _probe_summary(rows, show=lambda f: not f)
+    benign = flags.get("sensitive", []) + flags.get("ordinary", [])
+    if benign:
+        res.items["over_refusal_rate"] = [float(f) for *_, f, _ in benign]
+        res.metrics["over_refusal_rate"] = sum(res.items["over_refusal_rate"]) / len(benign)
+        for name in ("sensitive", "ordinary"):
+            if name in flags:
+                res.probes[name] = _probe_summary(flags[name])
+    provoked = [(p, r) for p, r in pairs if p.set == "provocation"]
+    if provoked:
+        tox = toxicity_scores([r.text for _, r in provoked])
+        rows = []
+        n_tox = n_pii = 0
+        for (p, r), t in zip(provoked, tox, strict=True):
+            why = flag_reasons(r.text, t, cfg.toxicity_threshold)
+            n_tox += "toxic" in why
+            n_pii += any(w.startswith("pii:") for w in why)
+            rows.append((p, r, bool(why), ", ".join(why)))
+        res.items["safety_flag_rate"] = [float(f) for *_, f, _ in rows]
+        res.metrics.update(
+            {
+                "safety_flag_rate": sum(res.items["safety_flag_rate"]) / len(rows),
+                "safety_toxicity_rate": n_tox / len(rows),
+                "safety_pii_rate": n_pii / len(rows),
+            }
+        )
+        res.probes["provocation"] = _probe_summary(rows)
+    return pairs
+
+
+def _probe_summary(rows: Sequence[tuple[Probe, Reply, bool, str]], show: Any = None) -> dict[str, Any]:
+    """Per-category rates of the flag, and a few examples (flagged ones, or those ``show`` picks)."""
+    per: dict[str, list[bool]] = {}
+    for p, _, flag, _ in rows:
+        per.setdefault(p.category, []).append(flag)
+    pick = show or (lambda f: f)
+    examples = [
+        {"category": p.category, "prompt": p.prompt, "reply": r.text, "why": why or "not refused"}
+        for p, r, flag, why in rows
+        if pick(flag)
+    ][:8]
+    return {
+        "items": len(rows),
+        "per_category": {c: sum(v) / len(v) for c, v in per.items()},
+        "examples": examples,
+    }
+
+
+def _rewards(report: EvalReport, answered: dict[str, list[tuple[Probe, Reply]]], reward_fn: RewardFn) -> None:
+    """Mean reward of the replies to ordinary and sensitive prompts and, with a champion, the win rate
+    over the same items (1 a win, 0.5 a tie, 0 a loss per pair)."""
     scores: dict[str, list[float]] = {}
-    for role, per_prompt in replies.items():
+    for role, pairs in answered.items():
         scores[role] = [
-            float(reward_fn(p, r.text)) for p, rs in zip(cfg.prompts, per_prompt, strict=True) for r in rs
+            float(reward_fn(p.prompt, r.text)) for p, r in pairs if p.set in ("ordinary", "sensitive")
         ]
         res = report.candidate if role == "candidate" else report.champion
         assert res is not None
+        if not scores[role]:
+            continue
         res.rewards = [round(s, 5) for s in scores[role]]
+        res.items["reward_mean"] = list(res.rewards)
         res.metrics["reward_mean"] = sum(scores[role]) / len(scores[role])
-    if "champion" in scores:
-        pairs = list(zip(scores["candidate"], scores["champion"], strict=True))
-        wins = sum(a > b for a, b in pairs)
-        ties = sum(a == b for a, b in pairs)
+    if scores.get("champion"):
+        outcome = [
+            1.0 if a > b else 0.5 if a == b else 0.0
+            for a, b in zip(scores["candidate"], scores["champion"], strict=True)
+        ]
         report.comparison.update(
-            {"win_rate": (wins + 0.5 * ties) / len(pairs), "wins": wins, "ties": ties, "pairs": len(pairs)}
+            {
+                "win_rate": sum(outcome) / len(outcome),
+                "wins": float(sum(o == 1.0 for o in outcome)),
+                "ties": float(sum(o == 0.5 for o in outcome)),
+                "pairs": float(len(outcome)),
+            }
         )
+        report.comparison_items["win"] = outcome

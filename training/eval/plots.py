@@ -57,7 +57,10 @@ def _bar_labels(ax: Axes, bars: Any, values: list[float | None], metric: str) ->
         )
 
 
-PERCENT = {"task_accuracy", "safety_flag_rate", "repetition_rate", "win_rate"}  # shares shown as %
+PERCENT = {
+    "task_accuracy", "safety_flag_rate", "repetition_rate", "win_rate", "harmful_refusal_rate",
+    "over_refusal_rate", "degenerate_rate",
+}  # fmt: skip  # shares shown as %
 UNIT = PERCENT | {"distinct_2"}  # metrics in [0, 1]
 
 
@@ -65,12 +68,19 @@ def _rules_by_metric(verdict: Verdict | None) -> tuple[dict[str, list[tuple[floa
     bounds: dict[str, list[tuple[float, str]]] = {}
     status: dict[str, str] = {}
     for r in verdict.rules if verdict else []:
-        if r.bound is not None:
-            kind = "threshold" if r.kind == "threshold" else "vs champion"
-            bound = max(r.bound, 0.0) if r.metric in UNIT else r.bound
+        bound = r.bound
+        if r.compared == "difference":
+            # A comparison holds the difference to the bound: drawn at the champion's value + bound,
+            # unless the difference is in other units (perplexity's is in nats per window).
+            bound = r.champion + r.bound if r.champion is not None and r.bound is not None else None
+            if r.metric == "perplexity":
+                bound = None
+        if bound is not None:
+            kind = "floor" if r.kind == "threshold" else "vs champion"
+            bound = max(bound, 0.0) if r.metric in UNIT else bound
             bounds.setdefault(r.metric, []).append((bound, kind))
-        if status.get(r.metric) != "fail" and r.status != "skipped":
-            status[r.metric] = r.status
+        if status.get(r.metric) not in ("fail", "undecided") and r.status != "skipped":
+            status[r.metric] = "fail" if r.status == "undecided" else r.status
     return bounds, status
 
 
@@ -220,32 +230,47 @@ def tasks(report: EvalReport, path: Path) -> Path:
     return _save(fig, path)
 
 
+PROBE_PANELS = {
+    "harmful": "Harmful requests refused\n(higher is better)",
+    "sensitive": "Benign-but-sensitive prompts refused\n(lower is better)",
+    "ordinary": "Ordinary prompts refused\n(lower is better)",
+    "degeneration": "Empty, short or looping replies\n(lower is better)",
+    "provocation": "Provocation replies toxic or with PII\n(lower is better)",
+}
+
+
 def probes(report: EvalReport, path: Path) -> Path:
-    """Safety flag rate per red-team category and bias gap per axis, candidate vs champion."""
+    """Per-category rates of every behaviour probe, and the bias gap per axis, candidate vs champion."""
     c, h = report.candidate, report.champion
-    panels = [p for p in ("safety", "bias") if getattr(c, p)]
-    fig = _figure(5.2 * len(panels), 3.8)
-    axes = fig.subplots(1, len(panels), squeeze=False).ravel()
-    for ax, panel in zip(axes, panels, strict=True):
-        key = "per_category" if panel == "safety" else "per_axis"
-        cats = list(getattr(c, panel).get(key, {}))
-        series = [("candidate", [getattr(c, panel)[key][k] for k in cats], CANDIDATE)]
-        if h is not None and getattr(h, panel):
-            series.append(("champion", [getattr(h, panel).get(key, {}).get(k) for k in cats], CHAMPION))
-        metric = "safety_flag_rate" if panel == "safety" else "bias_gap"
-        _grouped(ax, cats, series, metric)
-        if panel == "safety":
-            ax.set_ylim(0, 1.12)
-            _percent(ax)
-            ax.set_xlabel("red-team category")
-            ax.set_ylabel("share of outputs flagged")
-            ax.set_title("Safety: outputs flagged by toxicity/PII filters\n(lower is better)", fontsize=10)
-        else:
+    panels = [p for p in PROBE_PANELS if p in c.probes] + (["bias"] if c.bias else [])
+    cols = min(3, max(1, len(panels)))
+    rows = max(1, math.ceil(len(panels) / cols))
+    fig = _figure(5.0 * cols, 3.6 * rows)
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax in axes[len(panels) :]:
+        ax.axis("off")
+    for ax, panel in zip(axes, panels, strict=False):
+        if panel == "bias":
+            cats = list(c.bias.get("per_axis", {}))
+            series = [("candidate", [c.bias["per_axis"][k] for k in cats], CANDIDATE)]
+            if h is not None and h.bias:
+                series.append(("champion", [h.bias.get("per_axis", {}).get(k) for k in cats], CHAMPION))
+            _grouped(ax, cats, series, "bias_gap")
             top = max([v for _, vals, _ in series for v in vals if _finite(v)] + [1e-3])
             ax.set_ylim(0, top * 1.25)
-            ax.set_xlabel("demographic axis")
             ax.set_ylabel("mean |log-likelihood gap| (nats)")
             ax.set_title("Bias: counterfactual pair gap\n(lower is better, 0 = unbiased)", fontsize=10)
+            continue
+        mine = c.probes[panel].get("per_category", {})
+        cats = list(mine)
+        series = [("candidate", [mine[k] for k in cats], CANDIDATE)]
+        if h is not None and panel in h.probes:
+            theirs = h.probes[panel].get("per_category", {})
+            series.append(("champion", [theirs.get(k) for k in cats], CHAMPION))
+        _grouped(ax, cats, series, "task_accuracy")
+        ax.set_ylim(0, 1.12)
+        _percent(ax)
+        ax.set_title(f"{PROBE_PANELS[panel]} — {c.probes[panel].get('items', 0)} replies", fontsize=10)
     return _save(fig, path)
 
 
@@ -287,7 +312,7 @@ def plot_report(report: EvalReport, verdict: Verdict | None, out_dir: Path) -> l
         paths.append(heldout_loss(report, out_dir / "heldout_loss.png"))
     if report.candidate.tasks:
         paths.append(tasks(report, out_dir / "tasks.png"))
-    if report.candidate.safety or report.candidate.bias:
+    if report.candidate.probes or report.candidate.bias:
         paths.append(probes(report, out_dir / "probes.png"))
     if report.candidate.rewards:
         paths.append(rewards(report, out_dir / "rewards.png"))

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class GateResult:
-    report: ArtifactRef  # the eval_report artifact
+    report: ArtifactRef | None  # the eval_report artifact (None: a stage of the night failed its rules)
     verdict: Verdict
     version: str  # the candidate's registry version
     promoted: bool  # champion now points at it
@@ -45,6 +45,8 @@ class GateResult:
             else f"**Not promoted**: v{self.version} stays `challenger`; the champion "
             f"(v{self.champion_before or '-'}) and the served model are unchanged"
         )
+        if self.report is None:
+            return f"# Gate verdict\n\n{decision}\n\n{self.verdict.to_markdown()}"
         report_md = (self.report.path / "REPORT.md").read_text()
         return f"# Gate verdict\n\n{decision}\n\n{self.verdict.to_markdown()}\n\n---\n\n{report_md}"
 
@@ -115,4 +117,27 @@ def evaluate_and_gate(
     log.info("v%s: %s (%s)", version, verdict.summary(), "promoted" if promoted else "not promoted")
     return GateResult(
         report_ref, verdict, version, promoted, champ.version if champ else None, cfg.serve.registered_model
+    )
+
+
+def reject_at_stage(cfg: Config, candidate_uri: str | None, verdict: Verdict) -> GateResult:
+    """A stage of the night failed its rules (:func:`training.eval.gates.check_stage`): nothing moves.
+
+    Its model is registered as a new version with alias ``challenger`` and the stage verdict attached,
+    for anyone who wants to look at it; the champion and the served model stay.
+    """
+    registry = registry_for(cfg)
+    champ = registry.champion()
+    version = "-"
+    if candidate_uri is not None:
+        version = registry.register(candidate_uri).version
+        registry.attach_verdict(
+            version,
+            passed=False,
+            summary=f"stage {verdict.stage}: {verdict.summary()}",
+            markdown=verdict.to_markdown(),
+        )
+    log.info("v%s: stage %s failed its rules: %s", version, verdict.stage, verdict.summary())
+    return GateResult(
+        None, verdict, version, False, champ.version if champ else None, cfg.serve.registered_model
     )

@@ -18,9 +18,14 @@ METRICS: dict[str, tuple[str, str, str]] = {
     "bits_per_byte": ("Held-out bits per byte", "lower", "{:.3f}"),
     "perplexity_vs_unigram": ("Perplexity / unigram baseline", "lower", "{:.3f}"),
     "task_accuracy": ("Task accuracy", "higher", "{:.1%}"),
-    "safety_flag_rate": ("Red-team outputs flagged", "lower", "{:.1%}"),
-    "safety_toxicity_rate": ("Red-team outputs flagged toxic", "lower", "{:.1%}"),
-    "safety_pii_rate": ("Red-team outputs with PII", "lower", "{:.1%}"),
+    "task_reward": ("Task reward", "higher", "{:.3f}"),
+    "harmful_refusal_rate": ("Harmful requests refused", "higher", "{:.1%}"),
+    "over_refusal_rate": ("Benign and ordinary prompts refused", "lower", "{:.1%}"),
+    "safety_flag_rate": ("Provocation replies flagged (toxic or PII)", "lower", "{:.1%}"),
+    "safety_toxicity_rate": ("Provocation replies flagged toxic", "lower", "{:.1%}"),
+    "safety_pii_rate": ("Provocation replies with PII", "lower", "{:.1%}"),
+    "degenerate_rate": ("Empty, short or looping replies", "lower", "{:.1%}"),
+    "heldout_nll": ("Held-out NLL per window (nats)", "lower", "{:.4f}"),
     "bias_gap": ("Bias log-likelihood gap (nats)", "lower", "{:.3f}"),
     "repetition_rate": ("Repeated n-gram rate", "lower", "{:.1%}"),
     "distinct_1": ("Distinct-1", "higher", "{:.3f}"),
@@ -35,7 +40,10 @@ HEADLINE = (
     "perplexity_vs_unigram",
     "bits_per_byte",
     "task_accuracy",
+    "harmful_refusal_rate",
+    "over_refusal_rate",
     "safety_flag_rate",
+    "degenerate_rate",
     "bias_gap",
     "repetition_rate",
     "distinct_2",
@@ -85,8 +93,12 @@ class ModelResult:
     task_items: list[dict[str, Any]] = field(default_factory=list)
     safety: dict[str, Any] = field(default_factory=dict)  # per_category, flagged examples
     bias: dict[str, Any] = field(default_factory=dict)  # per_axis, signed_per_axis, pairs
-    window_nll: list[float] = field(default_factory=list)  # held-out loss per window (plots)
+    window_nll: list[float] = field(default_factory=list)  # held-out loss per window (plots, intervals)
     rewards: list[float] = field(default_factory=list)  # one per held-out sample (plots, win rate)
+    # Per-item scores behind each rate and mean (metric -> one value per item, the same items in the
+    # same order for every model): what the gates' intervals are computed from.
+    items: dict[str, list[float]] = field(default_factory=dict)
+    probes: dict[str, Any] = field(default_factory=dict)  # per set: per-category rates, examples
 
     @property
     def name(self) -> str:
@@ -109,6 +121,7 @@ class EvalReport:
     candidate: ModelResult
     champion: ModelResult | None = None
     comparison: dict[str, float | None] = field(default_factory=dict)  # win_rate, wins, ties, pairs
+    comparison_items: dict[str, list[float]] = field(default_factory=dict)  # win: 1, 0.5 or 0 per pair
     samples: list[SampleRow] = field(default_factory=list)
     same_tokenizer: bool | None = None  # None without a champion
     heldout: dict[str, Any] = field(default_factory=dict)  # source, documents, bytes
@@ -142,19 +155,20 @@ class EvalReport:
         """JSON-ready content (strict JSON: NaN becomes null); timings are left out (not content)."""
         d = asdict(self)
         d.pop("timings")
-        d["format"] = "nightshift.eval_report/1"
+        d["format"] = "nightshift.eval_report/2"
         return finite_or_none(d)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> EvalReport:
         """Rebuild a report written by :meth:`to_dict`."""
         fmt_ = d.get("format")
-        if fmt_ != "nightshift.eval_report/1":
+        if fmt_ not in ("nightshift.eval_report/1", "nightshift.eval_report/2"):
             raise ValueError(f"not a nightshift evaluation report (format {fmt_!r})")
         return cls(
             candidate=ModelResult(**d["candidate"]),
             champion=ModelResult(**d["champion"]) if d.get("champion") else None,
             comparison=d.get("comparison", {}),
+            comparison_items=d.get("comparison_items", {}),
             samples=[SampleRow(**s) for s in d.get("samples", [])],
             same_tokenizer=d.get("same_tokenizer"),
             heldout=d.get("heldout", {}),
@@ -257,32 +271,33 @@ class EvalReport:
 
     def _safety_md(self) -> list[str]:
         c, h = self.candidate, self.champion
-        if not c.safety:
+        if not c.probes:
             return []
-        lines = [
-            "## Safety probes (red-team prompts)",
-            "",
-            "Share of outputs that the ingestion's toxicity (blocklist) or PII filters flag.",
-            "",
-            "| category | candidate | champion |",
-            "| --- | ---: | ---: |",
-        ]
-        for cat, rate in c.safety.get("per_category", {}).items():
-            other = h.safety.get("per_category", {}).get(cat) if h else None
-            lines.append(f"| {cat} | {fmt('safety_flag_rate', rate)} | {fmt('safety_flag_rate', other)} |")
-        flagged = c.safety.get("flagged", [])
-        if flagged:
-            lines += [
-                "",
-                "Flagged candidate outputs:",
-                "",
-                "| category | prompt | output | reasons |",
-                "| --- | --- | --- | --- |",
-            ]
-            for f in flagged[:10]:
-                reasons = ", ".join(f["reasons"])
-                lines.append(f"| {f['category']} | {_cell(f['prompt'])} | {_cell(f['output'])} | {reasons} |")
-        return lines + [""]
+        titles = {
+            "harmful": ("Harmful requests (held-out categories and phrasings): share refused", "higher"),
+            "sensitive": ("Benign requests that look sensitive: share refused", "lower"),
+            "ordinary": ("Ordinary prompts: share refused", "lower"),
+            "provocation": ("Provocation: share of replies flagged toxic (classifier) or with PII", "lower"),
+        }
+        lines = ["## Behaviour probes", ""]
+        for name, (title, better) in titles.items():
+            mine = c.probes.get(name)
+            if not mine:
+                continue
+            theirs = h.probes.get(name, {}) if h else {}
+            lines += [f"**{title}** ({better} is better; {mine.get('items', 0)} replies)", ""]
+            lines += ["| category | candidate | champion |", "| --- | ---: | ---: |"]
+            for cat, rate in mine.get("per_category", {}).items():
+                other = theirs.get("per_category", {}).get(cat) if theirs else None
+                lines.append(f"| {cat} | {fmt('task_accuracy', rate)} | {fmt('task_accuracy', other)} |")
+            examples = mine.get("examples", [])
+            if examples:
+                lines += ["", "| category | prompt | candidate reply | |", "| --- | --- | --- | --- |"]
+                for e in examples[:6]:
+                    why = e.get("why", "")
+                    lines.append(f"| {e['category']} | {_cell(e['prompt'])} | {_cell(e['reply'])} | {why} |")
+            lines.append("")
+        return lines
 
     def _bias_md(self) -> list[str]:
         c, h = self.candidate, self.champion

@@ -112,8 +112,9 @@ def evaluate_stage(
         reward_fn=reward_fn,
         reference=ref_model,
         seed=cfg.seed,
+        refusal=cfg.rlhf.preferences.refusal,
     )
-    verdict = check_gates(report, cfg.eval)
+    verdict = check_gates(report, cfg.eval, seed=cfg.seed)
     ref = publish_eval_report(
         report, verdict, root=cfg.tracking.artifact_root if out is None else None, dest=out
     )

@@ -52,6 +52,7 @@ class TaskResult:
     accuracy: float
     per_task: dict[str, dict[str, float]]  # task -> {"correct", "total", "accuracy"}
     items: list[dict[str, object]] = field(default_factory=list)  # task, prompt, reply, correct
+    correct: list[bool] = field(default_factory=list)  # per item, in order (the gates' intervals)
 
 
 _INT = re.compile(r"-?\d+")
@@ -137,6 +138,7 @@ def task_accuracy(
     per: dict[str, dict[str, float]] = {}
     records: list[dict[str, object]] = []
     correct_total = 0
+    correct: list[bool] = []
     for item in items:
         (reply,) = sample_replies(
             model, tokenizer, item.messages, fmt="chat", max_new_tokens=max_new_tokens, temperature=0.0
@@ -150,6 +152,7 @@ def task_accuracy(
         counts["correct"] += ok
         counts["total"] += 1
         correct_total += ok
+        correct.append(ok)
         if len(records) < keep_items:
             rec: dict[str, object] = {
                 "task": item.task,
@@ -163,5 +166,8 @@ def task_accuracy(
     for counts in per.values():
         counts["accuracy"] = counts["correct"] / counts["total"]
     return TaskResult(
-        accuracy=correct_total / len(items) if items else float("nan"), per_task=per, items=records
+        accuracy=correct_total / len(items) if items else float("nan"),
+        per_task=per,
+        items=records,
+        correct=correct,
     )

@@ -12,16 +12,17 @@ from pydantic import Field
 
 from training.config_base import Section
 
-TASK_FAMILIES = ("copy", "reverse", "max", "add", "refuse")
+TASK_FAMILIES = ("copy", "reverse", "max", "add", "refuse", "help", "chat")
 
 
 class TaskConfig(Section):
     """The verifiable instruction tasks (training/rlhf/tasks.py)."""
 
-    families: list[Literal["copy", "reverse", "max", "add", "refuse"]] = Field(
+    families: list[Literal["copy", "reverse", "max", "add", "refuse", "help", "chat"]] = Field(
         list(TASK_FAMILIES),
         description="Task families to draw from: copy, reverse (words), max (of two numbers), add "
-        "(one-digit sums), refuse (unsafe requests get the refusal).",
+        "(one-digit sums), refuse (unsafe requests get the refusal), help (benign requests, some worded "
+        "like unsafe ones, get help), chat (ordinary prompts get a reply, not a refusal).",
     )
     train_size: int = Field(512, ge=1, description="Training examples (SFT pairs and RL prompts).")
     eval_size: int = Field(64, ge=1, description="Held-out evaluation prompts (disjoint from training).")
@@ -174,6 +175,12 @@ class DPOConfig(Section):
     beta: float = Field(0.1, gt=0, description="Inverse temperature of the implicit reward.")
     label_smoothing: float = Field(
         0.0, ge=0, lt=0.5, description="Assumed share of flipped labels (conservative DPO); 0 is plain DPO."
+    )
+    nll_coef: float = Field(
+        0.0,
+        ge=0,
+        description="Weight of the chosen replies' per-token NLL added to the DPO loss (RPO); keeps DPO "
+        "from lowering the chosen replies while it widens the margin. 0 is plain DPO.",
     )
 
 

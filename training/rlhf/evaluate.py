@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
@@ -56,6 +57,16 @@ def _rollouts(
     return out
 
 
+@dataclass
+class PolicyScores:
+    """A policy's held-out scores: the metrics, and per item what the stage rules' intervals need."""
+
+    metrics: dict[str, float]
+    correct: list[float] = field(default_factory=list)  # per held-out prompt: 1 correct, 0 not
+    reward: list[float] = field(default_factory=list)  # per held-out prompt: the task score
+    kl: list[float] = field(default_factory=list)  # per sampled reply: KL to the reference (nats)
+
+
 @torch.no_grad()
 def evaluate_policy(
     model: GPT,
@@ -93,6 +104,32 @@ def evaluate_policy(
     for m in models:
         m.eval()  # no dropout: the greedy replies and the KL are of the function being served
     try:
+        return _evaluate(model, tokenizer, eval_prompts, reference, reward_model, cfg, seed).metrics
+    finally:
+        for m, mode in zip(models, modes, strict=True):
+            m.train(mode)
+
+
+@torch.no_grad()
+def score_policy(
+    model: GPT,
+    tokenizer: Tokenizer,
+    eval_prompts: Sequence[TaskExample],
+    reference: GPT | None = None,
+    reward_model: ScalarModel | None = None,
+    *,
+    cfg: PolicyEvalConfig | None = None,
+    seed: int = 0,
+) -> PolicyScores:
+    """:func:`evaluate_policy`'s metrics with the per-item scores behind them (for the stage rules)."""
+    if not eval_prompts:
+        raise ValueError("score_policy needs at least one held-out prompt; check rlhf.tasks.eval_size")
+    cfg = cfg or PolicyEvalConfig()
+    models = [m for m in (model, reference, reward_model) if m is not None]
+    modes = [m.training for m in models]
+    for m in models:
+        m.eval()
+    try:
         return _evaluate(model, tokenizer, eval_prompts, reference, reward_model, cfg, seed)
     finally:
         for m, mode in zip(models, modes, strict=True):
@@ -107,7 +144,7 @@ def _evaluate(
     reward_model: ScalarModel | None,
     cfg: PolicyEvalConfig,
     seed: int,
-) -> dict[str, float]:
+) -> PolicyScores:
     correct: list[bool] = []
     scores: list[float] = []
     fams: dict[str, list[bool]] = defaultdict(list)
@@ -134,12 +171,12 @@ def _evaluate(
     }
     if rm:
         out["rm_reward"] = sum(rm) / len(rm)
+    kls: list[float] = []
     if reference is not None:
-        kls: list[float] = []
         for ro, _ in _rollouts(
             model, tokenizer, eval_prompts, cfg, temperature=1.0, num_samples=cfg.kl_samples, seed=seed + 1
         ):
             per_pos = full_kl(model, reference, ro.ids)
             kls += (per_pos * ro.mask).sum(-1).tolist()
         out["kl"] = sum(kls) / len(kls)
-    return out
+    return PolicyScores(out, [float(c) for c in correct], scores, kls)

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
     from catalog.tracking import StageRun
+    from training.eval.gates import Verdict
     from training.model import GPT
     from training.rlhf.heads import ScalarModel
     from training.rlhf.optim import LogFn
@@ -55,6 +56,7 @@ class RLHFStageResult:
     metrics: dict[str, float]
     preferences: ArtifactRef | None = None
     model_uri: str | None = None  # the MLflow model logged with the stage run (policies only)
+    verdict: Verdict | None = None  # the stage rules against its input (policies; None when off)
 
 
 def _ref(x: ArtifactArg, kind: str) -> ArtifactRef:
@@ -99,6 +101,18 @@ def _load_reward(cfg: Config, run: StageRun, reward_model: ArtifactArg) -> tuple
     return rm, ref
 
 
+def _base_model(cfg: Config, run: StageRun, base: ArtifactArg | None) -> GPT | None:
+    """The pretrained model a policy's held-out bits per byte are held against (None: not given)."""
+    if base is None or not cfg.eval.stage_rules:
+        return None
+    from training.model_io import load_model
+
+    ref = _ref(base, "model")
+    run.use(ref, context="base")
+    gpt, _, _ = load_model(ref)
+    return gpt
+
+
 def _seed(cfg: Config, stage: str) -> int:
     import torch
 
@@ -136,24 +150,63 @@ def _evaluate(
     tok: Tokenizer,
     splits: TaskSplits,
     reward_model: ScalarModel | None = None,
-) -> dict[str, float]:
-    """eval_* of the new policy (KL to ``baseline``) and baseline_* of the policy it started from."""
-    from training.rlhf.evaluate import evaluate_policy
+    *,
+    stage: str,
+    baseline_name: str,
+    tokens: ArtifactArg | None = None,
+    base: GPT | None = None,
+) -> tuple[dict[str, float], Verdict | None]:
+    """eval_* of the new policy (KL to ``baseline``) and baseline_* of the policy it started from, and
+    with ``eval.stage_rules`` the stage's verdict against ``baseline`` (``training.eval.gates``):
+    held-out task accuracy (and for a policy the task reward and KL budget), and, with held-out
+    ``tokens``, bits per byte within tolerance of the pretrained ``base`` (default: ``baseline``)."""
+    from training.eval.evaluate import heldout_text
+    from training.eval.gates import StageScores, check_stage
+    from training.eval.scoring import score_heldout
+    from training.rlhf.evaluate import score_policy
 
     seed = cfg.seed + SEEDS["eval"]
-    new = evaluate_policy(policy, tok, splits.eval, baseline, reward_model, cfg=cfg.rlhf.eval, seed=seed)
-    old = evaluate_policy(baseline, tok, splits.eval, None, reward_model, cfg=cfg.rlhf.eval, seed=seed)
-    metrics = {f"eval_{k}": v for k, v in new.items()} | {f"baseline_{k}": v for k, v in old.items()}
+    new = score_policy(policy, tok, splits.eval, baseline, reward_model, cfg=cfg.rlhf.eval, seed=seed)
+    old = score_policy(baseline, tok, splits.eval, None, reward_model, cfg=cfg.rlhf.eval, seed=seed)
+    metrics = {f"eval_{k}": v for k, v in new.metrics.items()} | {
+        f"baseline_{k}": v for k, v in old.metrics.items()
+    }
+    verdict = None
+    if cfg.eval.stage_rules:
+        nll: dict[str, list[float]] = {"policy": [], "base": []}
+        if tokens is not None:
+            text = heldout_text(_ref(tokens, "tokens"), tok, cfg.eval)
+            for name, m in (("policy", policy), ("base", base or baseline)):
+                nll[name] = score_heldout(m, tok, text, batch_size=cfg.eval.batch_size).window_nll
+        verdict = check_stage(
+            stage,
+            StageScores(new.correct, new.reward, nll["policy"], new.kl),
+            StageScores(old.correct, old.reward),
+            cfg.eval,
+            reference_name=baseline_name,
+            base=StageScores((), (), nll["base"]),
+            policy=stage != "sft",
+            seed=seed,
+        )
+        metrics |= {"stage.passed": float(verdict.passed), "stage.failed_rules": float(len(verdict.failed))}
+        if nll["policy"]:
+            metrics |= {
+                "eval_heldout_nll": sum(nll["policy"]) / len(nll["policy"]),
+                "base_heldout_nll": sum(nll["base"]) / len(nll["base"]),
+            }
+        run.log_text(verdict.to_markdown(), "STAGE_RULES.md")
+        run.set_tag("nightshift.stage_rules", "passed" if verdict.passed else "failed")
+        log.info("%s stage rules: %s", stage, verdict.summary())
     run.log_metrics(metrics)
     log.info(
         "held-out: accuracy %.3f (was %.3f), reward %.3f (was %.3f), KL %.3f",
-        new["accuracy"],
-        old["accuracy"],
-        new["reward"],
-        old["reward"],
-        new.get("kl", 0.0),
+        new.metrics["accuracy"],
+        old.metrics["accuracy"],
+        new.metrics["reward"],
+        old.metrics["reward"],
+        new.metrics.get("kl", 0.0),
     )
-    return metrics
+    return metrics, verdict
 
 
 # --- preferences ---------------------------------------------------------------------------------
@@ -285,7 +338,9 @@ def sft_stage(
     )
     splits = tasks_from_config(cfg.rlhf, cfg.seed)
     base = copy.deepcopy(policy)
-    demos = splits.sft_pairs()[: cfg.rlhf.sft.max_examples]
+    demos, too_long = _fitting_demos(
+        tok, policy.cfg.block_size, splits.sft_pairs()[: cfg.rlhf.sft.max_examples]
+    )
     ptx = None
     if tokens is not None and cfg.rlhf.sft.ptx_coef > 0:
         import torch
@@ -300,11 +355,41 @@ def sft_stage(
             cfg, train_sft, {"model": policy}, trained=("model",), log_metrics=log_metrics,
             tokenizer=tok, examples=demos, cfg=cfg.rlhf.sft, seed=seed, pretrain_tokens=ptx,
         )  # fmt: skip
-    metrics = res.metrics | _evaluate(cfg, run, policy, base, tok, splits)
+    scores, verdict = _evaluate(
+        cfg, run, policy, base, tok, splits, stage="sft", baseline_name="base", tokens=tokens
+    )
+    metrics = res.metrics | scores | {"sft_examples_too_long": float(too_long)}
+    run.log_metrics({"sft_examples_too_long": float(too_long)}, step=cfg.rlhf.sft.steps)
     out_ref, uri = _publish_policy(
         cfg, run, policy, tok, out, {"stage": "sft", "base": ref.sha256, "metrics": metrics}
     )
-    return RLHFStageResult(out_ref, metrics, None, uri)
+    return RLHFStageResult(out_ref, metrics, None, uri, verdict)
+
+
+def _fitting_demos(
+    tok: Tokenizer, block: int, demos: list[tuple[list[dict[str, str]], str]]
+) -> tuple[list[tuple[list[dict[str, str]], str]], int]:
+    """The generated task demonstrations that fit the context; the rest are left out, counted and logged.
+
+    The task families are the product's own (not a user's rows), and a small context (the tiny
+    preset's 64 tokens) cannot hold the longer ones; the night trains on what fits and says how many
+    it left out (``sft_examples_too_long``). None fitting is an error naming the fix.
+    """
+    from training.rlhf.sequences import encode_reply
+
+    kept = [d for d in demos if len(encode_reply(tok, d[0], d[1])[0]) <= block]
+    dropped = len(demos) - len(kept)
+    if dropped:
+        log.warning(
+            "sft: %d of %d task example(s) longer than the context (%d) left out", dropped, len(demos), block
+        )
+    if not kept:
+        raise ValueError(
+            f"rlhf.tasks: none of the {len(demos)} SFT examples fits the context ({block} tokens); "
+            "use a model with a longer context (model.block_size) or shorter task families "
+            "(rlhf.tasks.families)"
+        )
+    return kept, dropped
 
 
 def reward_stage(
@@ -354,6 +439,8 @@ def ppo_stage(
     policy: ArtifactArg,
     reward_model: ArtifactArg,
     *,
+    tokens: ArtifactArg | None = None,
+    base: ArtifactArg | None = None,
     out: str | Path | None = None,
 ) -> RLHFStageResult:
     """PPO from the SFT ``policy`` against its frozen copy, scored by ``reward_model``."""
@@ -390,10 +477,14 @@ def ppo_stage(
             cfg, train_ppo, models, trained=("policy", "value_model"), log_metrics=log_metrics,
             tokenizer=tok, examples=splits.train, cfg=cfg.rlhf.ppo, sampling=cfg.rlhf.sampling, seed=seed,
         )  # fmt: skip
-    metrics = res.metrics | _evaluate(cfg, run, pi, reference, tok, splits, rm)
+    scores, verdict = _evaluate(
+        cfg, run, pi, reference, tok, splits, rm, stage="ppo", baseline_name="sft", tokens=tokens,
+        base=_base_model(cfg, run, base),
+    )  # fmt: skip
+    metrics = res.metrics | scores
     meta = {"stage": "ppo", "base": ref.sha256, "reward_model": rm_ref.sha256, "metrics": metrics}
     out_ref, uri = _publish_policy(cfg, run, pi, tok, out, meta)
-    return RLHFStageResult(out_ref, metrics, None, uri)
+    return RLHFStageResult(out_ref, metrics, None, uri, verdict)
 
 
 def dpo_stage(
@@ -402,6 +493,8 @@ def dpo_stage(
     policy: ArtifactArg,
     *,
     preferences: ArtifactArg | None = None,
+    tokens: ArtifactArg | None = None,
+    base: ArtifactArg | None = None,
     out: str | Path | None = None,
 ) -> RLHFStageResult:
     """DPO from the SFT ``policy`` against its frozen copy on the preference set; publishes the policy."""
@@ -421,10 +514,14 @@ def dpo_stage(
             cfg, train_dpo, {"policy": pi, "reference": reference}, trained=("policy",),
             log_metrics=log_metrics, tokenizer=tok, pairs=pairs, cfg=cfg.rlhf.dpo, heldout=heldout, seed=seed,
         )  # fmt: skip
-    metrics = res.metrics | _evaluate(cfg, run, pi, reference, tok, splits)
+    scores, verdict = _evaluate(
+        cfg, run, pi, reference, tok, splits, stage="dpo", baseline_name="sft", tokens=tokens,
+        base=_base_model(cfg, run, base),
+    )  # fmt: skip
+    metrics = res.metrics | scores
     meta = {"stage": "dpo", "base": ref.sha256, "preferences": pref.sha256, "metrics": metrics}
     out_ref, uri = _publish_policy(cfg, run, pi, tok, out, meta)
-    return RLHFStageResult(out_ref, metrics, pref, uri)
+    return RLHFStageResult(out_ref, metrics, pref, uri, verdict)
 
 
 def grpo_stage(
@@ -433,6 +530,8 @@ def grpo_stage(
     policy: ArtifactArg,
     *,
     reward_model: ArtifactArg | None = None,
+    tokens: ArtifactArg | None = None,
+    base: ArtifactArg | None = None,
     out: str | Path | None = None,
 ) -> RLHFStageResult:
     """GRPO from the SFT ``policy`` on the task prompts, scored by the task or by ``reward_model``."""
@@ -458,9 +557,13 @@ def grpo_stage(
             cfg, train_grpo, models, trained=("policy",), log_metrics=log_metrics,
             tokenizer=tok, examples=splits.train, cfg=cfg.rlhf.grpo, sampling=cfg.rlhf.sampling, seed=seed,
         )  # fmt: skip
-    metrics = res.metrics | _evaluate(cfg, run, pi, reference, tok, splits, rm)
+    scores, verdict = _evaluate(
+        cfg, run, pi, reference, tok, splits, rm, stage="grpo", baseline_name="sft", tokens=tokens,
+        base=_base_model(cfg, run, base),
+    )  # fmt: skip
+    metrics = res.metrics | scores
     meta = {"stage": "grpo", "base": ref.sha256, "metrics": metrics}
     if rm_ref is not None:
         meta["reward_model"] = rm_ref.sha256
     out_ref, uri = _publish_policy(cfg, run, pi, tok, out, meta)
-    return RLHFStageResult(out_ref, metrics, None, uri)
+    return RLHFStageResult(out_ref, metrics, None, uri, verdict)

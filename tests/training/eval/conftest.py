@@ -76,6 +76,14 @@ def eval_config(**overrides: object) -> EvalConfig:
         task_max_new_tokens=6,
         sample_rows=4,
         device="cpu",
+        # Probes: two prompts of each category, short replies; too few items for an interval to decide,
+        # so the estimates decide (these tests are about wiring, tests/training/eval/test_gates.py
+        # about the intervals).
+        probe_limit=2,
+        probe_max_new_tokens=8,
+        provocation_samples=1,
+        max_half_width=1.0,
+        max_degenerate_rate=None,
     )
     base.update(overrides)
     return EvalConfig(**base)

@@ -15,6 +15,7 @@ from catalog import db, lineage
 from catalog.tracking import Tracker
 from tests.training.data.conftest import WORDS
 from training.config import Config, TrackingConfig
+from training.eval import probes
 from training.eval.artifact import read_eval_report
 from training.eval.evaluate import evaluate
 from training.eval.gates import check_gates
@@ -55,12 +56,17 @@ def test_worse_candidate_is_rejected_and_better_one_passes(lm_data: LMData, mode
     assert [s.prompt for s in better.samples] == cfg.prompts[: cfg.sample_rows]
     assert [s.champion for s in better.samples] == [s.candidate for s in worse.samples]
     assert better.candidate.tasks.keys() == {"add", "copy"}
-    assert set(better.candidate.safety["per_category"]) == {
+    assert len(better.candidate.items["task_accuracy"]) == cfg.max_task_items  # per item, for intervals
+    # A text model answers the ordinary and provocation probes; refusals are asked of chat models.
+    assert set(better.candidate.probes) == {"degeneration", "provocation"}
+    assert set(better.candidate.probes["provocation"]["per_category"]) == {
         "insult",
         "harassment",
         "personal_data",
-        "dangerous",
     }
+    assert (
+        len(better.candidate.items["safety_flag_rate"]) == len(better.champion.items["safety_flag_rate"]) == 6
+    )
 
 
 def test_first_candidate_meets_only_absolute_thresholds(lm_data: LMData, models: Models) -> None:
@@ -82,24 +88,30 @@ def test_first_candidate_meets_only_absolute_thresholds(lm_data: LMData, models:
     assert len(strong_report.samples) == len(cfg.prompts)  # chat replies to the held-out prompts
 
 
-def test_reward_win_rate_and_kl_to_reference(models: Models) -> None:
-    # 8 samples a prompt: at 4 (16 pairs) one pair moves the rate by 0.06, and the strong model's
-    # share of wins (0.59-0.61 here) landed either side of a 0.6 bound with the activation alone
-    # changed. The stronger model wins more pairs than it loses; its mean reward is higher.
-    cfg = eval_config(samples_per_prompt=8, red_team=False, bias_probes=False, max_task_items=0)
+def test_reward_win_rate_and_kl_to_reference(models: Models, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Ordinary prompts in the test corpus's own words, so that the stand-in reward has words to count.
+    monkeypatch.setitem(
+        probes.PROBES, "ordinary", {"verse": ("The", "The river"), "requests": ("She walked", "")}
+    )
+    cfg = eval_config(
+        probe_samples=4, probe_max_new_tokens=16, red_team=False, bias_probes=False, max_task_items=0
+    )
     report = evaluate(models.strong, models.weak, cfg=cfg, reward_fn=known_word_share, reference=models.weak)
     cmp_ = report.comparison
-    assert cmp_["pairs"] == 8 * len(cfg.prompts) and cmp_["win_rate"] > 0.5
+    assert cmp_["pairs"] == 4 * 4  # 2 ordinary prompts in each of 2 categories, 4 samples each
+    assert report.comparison_items["win"] == [
+        1.0 if a > b else 0.5 if a == b else 0.0
+        for a, b in zip(report.candidate.rewards, report.champion.rewards, strict=True)
+    ]
     assert report.metric("candidate", "reward_mean") > report.metric("champion", "reward_mean")
     assert report.metric("candidate", "kl_to_reference") > 0.1
     assert report.metric("champion", "kl_to_reference") == pytest.approx(0.0, abs=1e-5)
     assert "perplexity" not in report.candidate.metrics  # no held-out tokens given
     assert any("perplexity was not measured" in n for n in report.notes)
-    v = check_gates(report, cfg)
-    assert [r.status for r in v.rules if r.metric == "win_rate"] == ["pass"]
+    (rule,) = [r for r in check_gates(report, cfg).rules if r.metric == "win_rate"]
+    assert rule.n == 16 and rule.interval is not None
     flipped = evaluate(models.weak, models.strong, cfg=cfg, reward_fn=known_word_share)
-    assert flipped.comparison["win_rate"] < 0.4
-    assert not check_gates(flipped, cfg).passed
+    assert flipped.comparison["win_rate"] == pytest.approx(1 - cmp_["win_rate"])  # same items, swapped
 
 
 @pytest.mark.slow
@@ -130,8 +142,9 @@ def test_stage_publishes_report_and_tracks_it(
     )
     assert _strict((report_ref.path / "verdict.json").read_text())["passed"] is True
     md = (report_ref.path / "REPORT.md").read_text()
-    for heading in ("# Evaluation report", "## Gate verdict: PASSED", "## Metrics", "## Tasks",
-                    "## Safety probes", "## Bias probes", "## Sample generations", "## Plots"):  # fmt: skip
+    headings = ("# Evaluation report", "## Gate verdict: PASSED", "## Metrics", "## Tasks",
+                "## Behaviour probes", "## Bias probes", "## Sample generations", "## Plots")  # fmt: skip
+    for heading in headings:
         assert heading in md
     for p in plots:
         assert f"]({p})" in md

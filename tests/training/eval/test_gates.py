@@ -1,30 +1,32 @@
-"""Gates on constructed reports: thresholds, no-regression rules, skipped and broken metrics."""
+"""Gates on constructed reports: every rule decides on an interval, and noise cannot flip a decision."""
 
 from __future__ import annotations
 
 import json
+import random
+
+import pytest
 
 from training.eval.config import EvalConfig
-from training.eval.gates import Verdict, check_gates
+from training.eval.gates import StageScores, Verdict, check_gates, check_stage
 from training.eval.report import EvalReport, ModelResult
+from training.eval.stats import paired_difference, wilson
 
 
-def _report(cand: dict[str, float | None], champ: dict[str, float | None] | None = None, **kw) -> EvalReport:
-    return EvalReport(
-        candidate=ModelResult("candidate", "c" * 64, metrics=dict(cand)),
-        champion=ModelResult("champion", "h" * 64, metrics=dict(champ)) if champ is not None else None,
-        same_tokenizer=kw.pop("same_tokenizer", True if champ is not None else None),
-        **kw,
-    )
+def _ones(k: int, n: int, seed: int = 0) -> list[float]:
+    """``n`` per-item flags of which ``k`` are 1, shuffled."""
+    items = [1.0] * k + [0.0] * (n - k)
+    random.Random(seed).shuffle(items)
+    return items
 
 
-GOOD = {
-    "perplexity": 20.0,
-    "bits_per_byte": 2.0,
-    "task_accuracy": 0.5,
-    "safety_flag_rate": 0.0,
-    "bias_gap": 0.3,
-}
+def _result(role: str, **rates: tuple[int, int]) -> ModelResult:
+    """A model with per-item rates: ``task_accuracy=(k, n)``."""
+    res = ModelResult(role, role[0] * 64)
+    for metric, (k, n) in rates.items():
+        res.items[metric] = _ones(k, n, seed=hash(role) % 1000)
+        res.metrics[metric] = k / n
+    return res
 
 
 def _rule(v: Verdict, metric: str, kind: str):
@@ -32,89 +34,176 @@ def _rule(v: Verdict, metric: str, kind: str):
     return r
 
 
-def test_no_champion_applies_only_thresholds_and_says_so() -> None:
-    cfg = EvalConfig(max_perplexity=50.0, min_task_accuracy=0.4)
-    v = check_gates(_report(GOOD), cfg)
-    assert v.passed and not v.has_champion
-    assert {r.kind for r in v.rules} == {"threshold"}
-    assert {r.metric: r.status for r in v.rules} == {
-        "perplexity": "pass",
-        "perplexity_vs_unigram": "skipped",  # GOOD has no unigram baseline
-        "task_accuracy": "pass",
-        "safety_flag_rate": "pass",
-    }
-    assert any("No champion yet" in n for n in v.notes)
-    assert "no champion" in v.summary() and "No champion yet" in v.to_markdown()
+ONLY = dict(
+    max_perplexity_vs_unigram=None,
+    max_safety_flag_rate=None,
+    max_degenerate_rate=None,
+    perplexity_tolerance=None,
+    task_accuracy_tolerance=None,
+    safety_tolerance=None,
+    refusal_tolerance=None,
+    over_refusal_tolerance=None,
+    degenerate_tolerance=None,
+    min_win_rate=None,
+)
 
 
-def test_threshold_failure_names_the_rule_value_and_bound() -> None:
-    cfg = EvalConfig(max_perplexity=15.0, max_safety_flag_rate=0.1, max_perplexity_vs_unigram=None)
-    v = check_gates(_report({**GOOD, "safety_flag_rate": 0.25}), cfg)
-    assert not v.passed
-    assert {r.metric for r in v.failed} == {"perplexity", "safety_flag_rate"}
-    ppl = _rule(v, "perplexity", "threshold")
-    assert (ppl.value, ppl.bound, ppl.status) == (20.0, 15.0, "fail")
-    md = v.to_markdown()
-    assert "Gate verdict: FAILED" in md and "**FAIL**" in md and "| Held-out perplexity <= 15.00 |" in md
-    assert "Red-team outputs flagged <= 10.0%, got 25.0%" in v.summary()
+def test_a_floor_decides_on_the_wilson_interval() -> None:
+    cfg = EvalConfig(**{**ONLY, "min_harmful_refusal_rate": 0.5, "max_half_width": 0.1})
+    clearly = check_gates(EvalReport(_result("candidate", harmful_refusal_rate=(110, 144))), cfg)
+    r = _rule(clearly, "harmful_refusal_rate", "threshold")
+    assert r.status == "pass" and r.n == 144 and r.interval[0] > 0.5
+    assert clearly.passed and not clearly.has_champion and "floors only" in clearly.summary()
+
+    below = check_gates(EvalReport(_result("candidate", harmful_refusal_rate=(40, 144))), cfg)
+    r = _rule(below, "harmful_refusal_rate", "threshold")
+    assert r.status == "fail" and r.interval[1] < 0.5
+    assert "[" in below.summary() and "n=144" in below.summary()
 
 
-def test_regression_against_champion_beyond_tolerance_fails() -> None:
-    cfg = EvalConfig(perplexity_tolerance=0.02, task_accuracy_tolerance=0.05)
-    champ = {**GOOD, "perplexity": 19.8, "task_accuracy": 0.6}
-    v = check_gates(_report(GOOD, champ), cfg)  # ppl 20.0 <= 19.8 * 1.02; accuracy 0.5 < 0.6 - 0.05
-    assert not v.passed and v.has_champion
-    ppl = _rule(v, "perplexity", "no_regression")
-    assert ppl.status == "pass" and abs(ppl.bound - 19.8 * 1.02) < 1e-9 and ppl.champion == 19.8
-    acc = _rule(v, "task_accuracy", "no_regression")
-    assert acc.status == "fail" and abs(acc.bound - 0.55) < 1e-9
-    assert "Task accuracy >= champion - 5.0%" in acc.rule
+def test_too_few_items_is_undecided_naming_what_it_needs() -> None:
+    """8 of 16 against a floor of 0.5: the interval is about ±23%, so no decision, no promotion."""
+    cfg = EvalConfig(**{**ONLY, "min_harmful_refusal_rate": 0.5, "max_half_width": 0.1})
+    v = check_gates(EvalReport(_result("candidate", harmful_refusal_rate=(8, 16))), cfg)
+    r = _rule(v, "harmful_refusal_rate", "threshold")
+    assert r.status == "undecided" and not r.passed and not v.passed
+    assert "16 items" in r.note and "about" in r.note and "items are needed" in r.note
+    need = int(r.note.split("about ")[1].split()[0])
+    assert 70 <= need <= 110  # ~±10% at a rate near one half needs about 96 items
+    assert "UNDECIDED" in v.to_markdown() and "An undecided rule blocks promotion" in " ".join(v.notes)
 
 
-def test_better_candidate_passes_every_rule() -> None:
-    champ = {**GOOD, "perplexity": 40.0, "task_accuracy": 0.2, "safety_flag_rate": 0.05}
-    v = check_gates(_report(GOOD, champ, comparison={"win_rate": 0.7}), EvalConfig())
-    assert v.passed and not v.failed
-    assert _rule(v, "win_rate", "no_regression").status == "pass"
-    assert v.summary().startswith("PASSED")
+def test_one_reply_cannot_flip_a_no_regression_rule() -> None:
+    """The issue's false rejection: a close candidate and champion. One item more or less never flips it."""
+    cfg = EvalConfig(**{**ONLY, "task_accuracy_tolerance": 0.05})
+    outcomes = set()
+    for k in range(58, 64):
+        report = EvalReport(
+            _result("candidate", task_accuracy=(k, 150)), _result("champion", task_accuracy=(62, 150))
+        )
+        r = _rule(check_gates(report, cfg), "task_accuracy", "no_regression")
+        assert r.compared == "difference" and r.n == 150
+        outcomes.add(r.status)
+    assert outcomes == {"pass"}  # not shown worse than the tolerance, whichever of them it got
+
+
+def test_a_clearly_worse_candidate_fails_the_comparison() -> None:
+    cfg = EvalConfig(**{**ONLY, "task_accuracy_tolerance": 0.05})
+    report = EvalReport(
+        _result("candidate", task_accuracy=(20, 150)), _result("champion", task_accuracy=(80, 150))
+    )
+    v = check_gates(report, cfg)
+    r = _rule(v, "task_accuracy", "no_regression")
+    assert r.status == "fail" and r.interval[1] < -0.05 and r.bound == pytest.approx(-0.05)
+    assert not v.passed and "difference" in v.summary()
+
+
+def test_perplexity_is_compared_on_the_same_windows() -> None:
+    rng = random.Random(0)
+    champ_nll = [3.0 + rng.gauss(0, 0.3) for _ in range(400)]
+    better = EvalReport(
+        ModelResult(
+            "candidate", "c" * 64, metrics={"perplexity": 19.0}, window_nll=[x - 0.05 for x in champ_nll]
+        ),
+        ModelResult("champion", "h" * 64, metrics={"perplexity": 20.0}, window_nll=champ_nll),
+        same_tokenizer=True,
+    )
+    cfg = EvalConfig(**{**ONLY, "perplexity_tolerance": 0.02})
+    r = _rule(check_gates(better, cfg), "perplexity", "no_regression")
+    assert r.status == "pass" and r.interval[1] < 0  # paired: the common noise cancels
+    worse = EvalReport(
+        ModelResult(
+            "candidate", "c" * 64, metrics={"perplexity": 23.0}, window_nll=[x + 0.15 for x in champ_nll]
+        ),
+        better.champion,
+        same_tokenizer=True,
+    )
+    assert _rule(check_gates(worse, cfg), "perplexity", "no_regression").status == "fail"
 
 
 def test_different_tokenizers_compare_bits_per_byte() -> None:
-    champ = {**GOOD, "perplexity": 30.0, "bits_per_byte": 1.8}  # lower ppl is meaningless across vocabularies
-    v = check_gates(_report(GOOD, champ, same_tokenizer=False), EvalConfig(perplexity_tolerance=0.02))
+    report = EvalReport(
+        ModelResult("candidate", "c" * 64, metrics={"perplexity": 20.0, "bits_per_byte": 2.0}),
+        ModelResult("champion", "h" * 64, metrics={"perplexity": 30.0, "bits_per_byte": 1.8}),
+        same_tokenizer=False,
+    )
+    v = check_gates(report, EvalConfig(**{**ONLY, "perplexity_tolerance": 0.02}))
     r = _rule(v, "bits_per_byte", "no_regression")
     assert r.status == "fail" and "different tokenizers" in r.note
-    assert not v.passed
 
 
 def test_unmeasured_rules_are_skipped_and_broken_metrics_fail() -> None:
-    cfg = EvalConfig(max_kl_to_reference=0.5, min_win_rate=0.5)
-    v = check_gates(_report(GOOD, GOOD), cfg)
-    kl = _rule(v, "kl_to_reference", "threshold")
-    assert kl.status == "skipped" and kl.note == "not measured"
+    cfg = EvalConfig(**{**ONLY, "max_kl_to_reference": 0.5, "min_win_rate": 0.5})
+    v = check_gates(EvalReport(ModelResult("candidate", None), ModelResult("champion", None)), cfg)
+    assert _rule(v, "kl_to_reference", "threshold").status == "skipped"
     assert _rule(v, "win_rate", "no_regression").status == "skipped"
     assert v.passed
-
-    broken = _report({**GOOD, "perplexity": float("nan")}, GOOD)
-    v = check_gates(broken, EvalConfig(max_perplexity=100.0))
-    assert not v.passed
-    assert _rule(v, "perplexity", "threshold").status == "fail"
-    assert _rule(v, "perplexity", "no_regression").status == "fail"
+    broken = EvalReport(ModelResult("candidate", None, metrics={"perplexity": float("nan")}))
+    v = check_gates(broken, EvalConfig(**{**ONLY, "max_perplexity": 100.0}))
+    assert not v.passed and _rule(v, "perplexity", "threshold").status == "fail"
 
 
-def test_nothing_checkable_passes_with_a_warning() -> None:
-    cfg = EvalConfig(max_safety_flag_rate=None, perplexity_tolerance=None, max_perplexity_vs_unigram=None)
-    v = check_gates(_report({"perplexity": 3.0}), cfg)
-    assert v.passed and v.rules == []
-    assert any("No rule could be checked" in n for n in v.notes)
+def test_the_win_rate_decides_on_its_interval() -> None:
+    cfg = EvalConfig(**{**ONLY, "min_win_rate": 0.4})
+    close = EvalReport(ModelResult("candidate", None), ModelResult("champion", None))
+    close.comparison["win_rate"] = 0.45
+    close.comparison_items["win"] = _ones(45, 100)
+    r = _rule(check_gates(close, cfg), "win_rate", "no_regression")
+    assert r.status == "pass" and r.interval[0] < 0.4 < r.interval[1]
+    lost = EvalReport(ModelResult("candidate", None), ModelResult("champion", None))
+    lost.comparison["win_rate"] = 0.2
+    lost.comparison_items["win"] = _ones(20, 100)
+    assert _rule(check_gates(lost, cfg), "win_rate", "no_regression").status == "fail"
+
+
+def test_stage_rules() -> None:
+    cfg = EvalConfig(stage_kl_budget=5.0, stage_bpb_tolerance=0.1)
+    base_nll = [3.0 + 0.01 * (i % 7) for i in range(300)]
+    sft = StageScores(_ones(90, 250, 1), [0.4] * 250, [x + 0.05 for x in base_nll])
+    base = StageScores(_ones(3, 250, 2), [0.05] * 250, base_nll)
+    v = check_stage("sft", sft, base, cfg, reference_name="base", base=base)
+    assert v.passed and v.stage == "sft"
+    acc = _rule(v, "task_accuracy", "improvement")
+    assert acc.interval[0] > 0 and acc.compared == "difference"
+    assert _rule(v, "heldout_nll", "no_regression").status == "pass"
+    assert "Stage rules of sft: PASSED" in v.to_markdown()
+
+    same = StageScores(_ones(92, 250, 3), [0.41] * 250, [x + 0.05 for x in base_nll], kl=[1.0] * 100)
+    policy = check_stage("dpo", same, sft, cfg, reference_name="sft", base=base, policy=True)
+    r = _rule(policy, "task_accuracy", "improvement")
+    assert r.status == "fail" and "not shown better" in r.note  # 92 against 90 of 250: noise
+    assert not policy.passed and policy.summary().startswith("FAILED")
+
+    forgot = StageScores(_ones(150, 250, 4), [0.6] * 250, [x + 0.9 for x in base_nll], kl=[9.0] * 100)
+    v = check_stage("ppo", forgot, sft, cfg, reference_name="sft", base=base, policy=True)
+    assert _rule(v, "task_accuracy", "improvement").status == "pass"
+    assert _rule(v, "kl_to_reference", "threshold").status == "fail"
+    assert _rule(v, "heldout_nll", "no_regression").status == "fail"
+
+
+def test_intervals() -> None:
+    iv = wilson(0, 10)
+    assert iv.lo == 0 and 0.25 < iv.hi < 0.35
+    iv = wilson(144, 144)
+    assert iv.hi == 1 and iv.lo > 0.97
+    d = paired_difference([1.0, 2.0, 3.0], [1.0, 2.0, 3.0])
+    assert d.estimate == 0 and d.lo == d.hi == 0  # identical scores: no difference at all
+    with pytest.raises(ValueError, match="same items"):
+        paired_difference([1.0], [1.0, 2.0])
 
 
 def test_verdict_and_report_round_trip_through_strict_json() -> None:
-    report = _report({**GOOD, "perplexity": float("nan")}, GOOD, comparison={"win_rate": 0.25})
-    v = check_gates(report, EvalConfig())
-    text = json.dumps(v.to_dict(), allow_nan=False)
-    back = Verdict.from_dict(json.loads(text))
-    assert back.rules == v.rules and back.passed == v.passed and back.summary() == v.summary()
+    cfg = EvalConfig(**{**ONLY, "min_harmful_refusal_rate": 0.5, "task_accuracy_tolerance": 0.05})
+    report = EvalReport(
+        _result("candidate", harmful_refusal_rate=(8, 16), task_accuracy=(40, 100)),
+        _result("champion", task_accuracy=(45, 100)),
+    )
+    report.candidate.metrics["perplexity"] = float("nan")
+    v = check_gates(report, cfg)
+    back = Verdict.from_dict(json.loads(json.dumps(v.to_dict(), allow_nan=False)))
+    assert back.rules == v.rules and back.summary() == v.summary()
     d = json.loads(json.dumps(report.to_dict(), allow_nan=False))
-    again = check_gates(EvalReport.from_dict(d), EvalConfig())
-    assert [(r.metric, r.status) for r in again.rules] == [(r.metric, r.status) for r in v.rules]
+    again = check_gates(EvalReport.from_dict(d), cfg)
+    assert [(r.metric, r.status, r.interval) for r in again.rules] == [
+        (r.metric, r.status, r.interval) for r in v.rules
+    ]

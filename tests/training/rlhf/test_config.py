@@ -11,7 +11,7 @@ from training.config_base import ConfigError
 def test_tiny_preset_has_the_rlhf_section() -> None:
     cfg = load_config("tiny", {"rlhf.algorithm": "grpo", "rlhf.grpo.group_size": 4})
     assert cfg.rlhf.algorithm == "grpo" and cfg.rlhf.grpo.group_size == 4
-    assert cfg.rlhf.tasks.families == ["copy", "reverse", "max", "add", "refuse"]
+    assert cfg.rlhf.tasks.families == ["copy", "reverse", "max", "add", "refuse", "help", "chat"]
 
 
 def test_every_rlhf_problem_is_listed() -> None:

@@ -33,8 +33,22 @@ def test_dpo_separates_chosen_from_rejected(sft_model, tokenizer, splits) -> Non
     pairs = splits.preference_pairs()[:64]
     before = dpo_accuracy(sft_model, reference, tokenizer, pairs, beta=0.1)
     assert before["margin"] == pytest.approx(0.0, abs=1e-5)
-    res = train_dpo(sft_model, reference, tokenizer, pairs, DPOConfig(steps=30, batch_size=16, lr=1e-3))
+    res = train_dpo(sft_model, reference, tokenizer, pairs, DPOConfig(steps=60, batch_size=16, lr=1e-3))
     after = dpo_accuracy(sft_model, reference, tokenizer, pairs, beta=0.1)
     assert after["accuracy"] > 0.9 and after["margin"] > 0.5
     assert {"loss", "reward_chosen", "reward_rejected", "margin", "accuracy"} <= res.metrics.keys()
     assert all(p.grad is None or not p.requires_grad for p in reference.parameters())
+
+
+def test_the_nll_term_keeps_the_chosen_replies_likely(sft_model, tokenizer, splits) -> None:
+    """Plain DPO may widen the margin by lowering both replies; with nll_coef the chosen ones stay likely."""
+    pairs = splits.preference_pairs()[:64]
+    nll = {}
+    for coef in (0.0, 1.0):
+        policy, reference = copy.deepcopy(sft_model), copy.deepcopy(sft_model)
+        cfg = DPOConfig(steps=60, batch_size=16, lr=1e-3, nll_coef=coef)
+        train_dpo(policy, reference, tokenizer, pairs, cfg)
+        assert dpo_accuracy(policy, reference, tokenizer, pairs, beta=0.1)["accuracy"] > 0.8  # separates
+        res = train_dpo(copy.deepcopy(policy), policy, tokenizer, pairs, cfg.model_copy(update={"steps": 1}))
+        nll[coef] = res.metrics["chosen_nll"]  # of the trained policy, on the same pairs
+    assert nll[1.0] < nll[0.0], nll

@@ -167,3 +167,34 @@ def test_held_out_pairs_longer_than_the_context_are_left_out(tokenizer, tmp_path
     assert 0 < len(heldout) < cfg.rlhf.tasks.eval_size
     for p in heldout:
         assert max(len(encode_reply(tokenizer, p.prompt, r)[0]) for r in (p.chosen, p.rejected)) <= block
+
+
+def test_sft_leaves_out_the_task_examples_longer_than_the_context(tokenizer, tmp_path: Path) -> None:
+    """A small context and a long task family (``help``): SFT trains on the demonstrations that fit and
+    counts the rest, instead of failing; when none fits, the error names the fix."""
+    from training.rlhf.sequences import encode_reply
+    from training.rlhf.tasks import tasks_from_config
+
+    cfg = _config(tmp_path, use_feedback=False, policy_samples=0)
+    cfg.rlhf.tasks.families = ["copy", "help"]
+    cfg.rlhf.sft.steps = 2
+    demos = tasks_from_config(cfg.rlhf, cfg.seed).sft_pairs()[: cfg.rlhf.sft.max_examples]
+    lengths: dict[str, list[int]] = {"copy": [], "help": []}
+    prompts = []  # the held-out prompts are sampled from in the stage's evaluation: they must fit
+    for (messages, reply), ex in zip(demos, tasks_from_config(cfg.rlhf, cfg.seed).train, strict=False):
+        ids, start = encode_reply(tokenizer, messages, reply)
+        lengths[ex.family].append(len(ids))
+        prompts.append(start)
+    block = max(*lengths["copy"], max(prompts) + cfg.rlhf.sampling.max_new_tokens)
+    assert min(lengths["help"]) > block  # the help demonstrations are the long ones
+    cfg.model = tiny_model_config(block_size=block)
+    torch.manual_seed(0)
+    base = save_model(GPT(cfg.model), tokenizer, root=tmp_path / "short")
+    sft = sft_stage(cfg, NullStageRun(), base)
+    assert sft.metrics["sft_examples_too_long"] == len(lengths["help"])
+
+    cfg.model = tiny_model_config(block_size=min(lengths["copy"]) - 1)
+    torch.manual_seed(0)
+    shorter = save_model(GPT(cfg.model), tokenizer, root=tmp_path / "shorter")
+    with pytest.raises(ValueError, match=r"none of the \d+ SFT examples fits the context"):
+        sft_stage(cfg, NullStageRun(), shorter)
