@@ -156,7 +156,7 @@ def _why(r: RuleResult) -> str:
         return f"{r.rule}: undecided, {r.note}"
     got = fmt(r.metric, r.value)
     if r.compared == "difference" and r.interval:
-        return f"{r.rule}, got {got} (difference {interval_text(r)})"
+        return f"{r.rule}, got {got} ({interval_text(r)})"  # the text says "difference [lo, hi]"
     return f"{r.rule}, got {got}" + (f" {interval_text(r)}" if r.interval else "")
 
 

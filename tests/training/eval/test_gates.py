@@ -95,7 +95,7 @@ def test_a_clearly_worse_candidate_fails_the_comparison() -> None:
     v = check_gates(report, cfg)
     r = _rule(v, "task_accuracy", "no_regression")
     assert r.status == "fail" and r.interval[1] < -0.05 and r.bound == pytest.approx(-0.05)
-    assert not v.passed and "difference" in v.summary()
+    assert not v.passed and "difference [" in v.summary() and "difference difference" not in v.summary()
 
 
 def test_perplexity_is_compared_on_the_same_windows() -> None:
