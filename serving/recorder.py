@@ -44,6 +44,21 @@ class Stored:
     replaced: bool
 
 
+def _claim(item: tuple[list[dict[str, Any]], Future[None]]) -> tuple[list[dict[str, Any]], Future[None]]:
+    """Mark a request's future running, so that it can no longer be cancelled under the writer.
+
+    A client that leaves while its rows are queued cancels its wait (``asyncio.wrap_future`` cancels
+    the future); setting a result on it then raised in the writer thread and ended it, and every
+    later response of the replica waited for ever. Its rows are still stored: the completion was
+    served, and a lost record is a bug. A left request's outcome goes to a future nobody awaits.
+    """
+    rows, fut = item
+    if not fut.set_running_or_notify_cancel():
+        fut = Future()
+        fut.set_running_or_notify_cancel()
+    return rows, fut
+
+
 class Recorder:
     def __init__(self, catalog_url: str):
         self.url = catalog_url
@@ -68,7 +83,7 @@ class Recorder:
             item = self._q.get()
             if item is None:
                 return
-            batch = [item]
+            batch = [_claim(item)]
             while True:
                 try:
                     nxt = self._q.get_nowait()
@@ -77,8 +92,14 @@ class Recorder:
                 if nxt is None:
                     self._q.put(None)
                     break
-                batch.append(nxt)
-            self._write(batch)
+                batch.append(_claim(nxt))
+            try:
+                self._write(batch)
+            except Exception as e:  # never let the one writer die: every later response would wait for ever
+                log.exception("the completion writer failed on a batch of %d requests", len(batch))
+                for _, fut in batch:
+                    if not fut.done():
+                        self._fail(fut, e)
 
     def _write(self, batch: list[tuple[list[dict[str, Any]], Future[None]]]) -> None:
         try:

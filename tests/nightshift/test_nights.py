@@ -320,7 +320,12 @@ def test_three_nights_with_the_champion_served(
         scheduled = None
         while scheduled is None and time.monotonic() < deadline:
             runs = _client_call(env, "read_flow_runs")
-            started = [r for r in runs if r.auto_scheduled and r.start_time is not None]
+            # This deployment's: the stack's other schedules (maintenance/gc at 12:00 UTC) may fire too.
+            started = [
+                r
+                for r in runs
+                if r.auto_scheduled and r.start_time is not None and r.deployment_id == deployment.id
+            ]
             scheduled = started[0] if started else None
             time.sleep(2)
         assert scheduled is not None, "the schedule started no night within 120 s"

@@ -55,6 +55,33 @@ def test_the_writer_thread_counts_a_lone_failure(catalog_url: str) -> None:
         rec.close()
 
 
+def test_a_client_that_left_does_not_stop_the_writer(catalog_url: str) -> None:
+    """A request whose client disconnected while its rows waited (``asyncio.wrap_future`` cancels the
+    future) is still stored, and the writer goes on: it used to die, and every later response hung."""
+    import sqlite3
+
+    migrate(catalog_url)
+    with session_scope(catalog_url) as s:
+        art = Artifact(kind="model", sha256="d" * 64, uri="file:///m", size_bytes=1, meta={})
+        s.add(art)
+        s.flush()
+        model_id = art.id
+    rec = Recorder(catalog_url)
+    try:
+        hold = sqlite3.connect(catalog_url.removeprefix("sqlite:///"))
+        hold.execute("BEGIN EXCLUSIVE")  # the writer waits on the database with the row in hand
+        left = rec.record([_row("left", model_id)])
+        left.cancel()  # the client went away
+        hold.rollback()
+        hold.close()
+        rec.record([_row("next", model_id)]).result(timeout=20)
+        with session_scope(catalog_url) as s:
+            assert sorted(s.scalars(select(Completion.id))) == ["left", "next"]
+        assert rec.failures == 0
+    finally:
+        rec.close()
+
+
 def test_feedback_rules_on_both_databases(any_db_url: str) -> None:
     """Client keys label only what they received; one label per key and target, on SQLite and Postgres."""
     from catalog.keys import create_key, digest, lookup, revoke_key
