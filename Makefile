@@ -50,8 +50,9 @@ test: setup  ## the whole test suite (starts its own servers)
 test-postgres: setup  ## the integration tests on Postgres + S3 instead of the embedded defaults
 	NIGHTSHIFT_TEST_BACKEND=postgres $(BIN)/python -m pytest -q -m integration --durations=10
 
-lint: setup  ## ruff, and deptry: every imported package declared, nothing declared unused
+lint: setup  ## ruff; the import contracts (import-linter); deptry: every imported package declared, nothing declared unused
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(BIN)/ruff format --check .
 	$(BIN)/deptry .
 	$(UV) lock --check --python $(PY_BASE)

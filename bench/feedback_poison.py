@@ -117,7 +117,7 @@ def ids_of(r: httpx.Response) -> list[str]:
 
 
 def snapshot(catalog_url: str, ref) -> set[tuple]:
-    from training.model_io import load_model
+    from gpt.model_io import load_model
     from training.rlhf.preferences import build_preference_set
 
     model, tok, _ = load_model(ref)

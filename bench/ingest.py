@@ -106,11 +106,11 @@ def run(source: str, title: str, args: argparse.Namespace, tmp_path: Path) -> fl
     from rich.console import Console
     from rich.table import Table
 
+    from gpt.tokenizer import load_tokenizer
     from training.config import RayConfig
     from training.data.config import DataConfig
     from training.data.ingest import ingest
     from training.data.tokenize import iter_corpus, tokenize
-    from training.data.tokenizer import load_tokenizer
 
     ray_cfg = RayConfig(address="local", num_cpus=args.num_cpus)
     cfg = DataConfig(vocab_size=args.vocab_size, min_chars=50)

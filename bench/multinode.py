@@ -44,7 +44,7 @@ TEXT = (
 def make_inputs(root: Path) -> tuple[Any, Any]:
     """A real tokenizer and a ``tokens`` artifact of its encoding of ``TEXT`` (train/val)."""
     from catalog.artifacts import publish
-    from training.data.tokenizer import train_tokenizer
+    from gpt.tokenizer import train_tokenizer
 
     tok = train_tokenizer([TEXT], vocab_size=300)
     ids = np.asarray(tok.encode(TEXT).ids, dtype=np.uint16)
@@ -72,8 +72,9 @@ def make_inputs(root: Path) -> tuple[Any, Any]:
 
 
 def train_config(address: str, steps: int, workers: int) -> Any:
+    from gpt.config import ModelConfig
     from training.config import Config, RayConfig
-    from training.model_config import ModelConfig, TrainConfig
+    from training.train_config import TrainConfig
 
     return Config(
         seed=11,
@@ -202,9 +203,9 @@ def serve_phase(cluster: Any, model: Any, tok: Any, work: Path, requests_after: 
     from ray import serve
 
     from catalog.db import migrate
+    from gpt.model_io import save_model
     from nightshift.services import free_ports
     from serving.app import build_app
-    from training.model_io import save_model
 
     ref = save_model(model, tok, root=work / "artifacts")
     catalog_url = f"sqlite:///{work}/catalog.db"

@@ -35,9 +35,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from training.data.tokenizer import train_tokenizer  # noqa: E402
-from training.model import GPT  # noqa: E402
-from training.model_config import ModelConfig  # noqa: E402
+from gpt.config import ModelConfig  # noqa: E402
+from gpt.model import GPT  # noqa: E402
+from gpt.tokenizer import train_tokenizer  # noqa: E402
 from training.rlhf.config import (  # noqa: E402
     DPOConfig,
     GRPOConfig,

@@ -41,11 +41,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from serve_http import bench_http, load_run, pct, replica_figures, replica_rss  # noqa: E402
 
+from gpt.config import ModelConfig  # noqa: E402
+from gpt.model import GPT  # noqa: E402
+from gpt.model_io import save_model  # noqa: E402
+from gpt.tokenizer import train_tokenizer  # noqa: E402
 from serving.engine import Engine, SamplingParams  # noqa: E402
-from training.data.tokenizer import train_tokenizer  # noqa: E402
-from training.model import GPT  # noqa: E402
-from training.model_config import ModelConfig  # noqa: E402
-from training.model_io import save_model  # noqa: E402
 
 WORDS = (
     "night watch model token serve batch queue river stone light shadow crown king queen sword "
@@ -145,7 +145,7 @@ def load_hf(ref, tmp: Path):
     """The bench model exported to GPT-2 format and loaded as ``transformers``' GPT2LMHeadModel."""
     from transformers import GPT2LMHeadModel
 
-    from training.hf import export_hf
+    from gpt.hf import export_hf
 
     return GPT2LMHeadModel.from_pretrained(export_hf(ref, tmp / "hf")).eval()
 

@@ -172,8 +172,8 @@ def _stage_row(seed: int, name: str, res: Any, seconds: float) -> dict[str, Any]
 def _final(
     cfg: Config, seed: int, algo: str, policy: Any, reward: Any, sft: Any, tokens: Any
 ) -> dict[str, Any]:
+    from gpt.model_io import load_model
     from training.eval.sampling import sample_replies
-    from training.model_io import load_model
 
     t0 = time.perf_counter()
     res = evaluate_stage(

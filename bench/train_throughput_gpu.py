@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from train_throughput import lightning_path, make_tokens, plain_loop  # noqa: E402
 
+from gpt.model import GPT  # noqa: E402
 from training.config import Config  # noqa: E402
-from training.model import GPT  # noqa: E402
 
 # Dense bf16 tensor-core peaks from the vendors' datasheets (FLOP/s), by device-name substring, most
 # specific first. The measured matmul peak is the MFU denominator; these are printed beside it.

@@ -97,7 +97,7 @@ def load_settings() -> Settings:
     """Read the settings for this script run.
 
     Raises:
-        training.config_base.ConfigError: When ``NIGHTSHIFT_CONFIG`` names a bad preset or file;
+        core.config_base.ConfigError: When ``NIGHTSHIFT_CONFIG`` names a bad preset or file;
             its message lists every problem.
     """
     from training.config import load_config

@@ -141,7 +141,7 @@ def cmd_pretrain(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
 
 def cmd_export(args: argparse.Namespace, extra: Sequence[str]) -> int:
-    from training.hf import export_hf
+    from gpt.hf import export_hf
 
     if args.format != "hf":
         raise ValueError(f"--format {args.format}: only 'hf' (GPT2LMHeadModel) is supported")
@@ -150,7 +150,7 @@ def cmd_export(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
 
 def cmd_import(args: argparse.Namespace, extra: Sequence[str]) -> int:
-    from training.hf import import_hf
+    from gpt.hf import import_hf
 
     if args.format != "hf":
         raise ValueError(f"--format {args.format}: only 'hf' (GPT2LMHeadModel) is supported")
@@ -160,8 +160,8 @@ def cmd_import(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
 
 def cmd_generate(args: argparse.Namespace, extra: Sequence[str]) -> int:
-    from training.generation import generate_text
-    from training.model_io import load_model
+    from gpt.generate import generate_text
+    from gpt.model_io import load_model
 
     model, tokenizer, _ = load_model(args.model)
     completions = generate_text(

@@ -9,7 +9,7 @@ import re
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from training.config_base import did_you_mean
+from core.config_base import did_you_mean
 
 # The config keys each verb reads: a selector is a dotted key where `*` stands for one name and `**`
 # for any number, so `rlhf.*` is rlhf's own keys and `rlhf.sft.**` everything under rlhf.sft.
@@ -112,7 +112,7 @@ EXTRAS = {"transformers": "hf", "psycopg": "postgres", "boto3": "s3", "botocore"
 # a class in the error's MRO counts, so Ray's wrappers of a stage's error count too.
 EXPECTED_ERRORS = frozenset(
     {
-        "training.config_base.ConfigError",
+        "core.config_base.ConfigError",
         "catalog.artifacts.ArtifactError",
         "nightshift.upkeep.GCError",
         "nightshift.services.StackError",

@@ -407,9 +407,9 @@ class NightshiftServer(StreamingMixin):
         responses=body_responses(openapi.Completion, *_GENERATION_ERRORS, stream=openapi.CompletionChunk),
     )
     async def completions(self, body: CompletionRequest, request: Request) -> Response:
-        from training.chat import END
-        from training.data.tokenizer import EOT
-        from training.generation import encode_prompt
+        from gpt.chat import END
+        from gpt.generate import encode_prompt
+        from gpt.tokenizer import EOT
 
         t0 = time.perf_counter()
         who = await self._auth(request, "completions")
@@ -467,7 +467,7 @@ class NightshiftServer(StreamingMixin):
         ),
     )
     async def chat(self, body: ChatCompletionRequest, request: Request) -> Response:
-        from training.chat import encode_chat
+        from gpt.chat import encode_chat
 
         t0 = time.perf_counter()
         who = await self._auth(request, "completions")

@@ -8,7 +8,11 @@ each other (the idea of Orca, Yu et al. OSDI 2022; vLLM's scheduler works the sa
 
 Running sequences always occupy slots ``0 .. B-1``: when one finishes, the last one is moved
 into its slot. The decode step then reads the cache through a view (no gather of B caches),
-and attention masks each row to its own length.
+and attention masks each row to its own length. The forward and the sampler are the model
+runtime's own (:meth:`gpt.model.GPT.forward` over a :class:`~gpt.model.KVCache` with per-row
+positions, :func:`gpt.sampling.sample_rows`); this module only schedules. Each choice of a
+request samples from a generator of its own, so a seeded request gets the same tokens whatever
+shares the batch and whichever slot it moves to.
 
 Results go to a per-request ``sink`` callable, invoked from the engine thread with
 :class:`Delta` events; serving wraps it to hand events to an asyncio queue.
@@ -18,7 +22,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import secrets
 import threading
 import time
 from collections import deque
@@ -29,13 +32,13 @@ from typing import TYPE_CHECKING
 import torch
 from torch.nn import functional as F
 
-from serving.sampling import SamplingParams, sample_rows
+from gpt.sampling import SamplingParams, choice_generators, sample_rows
 from serving.text import safe_prefix_end, token_bytes
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
-    from training.model import GPT
+    from gpt.model import GPT
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +68,7 @@ class _Request:
     params: SamplingParams
     n: int
     sink: Callable[[Delta], None]
-    generator: torch.Generator
+    generators: list[torch.Generator]  # one per choice
     submitted: float = field(default_factory=time.perf_counter)
     cancelled: bool = False
 
@@ -75,6 +78,7 @@ class _Seq:
     req: _Request
     index: int
     length: int  # positions filled in the cache
+    generator: torch.Generator  # this choice's own
     out: list[int] = field(default_factory=list)
     sampled: int = 0
     sent: int = 0  # characters of text already emitted
@@ -169,11 +173,8 @@ class Engine(Generates):
         self.cfg = model.cfg
         self.max_batch = max_batch
         self.max_waiting = max_waiting
-        p = model.transformer.wte.weight
-        shape = (max_batch, self.cfg.n_head, self.cfg.block_size, self.cfg.n_embd // self.cfg.n_head)
-        self.k = [torch.zeros(shape, dtype=p.dtype, device=p.device) for _ in range(self.cfg.n_layer)]
-        self.v = [torch.zeros(shape, dtype=p.dtype, device=p.device) for _ in range(self.cfg.n_layer)]
-        self.device = p.device
+        self.cache = model.new_cache(max_batch)  # slot i is row i
+        self.device = model.transformer.wte.weight.device
         self._waiting: deque[_Request] = deque()
         self._running: list[_Seq] = []  # _running[i] lives in cache slot i
         self._lock = threading.Condition()
@@ -230,10 +231,8 @@ class Engine(Generates):
             QueueFull: too many requests are waiting.
         """
         check_request(self.cfg.block_size, self.max_batch, prompt, params, n)
-        gen = torch.Generator(device="cpu")
-        gen.manual_seed(params.seed if params.seed is not None else secrets.randbits(63))
         rid = next(self._ids) if request_id is None else request_id
-        req = _Request(rid, list(prompt), params, n, sink, gen)
+        req = _Request(rid, list(prompt), params, n, sink, choice_generators(params.seed, n))
         with self._lock:
             if self.error is not None:
                 raise RuntimeError(f"the generation engine failed: {self.error!r}")
@@ -313,79 +312,40 @@ class Engine(Generates):
         """Free ``slot``; the last running sequence moves into it so slots stay contiguous."""
         last = len(self._running) - 1
         if slot != last:
-            n = self._running[last].length
-            for layer in range(self.cfg.n_layer):
-                self.k[layer][slot, :, :n] = self.k[layer][last, :, :n]
-                self.v[layer][slot, :, :n] = self.v[layer][last, :, :n]
+            self.cache.copy_row(last, slice(slot, slot + 1), self._running[last].length)
             self._running[slot] = self._running[last]
+        self.cache.reset(slice(last, last + 1))
         self._running.pop()
 
-    def _block(self, i: int, x: torch.Tensor, attend: Callable[..., torch.Tensor]) -> torch.Tensor:
-        blk = self.model.transformer.h[i]
-        h = blk.ln_1(x)
-        B, T, C = h.shape
-        nh, hs = self.cfg.n_head, C // self.cfg.n_head
-        q, k, v = blk.attn.c_attn(h).split(C, dim=2)
-        q, k, v = (t.view(B, T, nh, hs).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
-        y = attend(i, q, k, v).transpose(1, 2).reshape(B, T, C)
-        x = x + blk.attn.c_proj(y)
-        return x + blk.mlp(blk.ln_2(x))
-
-    def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.lm_head(self.model.transformer.ln_f(x))
-
     def _prefill(self, r: _Request) -> None:
+        """The prompt's pass, once for all ``n`` choices: its keys/values are copied into n slots."""
         slot = len(self._running)
         T = len(r.prompt)
         idx = torch.tensor([r.prompt], dtype=torch.long, device=self.device)
-        pos = torch.arange(T, device=self.device)
-        x = self.model.transformer.wte(idx) + self.model.transformer.wpe(pos)
-
-        def attend(i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-            # The same prompt for all n choices: one pass, its keys/values copied into n slots.
-            self.k[i][slot : slot + r.n, :, :T] = k
-            self.v[i][slot : slot + r.n, :, :T] = v
-            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
-
-        for i in range(self.cfg.n_layer):
-            x = self._block(i, x, attend)
-        logits = self._logits(x[:, -1, :]).expand(r.n, -1)  # (n, vocab)
-        seqs = [_Seq(r, j, T) for j in range(r.n)]
+        self.cache.reset(slice(slot, slot + 1))
+        logits, _ = self.model(idx, cache=self.cache, rows=slice(slot, slot + 1), last_only=True)
+        if r.n > 1:
+            self.cache.copy_row(slot, slice(slot + 1, slot + r.n), T)
+        seqs = [_Seq(r, j, T, generator=r.generators[j]) for j in range(r.n)]
         self._running.extend(seqs)
-        self._accept(seqs, logits)
+        self._accept(seqs, logits[:, 0, :].expand(r.n, -1))  # (n, vocab)
 
     def _decode(self) -> None:
+        """One token for every running sequence, each at its own position."""
         seqs = self._running
         B = len(seqs)
-        last = torch.tensor([s.out[-1] if s.out else s.req.prompt[-1] for s in seqs], device=self.device)
-        lengths = torch.tensor([s.length for s in seqs], device=self.device)  # position of the new token
-        L = int(lengths.max()) + 1
-        x = (self.model.transformer.wte(last) + self.model.transformer.wpe(lengths)).unsqueeze(1)
-        rows = torch.arange(B, device=self.device)
-        # Row b may attend to keys 0 .. lengths[b] (its own past and the new token). An additive
-        # float mask: SDPA's CPU kernels take it about a third faster than a boolean one.
-        visible = torch.arange(L, device=self.device)[None, :] <= lengths[:, None]
-        mask = torch.zeros(B, 1, 1, L, dtype=x.dtype, device=self.device).masked_fill_(
-            ~visible.view(B, 1, 1, L), float("-inf")
+        last = torch.tensor(
+            [[s.out[-1] if s.out else s.req.prompt[-1]] for s in seqs], dtype=torch.long, device=self.device
         )
-
-        def attend(i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-            self.k[i][rows, :, lengths] = k[:, :, 0]
-            self.v[i][rows, :, lengths] = v[:, :, 0]
-            return F.scaled_dot_product_attention(
-                q, self.k[i][:B, :, :L], self.v[i][:B, :, :L], attn_mask=mask
-            )
-
-        for i in range(self.cfg.n_layer):
-            x = self._block(i, x, attend)
+        logits, _ = self.model(last, cache=self.cache, rows=slice(0, B))
         for s in seqs:
             s.length += 1
-        self._accept(list(seqs), self._logits(x[:, 0, :]))
+        self._accept(list(seqs), logits[:, 0, :])
         self.steps += 1
 
     def _accept(self, seqs: list[_Seq], logits: torch.Tensor) -> None:
         """Sample for ``seqs`` (rows of ``logits``), emit deltas, and release finished sequences."""
-        tokens = sample_rows([s.req.params for s in seqs], [s.req.generator for s in seqs], logits).tolist()
+        tokens = sample_rows([s.req.params for s in seqs], [s.generator for s in seqs], logits).tolist()
         want_lp = [s.req.params.logprobs is not None for s in seqs]
         lp = F.log_softmax(logits.float(), dim=-1) if any(want_lp) else None
         finished: list[_Seq] = []

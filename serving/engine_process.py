@@ -244,8 +244,8 @@ class EngineProcess(Generates):
 def _child(fd: int, model_dir: str, threads: int, max_batch: int) -> None:
     import torch
 
+    from gpt.model_io import load_model
     from serving.engine import Engine
-    from training.model_io import load_model
 
     torch.set_num_threads(threads)
     conn = Connection(fd)

@@ -18,8 +18,8 @@ if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
     from catalog.artifacts import ArtifactRef
-    from training.model import GPT
-    from training.model_config import ModelConfig
+    from gpt.config import ModelConfig
+    from gpt.model import GPT
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def load_served(
         ValueError: see :func:`fetch`.
         catalog.artifacts.ArtifactError: the artifact is missing, of another kind, or changed.
     """
-    from training.model_io import load_model, open_model
+    from gpt.model_io import load_model, open_model
 
     path, registry = fetch(source, tracking_uri=tracking_uri, cache_dir=cache_dir)
     if weights:

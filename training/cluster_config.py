@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from training.config_base import Section
+from core.config_base import Section
 
 # Kubernetes object names (RFC 1123 labels); KubeRay appends suffixes such as "-head-svc", so the
 # base name is kept well under the 63-character limit.

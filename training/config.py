@@ -22,13 +22,14 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError
 
 from catalog.files import write_atomic
+from core.config_base import ConfigError, Section, did_you_mean
+from gpt.config import ModelConfig
 from training.cluster_config import ClusterConfig
-from training.config_base import ConfigError, Section, did_you_mean
 from training.data.config import DataConfig
 from training.eval.config import EvalConfig
-from training.model_config import ModelConfig, TrainConfig
 from training.rlhf.config import RLHFConfig
 from training.serve_config import ServeConfig
+from training.train_config import TrainConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 PRESETS = ("tiny", "small", "gpt2-124m")

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import mlflow.pyfunc
 
 from catalog.tracking import TAG_ARTIFACT
-from training.generation import generate_text
+from gpt.generate import generate_text
 
 if TYPE_CHECKING:
     from mlflow.models import ModelSignature
@@ -36,7 +36,7 @@ PARAM_DEFAULTS: dict[str, Any] = {
     "top_p": 1.0,
     "seed": -1,
 }
-_PACKAGES = ("training", "catalog")  # what the model's code needs, copied next to it
+_PACKAGES = ("core", "gpt", "training", "catalog")  # what the model's code needs, copied next to it
 _REQUIREMENTS = ("torch", "tokenizers", "safetensors", "pydantic", "numpy")
 
 
@@ -78,7 +78,7 @@ class NightshiftGPT(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context: Any) -> None:
         """Load (and hash-verify) the ``model`` artifact that was logged with the MLflow model."""
-        from training.model_io import load_model
+        from gpt.model_io import load_model
 
         self.model, self.tokenizer, self.ref = load_model(context.artifacts["model"])
 

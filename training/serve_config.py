@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from training.config_base import Section
+from core.config_base import Section
 
 # The Serve proxy's header timeout (serving/proxy_guard.py) reaches Ray's proxy process through its
 # environment, inherited from the raylet: these must be set before Ray starts.

@@ -143,10 +143,10 @@ def pretrain_stage(
     Checkpoints live in ``workdir`` (default: ``$NIGHTSHIFT_HOME/runs/pretrain-<inputs+config hash>``),
     so a retried task or a re-run of the same config resumes from the newest good checkpoint.
     """
+    from gpt.generate import generate_text
+    from gpt.model_io import save_model
     from training.config import nightshift_home
-    from training.generation import generate_text
     from training.mlflow_model import log_model
-    from training.model_io import save_model
     from training.pretrain.run import pretrain
 
     tokens_ref = tokens if isinstance(tokens, ArtifactRef) else open_artifact(tokens, kind="tokens")
@@ -183,7 +183,7 @@ def pretrain_stage(
     if result.placement:
         run.log_params(result.placement)
 
-    from training.data.tokenizer import load_tokenizer
+    from gpt.tokenizer import load_tokenizer
 
     tokenizer_obj = load_tokenizer(tok_ref)
     samples = []

@@ -262,8 +262,8 @@ def _local_preset(preset: str) -> str | Path:
 
 def check_params(params: dict[str, Any], where: str) -> list[str]:
     """Run parameters of the pretrain flow: exactly preset + overrides, and a config that loads."""
+    from core.config_base import ConfigError
     from training.config import load_config
-    from training.config_base import ConfigError
 
     if set(params) != {"preset", "overrides"}:
         return [f"{where}: parameters must be preset and overrides, got {sorted(params)}"]

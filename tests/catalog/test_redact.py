@@ -68,8 +68,8 @@ def test_mlflow_params_config_json_and_runs_config_are_redacted(mlflow_server, c
 
 
 def test_a_flow_refuses_secrets_in_its_parameters():
+    from core.config_base import ConfigError
     from flows.common import flow_config
-    from training.config_base import ConfigError
 
     with pytest.raises(ConfigError, match=r"overrides.tracking.catalog_url: holds a secret") as e:
         flow_config("tiny", {"tracking.catalog_url": "postgresql://u:hunter2@h/c"})

@@ -14,11 +14,11 @@ from mlflow import MlflowClient
 
 from catalog.artifacts import ArtifactRef, open_artifact
 from catalog.registry import CHALLENGER, CHAMPION, MAX_DESCRIPTION, Registry, RegistryError
-from training.data.tokenizer import train_tokenizer
+from gpt.config import ModelConfig
+from gpt.model import GPT
+from gpt.model_io import load_model, save_model
+from gpt.tokenizer import train_tokenizer
 from training.mlflow_model import log_model
-from training.model import GPT
-from training.model_config import ModelConfig
-from training.model_io import load_model, save_model
 
 pytestmark = pytest.mark.slow
 

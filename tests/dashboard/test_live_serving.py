@@ -7,8 +7,8 @@ from sqlalchemy import select
 
 from catalog.db import session_scope
 from catalog.models import Completion, Feedback
+from gpt.tokenizer import load_tokenizer
 from tests.dashboard.conftest import Filled, open_page
-from training.data.tokenizer import load_tokenizer
 from training.rlhf.feedback import feedback_pairs
 
 pytestmark = pytest.mark.slow

@@ -320,7 +320,7 @@ def test_a_config_change_reaches_every_file():
 
 
 def test_cluster_rules_name_the_keys_to_change(tmp_path):
-    from training.config_base import ConfigError
+    from core.config_base import ConfigError
 
     with pytest.raises(ConfigError) as exc:
         load_config(

@@ -11,11 +11,11 @@ import httpx
 import pytest
 import torch
 
+from gpt.config import ModelConfig
+from gpt.model import GPT
+from gpt.model_io import save_model
+from gpt.tokenizer import train_tokenizer
 from serving.auth import digest
-from training.data.tokenizer import train_tokenizer
-from training.model import GPT
-from training.model_config import ModelConfig
-from training.model_io import save_model
 
 KEY = "ns-test-key-0123456789"
 TEXT = "to be or not to be that is the question whether tis nobler in the mind to suffer " * 60

@@ -7,10 +7,10 @@ import threading
 import pytest
 import torch
 
+from gpt.config import ModelConfig
+from gpt.model import GPT
+from gpt.tokenizer import EOT, train_tokenizer
 from serving.engine import Delta, Engine, QueueFull, SamplingParams
-from training.data.tokenizer import EOT, train_tokenizer
-from training.model import GPT
-from training.model_config import ModelConfig
 
 TEXT = "the quick brown fox jumps over the lazy dog and then the cat sat on the mat again " * 40
 
@@ -75,6 +75,44 @@ def test_seeded_sampling_is_independent_of_the_batch(model, tok):
         assert [d.index for d in two] == [0, 1] and all(d.completion_tokens == 12 for d in two)
     finally:
         eng.stop()
+
+
+def test_seeded_choices_keep_their_tokens_when_their_slots_move(model, tok):
+    """A seeded n=2 request gives the same tokens alone and next to other traffic, also when a
+    neighbour that finishes first moves its second choice ahead of its first (slots stay
+    contiguous): each choice samples from a generator of its own."""
+    p = prompts(tok, 2)[1]
+    params = SamplingParams(max_tokens=16, temperature=1.0, seed=11)
+
+    def run(with_traffic: bool) -> list[list[int]]:
+        eng = Engine(model, tok, max_batch=8)  # started after the submits: all join the first step
+        got: dict[int, list[int]] = {0: [], 1: []}
+        finished: set[int] = set()
+        done = threading.Event()
+
+        def sink(d: Delta) -> None:
+            got[d.index] += d.token_ids
+            if d.finish_reason:
+                finished.add(d.index)
+                if len(finished) == 2:
+                    done.set()
+
+        if with_traffic:
+            # Slots [long, short, choice 0, choice 1]: when the short one leaves after 2 tokens,
+            # choice 1 (the last slot) moves into its slot, ahead of choice 0.
+            eng.submit(prompts(tok, 3)[2], SamplingParams(max_tokens=30, temperature=0.7), lambda d: None)
+            eng.submit(prompts(tok, 1)[0], SamplingParams(max_tokens=2, seed=5), lambda d: None)
+        eng.submit(p, params, sink, n=2)
+        eng.start()
+        try:
+            assert done.wait(30)
+        finally:
+            eng.stop()
+        return [got[0], got[1]]
+
+    alone = run(False)
+    assert alone[0] != alone[1]  # two samples, not one twice
+    assert run(True) == alone
 
 
 def test_stop_strings_tokens_and_logprobs(model, tok):

@@ -9,10 +9,10 @@ import time
 
 import pytest
 
+from gpt.model_io import load_model
 from serving.engine import Delta, Engine, QueueFull, SamplingParams
 from serving.engine_process import EngineProcess
 from tests.serving.conftest import TEXT, make_model_artifact
-from training.model_io import load_model
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from training.config_base import Section
+from core.config_base import Section
 
 
 class DataConfig(Section):

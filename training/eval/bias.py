@@ -19,7 +19,7 @@ from training.eval.scoring import continuation_logprob
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
-    from training.model import GPT
+    from gpt.model import GPT
 
 # Axis -> pairs of terms that are swapped (first, second).
 PAIRS: dict[str, tuple[tuple[str, str], ...]] = {

@@ -47,8 +47,8 @@ from training.progress import Progress
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
+    from gpt.model import GPT
     from training.data.shards import TokenShards
-    from training.model import GPT
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def load_for_eval(source: Any, *, device: str = "cpu", what: str = "model") -> L
     Raises:
         TypeError: ``source`` is none of these; the message names ``what`` (``candidate``, ...).
     """
-    from training.model_io import load_model
+    from gpt.model_io import load_model
 
     if isinstance(source, LoadedModel):
         source.model.to(device).eval()

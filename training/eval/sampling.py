@@ -11,14 +11,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from training.chat import encode_chat
-from training.data.tokenizer import EOT
-from training.generation import encode_prompt
+from gpt.chat import encode_chat
+from gpt.generate import encode_prompt
+from gpt.tokenizer import EOT
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
-    from training.model import GPT
+    from gpt.model import GPT
 
 Message = Mapping[str, str]
 

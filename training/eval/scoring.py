@@ -15,14 +15,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from training.data.tokenizer import EOT
+from gpt.tokenizer import EOT
 
 if TYPE_CHECKING:
     import torch
     from tokenizers import Tokenizer
 
+    from gpt.model import GPT
     from training.data.shards import TokenShards
-    from training.model import GPT
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Task accuracy on verifiable tasks: a chat prompt and a check of the reply.
 
 The protocol is deliberately small so any task source fits it: an item has a ``task`` name, chat
-``messages`` (``{"role", "content"}`` dicts, rendered with :mod:`training.chat`) and a
+``messages`` (``{"role", "content"}`` dicts, rendered with :mod:`gpt.chat`) and a
 ``check(reply) -> bool``. The RLHF tasks and any future benchmark are adapted to it with a few
 lines; :func:`builtin_items` is a small arithmetic-and-copy set used when nothing else is given.
 Replies are greedy, so a score is a property of the weights alone.
@@ -20,7 +20,7 @@ from training.eval.sampling import sample_replies
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
-    from training.model import GPT
+    from gpt.model import GPT
 
 
 @runtime_checkable

@@ -1,4 +1,4 @@
-"""Pretraining: Lightning over :class:`training.model.GPT`, in one process or on Ray Train workers.
+"""Pretraining: Lightning over :class:`gpt.model.GPT`, in one process or on Ray Train workers.
 
 Rooms: ``data`` (windows and the resumable sampler), ``module`` (LightningModule), ``optim``
 (AdamW groups, warmup + cosine), ``callbacks`` (metrics, MFU, checkpoints), ``checkpoint``

@@ -1,4 +1,4 @@
-"""The LightningModule that pretrains :class:`training.model.GPT` on next-token prediction."""
+"""The LightningModule that pretrains :class:`gpt.model.GPT` on next-token prediction."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import lightning as L
 import numpy as np
 import torch
 
-from training.model import GPT
-from training.model_config import ModelConfig, TrainConfig
+from gpt.config import ModelConfig
+from gpt.model import GPT
 from training.pretrain.optim import build_adamw, lr_lambda
+from training.train_config import TrainConfig
 
 RNG_KEY = "nightshift_rng"
 

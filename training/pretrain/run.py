@@ -15,10 +15,10 @@ from typing import Any
 import torch
 
 from catalog.artifacts import ArtifactRef
+from core.config_base import ConfigError
+from gpt.model import GPT
 from training.config import Config
-from training.config_base import ConfigError
 from training.data.shards import TokenShards
-from training.model import GPT
 from training.pretrain import checkpoint as ckpt
 from training.progress import Progress, relayed
 

@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from training.config_base import Section
+from core.config_base import Section
 
 TASK_FAMILIES = ("copy", "reverse", "max", "add", "refuse", "help", "chat")
 

@@ -35,11 +35,10 @@ import torch
 from torch import nn
 
 from training.placement import plan_workers, reserve
+from training.rlhf.optim import LogFn, TrainResult
 
 if TYPE_CHECKING:
     from training.config import Config
-    from training.rlhf.optim import LogFn
-    from training.rlhf.ppo import RLResult
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -197,7 +196,7 @@ def fit_on_ray(
     *,
     trained: Sequence[str],
     **kwargs: Any,
-) -> RLResult:
+) -> TrainResult:
     """Train on ``rlhf.num_workers`` Ray Train workers; load rank 0's weights into ``models[trained]``.
 
     Raises:
@@ -313,10 +312,9 @@ def _save_outcome(path: Path, res: Any, models: Mapping[str, nn.Module], trained
     (path / OUTCOME_FILE).write_text(json.dumps({"metrics": res.metrics, "history": res.history}))
 
 
-def _load_outcome(path: Path, models: Mapping[str, nn.Module], trained: Sequence[str]) -> RLResult:
-    from training.rlhf.ppo import RLResult
+def _load_outcome(path: Path, models: Mapping[str, nn.Module], trained: Sequence[str]) -> TrainResult:
 
     for name in trained:
         models[name].load_state_dict(torch.load(path / f"{name}.pt", map_location="cpu", weights_only=True))
     outcome = json.loads((path / OUTCOME_FILE).read_text())
-    return RLResult(metrics=outcome["metrics"], history=outcome["history"])
+    return TrainResult(metrics=outcome["metrics"], history=outcome["history"])

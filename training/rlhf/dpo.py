@@ -23,8 +23,7 @@ from torch.nn import functional as F
 from training.rlhf.config import DPOConfig
 from training.rlhf.distributed import LOCAL, Dist
 from training.rlhf.logprobs import sequence_logprob, token_logprobs
-from training.rlhf.optim import LogFn, Optimizer, batch_order, freeze, no_log
-from training.rlhf.ppo import RLResult
+from training.rlhf.optim import LogFn, Optimizer, TrainResult, batch_order, freeze, no_log
 from training.rlhf.preferences import PreferencePair
 from training.rlhf.reward import EncodedPairs, encode_pairs
 from training.rlhf.sequences import pad_id
@@ -32,7 +31,7 @@ from training.rlhf.sequences import pad_id
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
-    from training.model import GPT
+    from gpt.model import GPT
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +96,7 @@ def train_dpo(
     log_metrics: LogFn = no_log,
     log_every: int = 10,
     dist: Dist = LOCAL,
-) -> RLResult:
+) -> TrainResult:
     """Optimise ``policy`` in place with DPO on preference pairs.
 
     Args:
@@ -157,7 +156,7 @@ def train_dpo(
             }
         )
     log.info("DPO: %d steps, margin %.3f", cfg.steps, metrics["margin"])
-    return RLResult(metrics=metrics, history=history)
+    return TrainResult(metrics=metrics, history=history)
 
 
 @torch.no_grad()

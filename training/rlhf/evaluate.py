@@ -25,7 +25,7 @@ from training.rlhf.tasks import TaskExample, is_correct, score
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
-    from training.model import GPT
+    from gpt.model import GPT
     from training.rlhf.heads import ScalarModel
 
 

@@ -32,8 +32,8 @@ from sqlalchemy import select
 from catalog.artifacts import ArtifactRef
 from catalog.db import migrate, session_scope
 from catalog.models import Artifact, Completion, Feedback, PreferenceFeedback, feedback_target
-from training.chat import check_messages
-from training.data.tokenizer import CHAT_TOKENS
+from gpt.chat import check_messages
+from gpt.tokenizer import CHAT_TOKENS
 from training.rlhf.labellers import labeller_of, outliers, votes
 from training.rlhf.preferences import PreferencePair, PreferenceSet, pair_problem, quarantine
 

@@ -19,8 +19,7 @@ import torch
 from training.rlhf.config import GRPOConfig, SamplingConfig
 from training.rlhf.distributed import LOCAL, Dist
 from training.rlhf.logprobs import masked_mean, token_logprobs
-from training.rlhf.optim import LogFn, Optimizer, batch_order, freeze, minibatches, no_log
-from training.rlhf.ppo import RLResult
+from training.rlhf.optim import LogFn, Optimizer, TrainResult, batch_order, freeze, minibatches, no_log
 from training.rlhf.rollout import rollout
 from training.rlhf.scoring import RewardNormalizer, score_rollout
 from training.rlhf.sequences import encode_prompt, pad_id
@@ -29,7 +28,7 @@ from training.rlhf.tasks import TaskExample
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
-    from training.model import GPT
+    from gpt.model import GPT
     from training.rlhf.heads import ScalarModel
 
 log = logging.getLogger(__name__)
@@ -94,7 +93,7 @@ def train_grpo(
     seed: int = 0,
     log_metrics: LogFn = no_log,
     dist: Dist = LOCAL,
-) -> RLResult:
+) -> TrainResult:
     """Optimise ``policy`` in place with GRPO on the prompts of ``examples``.
 
     Args:
@@ -125,7 +124,7 @@ def train_grpo(
     prompts = [encode_prompt(tokenizer, ex.messages()) for ex in examples]
     stop_ids, pad = prompts[0][1], pad_id(tokenizer)
     gen = torch.Generator().manual_seed(seed)  # the same on every worker: same batches, same order
-    sample_gen = torch.Generator(device=dev).manual_seed(seed + 1 + 7919 * dist.rank)
+    sample_gen = torch.Generator().manual_seed(seed + 1 + 7919 * dist.rank)
     n_rows = cfg.prompts_per_step * cfg.group_size
     updates = cfg.iterations * cfg.epochs * -(-n_rows // cfg.minibatch)
     opt = Optimizer(policy, lr=cfg.lr, steps=updates, grad_clip=cfg.grad_clip)
@@ -197,4 +196,4 @@ def train_grpo(
         log_metrics(row, it)
     last = history[-1]
     log.info("GRPO: %d iterations, reward %.3f, kl %.3f", cfg.iterations, last["reward"], last["kl"])
-    return RLResult(metrics={k: v for k, v in last.items() if k != "step"}, history=history)
+    return TrainResult(metrics={k: v for k, v in last.items() if k != "step"}, history=history)

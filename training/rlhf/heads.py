@@ -1,6 +1,6 @@
 """A GPT backbone with a scalar head (reward model and PPO value model), and the ``reward_model`` artifact.
 
-The ``reward_model`` artifact mirrors the ``model`` one (training/model_io.py): ``model.safetensors``
+The ``reward_model`` artifact mirrors the ``model`` one (gpt/model_io.py): ``model.safetensors``
 holds the GPT's weights (tied head stored once) plus ``score_head.weight`` / ``score_head.bias``,
 ``config.json`` the :class:`ModelConfig` under the format ``nightshift.reward/1``, and
 ``tokenizer.json``; loading is strict and hash-verified.
@@ -17,9 +17,8 @@ import torch
 from torch import nn
 
 from catalog.artifacts import ArtifactRef, open_artifact, publish
-from training.data.tokenizer import TOKENIZER_FILE, load_tokenizer
-from training.model_config import ModelConfig, stored_model_config
-from training.model_io import (
+from gpt.config import ModelConfig, stored_model_config
+from gpt.model_io import (
     CONFIG_FILE,
     TIED_KEY,
     WEIGHTS_FILE,
@@ -29,11 +28,12 @@ from training.model_io import (
     check_vocab,
     weights_to_save,
 )
+from gpt.tokenizer import TOKENIZER_FILE, load_tokenizer
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
-    from training.model import GPT
+    from gpt.model import GPT
 
 KIND = "reward_model"
 FORMAT = "nightshift.reward/1"

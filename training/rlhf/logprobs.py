@@ -12,7 +12,7 @@ import torch
 from torch.nn import functional as F
 
 if TYPE_CHECKING:
-    from training.model import GPT
+    from gpt.model import GPT
 
 
 def token_logprobs(

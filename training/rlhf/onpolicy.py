@@ -19,7 +19,7 @@ from training.rlhf.tasks import TaskExample, is_correct
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
-    from training.model import GPT
+    from gpt.model import GPT
 
 
 def policy_pairs(

@@ -7,6 +7,7 @@ so fine-tuning and pretraining decay the same parameters the same way.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -14,6 +15,15 @@ from torch import nn
 from training.pretrain.optim import build_adamw, lr_lambda
 
 LogFn = Callable[[Mapping[str, float], int], None]  # log_metrics(metrics, step), e.g. StageRun.log_metrics
+
+
+@dataclass
+class TrainResult:
+    """What a training loop returns (SFT, the reward model, PPO, DPO, GRPO): its last metrics and
+    the logged history."""
+
+    metrics: dict[str, float]
+    history: list[dict[str, float]] = field(default_factory=list)
 
 
 def no_log(metrics: Mapping[str, float], step: int) -> None:

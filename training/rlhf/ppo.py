@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -21,7 +21,7 @@ from training.rlhf.config import PPOConfig, SamplingConfig
 from training.rlhf.distributed import LOCAL, Dist
 from training.rlhf.heads import ScalarModel
 from training.rlhf.logprobs import masked_mean, masked_whiten, token_logprobs
-from training.rlhf.optim import LogFn, Optimizer, batch_order, freeze, minibatches, no_log
+from training.rlhf.optim import LogFn, Optimizer, TrainResult, batch_order, freeze, minibatches, no_log
 from training.rlhf.rollout import rollout
 from training.rlhf.scoring import RewardNormalizer, score_rollout
 from training.rlhf.sequences import encode_prompt, pad_id
@@ -30,7 +30,7 @@ from training.rlhf.tasks import TaskExample
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
-    from training.model import GPT
+    from gpt.model import GPT
 
 log = logging.getLogger(__name__)
 
@@ -154,12 +154,6 @@ class KLController:
 # --- the loop -----------------------------------------------------------------------------------
 
 
-@dataclass
-class RLResult:
-    metrics: dict[str, float]
-    history: list[dict[str, float]] = field(default_factory=list)
-
-
 def train_ppo(
     policy: GPT,
     reference: GPT,
@@ -173,7 +167,7 @@ def train_ppo(
     seed: int = 0,
     log_metrics: LogFn = no_log,
     dist: Dist = LOCAL,
-) -> RLResult:
+) -> TrainResult:
     """Optimise ``policy`` in place with PPO on the prompts of ``examples``.
 
     Args:
@@ -207,7 +201,7 @@ def train_ppo(
     prompts = [encode_prompt(tokenizer, ex.messages()) for ex in examples]
     stop_ids, pad = prompts[0][1], pad_id(tokenizer)
     gen = torch.Generator().manual_seed(seed)  # the same on every worker: same batches, same order
-    sample_gen = torch.Generator(device=dev).manual_seed(seed + 1 + 7919 * dist.rank)
+    sample_gen = torch.Generator().manual_seed(seed + 1 + 7919 * dist.rank)
     updates = cfg.iterations * cfg.epochs * -(-cfg.rollout_batch // cfg.minibatch)
     p_opt = Optimizer(policy, lr=cfg.lr, steps=updates, grad_clip=cfg.grad_clip)
     v_opt = Optimizer(value_model, lr=cfg.value_lr, steps=updates, grad_clip=cfg.grad_clip)
@@ -295,4 +289,4 @@ def train_ppo(
         log_metrics(row, it)
     last = history[-1]
     log.info("PPO: %d iterations, reward %.3f, kl %.3f", cfg.iterations, last["reward"], last["kl"])
-    return RLResult(metrics={k: v for k, v in last.items() if k != "step"}, history=history)
+    return TrainResult(metrics={k: v for k, v in last.items() if k != "step"}, history=history)

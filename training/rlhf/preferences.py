@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from catalog.artifacts import ArtifactRef, open_artifact, publish
-from training.chat import check_messages
+from gpt.chat import check_messages
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer

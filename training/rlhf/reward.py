@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -19,7 +19,7 @@ from torch.nn import functional as F
 from training.rlhf.config import RewardConfig
 from training.rlhf.distributed import LOCAL, Dist
 from training.rlhf.heads import ScalarModel
-from training.rlhf.optim import LogFn, Optimizer, batch_order, no_log
+from training.rlhf.optim import LogFn, Optimizer, TrainResult, batch_order, no_log
 from training.rlhf.preferences import PreferencePair
 from training.rlhf.sequences import collate, encode_reply, pad_id
 
@@ -112,12 +112,6 @@ def reward_accuracy(
     }
 
 
-@dataclass
-class RewardResult:
-    metrics: dict[str, float]
-    history: list[dict[str, float]] = field(default_factory=list)
-
-
 def train_reward(
     model: ScalarModel,
     tokenizer: Tokenizer,
@@ -129,7 +123,7 @@ def train_reward(
     log_metrics: LogFn = no_log,
     log_every: int = 10,
     dist: Dist = LOCAL,
-) -> RewardResult:
+) -> TrainResult:
     """Train the reward model in place on preference pairs.
 
     Args:
@@ -188,9 +182,9 @@ def train_reward(
     model.eval()
     metrics = {"loss": history[-1]["loss"], "steps": cfg.steps}
     if not dist.is_main:
-        return RewardResult(metrics=metrics, history=history)
+        return TrainResult(metrics=metrics, history=history)
     metrics.update({f"train_{k}": v for k, v in reward_accuracy(model, tokenizer, pairs[:512]).items()})
     if heldout:
         metrics.update({f"heldout_{k}": v for k, v in reward_accuracy(model, tokenizer, heldout).items()})
     log.info("reward model: held-out accuracy %s", metrics.get("heldout_accuracy"))
-    return RewardResult(metrics=metrics, history=history)
+    return TrainResult(metrics=metrics, history=history)

@@ -1,9 +1,10 @@
 """Batched sampling of replies with the KV cache: the rollouts of PPO and GRPO and the evaluation samples.
 
-The GPT's cache keeps one position counter for the whole batch and its positions are absolute,
-so left-padding prompts of different lengths would shift their positions and let them attend to
-padding. Prompts are therefore grouped by length and each group decoded as one batch (task
-prompts come in a handful of lengths; GRPO's group of samples of one prompt is one batch).
+Decoding is the model runtime's one loop (:func:`gpt.generate.sample`). Its rows share their
+positions, and left-padding prompts of different lengths would shift them and let them attend to
+padding, so prompts are grouped by length and each group is decoded as one batch (task prompts
+come in a handful of lengths; GRPO's group of samples of one prompt is one batch). Every row
+draws from a generator of its own, seeded from the rollout's generator.
 
 A reply ends at the first stop token (the chat template's end marker or end-of-text), which is
 kept as the reply's last token: the policy is trained to emit it and the reward model scores
@@ -18,9 +19,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from torch.nn import functional as F
 
-from training.model import GPT, sample_next
+from gpt.generate import sample
+from gpt.model import GPT
+from gpt.sampling import SamplingParams
 
 
 @dataclass
@@ -53,50 +55,6 @@ class Rollout:
     @property
     def num_reply_tokens(self) -> int:
         return int(self.reply_lens.sum())
-
-
-@torch.no_grad()
-def _decode_group(
-    model: GPT,
-    prompt: torch.Tensor,  # (B, L)
-    max_new: int,
-    stop: torch.Tensor,  # (S,)
-    pad: int,
-    temperature: float,
-    top_k: int | None,
-    gen: torch.Generator,
-    use_cache: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Sample up to ``max_new`` tokens for each row; (tokens, logprobs, reply_lens, finished)."""
-    B = prompt.size(0)
-    dev = prompt.device
-    tokens = torch.full((B, max_new), pad, dtype=torch.long, device=dev)
-    lps = torch.zeros((B, max_new), device=dev)
-    lens = torch.zeros(B, dtype=torch.long, device=dev)
-    done = torch.zeros(B, dtype=torch.bool, device=dev)
-    cache = model.new_cache(B, prompt.size(1) + max_new) if use_cache else None
-    logits, _ = model(prompt, cache=cache)
-    seq = prompt
-    for step in range(max_new):
-        last = logits[:, -1, :]
-        nxt = sample_next(last, temperature, top_k, None, gen)  # (B,)
-        # Log-prob under the tempered distribution, the one PPO's ratios are taken against.
-        lp = F.log_softmax(last.float() / temperature, dim=-1).gather(-1, nxt.unsqueeze(-1)).squeeze(-1)
-        live = ~done
-        tokens[:, step] = torch.where(live, nxt, pad)
-        lps[:, step] = torch.where(live, lp, 0.0)
-        lens += live.long()
-        done = done | (live & torch.isin(nxt, stop))
-        if bool(done.all()) or step == max_new - 1:
-            break
-        step_in = torch.where(done, pad, nxt).unsqueeze(1)
-        if use_cache:
-            logits, _ = model(step_in, cache=cache)
-        else:
-            # The baseline the cache is measured against: the whole sequence again at every step.
-            seq = torch.cat([seq, step_in], dim=1)
-            logits, _ = model(seq)
-    return tokens, lps, lens, done
 
 
 @torch.no_grad()
@@ -143,32 +101,33 @@ def rollout(
         )
     dev = model.transformer.wte.weight.device
     if generator is None:
-        generator = torch.Generator(device=dev)
+        generator = torch.Generator()  # on the CPU, as the sampler's own generators
         generator.manual_seed(seed if seed is not None else int(torch.randint(0, 2**62, ()).item()))
-    stop = torch.as_tensor(list(stop_ids), dtype=torch.long, device=dev)
-    temp = temperature if temperature > 0 else 1.0
     groups: dict[int, list[int]] = defaultdict(list)
     for i, p in enumerate(prompts):
         groups[len(p)].append(i)
 
     rows: dict[int, tuple[torch.Tensor, torch.Tensor, int, bool]] = {}  # (prompt idx, sample) → parts
-    was_training = model.training
-    model.eval()
-    try:
-        for L, members in sorted(groups.items()):
-            max_new = min(max_new_tokens, block - L)
-            batch = torch.tensor([list(prompts[i]) for i in members], dtype=torch.long, device=dev)
-            batch = batch.repeat_interleave(num_samples, dim=0)
-            toks, lps, lens, fin = _decode_group(
-                model, batch, max_new, stop, pad_id, temperature, top_k, generator, use_cache
-            )
-            if temperature <= 0:
-                lps = _greedy_logprobs(model, batch, toks, lens, temp)
-            for r in range(batch.size(0)):
-                key = members[r // num_samples] * num_samples + r % num_samples
-                rows[key] = (toks[r, : lens[r]], lps[r, : lens[r]], L, bool(fin[r]))
-    finally:
-        model.train(was_training)
+    for L, members in sorted(groups.items()):
+        params = SamplingParams(
+            max_tokens=min(max_new_tokens, block - L), temperature=max(temperature, 0.0), top_k=top_k or 0
+        )
+        seeds = torch.randint(0, 2**62, (len(members) * num_samples,), generator=generator).tolist()
+        got = sample(
+            model,
+            [prompts[i] for i in members],
+            params,
+            n=num_samples,
+            stop_ids=stop_ids,
+            generators=[torch.Generator().manual_seed(int(x)) for x in seeds],
+            logprobs=True,
+            use_cache=use_cache,
+        )
+        assert got.logprobs is not None
+        for r, (toks, fin) in enumerate(zip(got.tokens, got.finished, strict=True)):
+            key = members[r // num_samples] * num_samples + r % num_samples
+            t = torch.tensor(toks, dtype=torch.long, device=dev)
+            rows[key] = (t, got.logprobs[r, : len(toks)], L, fin)
 
     N = len(prompts) * num_samples
     T = max(L + len(t) for t, _, L, _ in rows.values())
@@ -195,18 +154,3 @@ def rollout(
         finished=finished,
         prompt_index=[k // num_samples for k in range(N)],
     )
-
-
-def _greedy_logprobs(
-    model: GPT, prompt: torch.Tensor, toks: torch.Tensor, lens: torch.Tensor, temperature: float
-) -> torch.Tensor:
-    # Greedy decoding picks argmax without a distribution to sample from; report the log-probs of
-    # the chosen tokens under the untempered model instead (one extra forward pass).
-    from training.rlhf.logprobs import token_logprobs
-
-    seq = torch.cat([prompt, toks], dim=1)
-    lp, _ = token_logprobs(model, seq, temperature=temperature)
-    L = prompt.size(1)
-    out = lp[:, L - 1 : L - 1 + toks.size(1)]
-    keep = torch.arange(toks.size(1), device=toks.device).unsqueeze(0) < lens.unsqueeze(1)
-    return torch.where(keep, out, 0.0)

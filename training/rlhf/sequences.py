@@ -1,6 +1,6 @@
 """Prompt + reply encoding and right-padded batches with response masks, shared by every algorithm.
 
-A prompt is either chat messages (rendered with the chat template of :mod:`training.chat`, the
+A prompt is either chat messages (rendered with the chat template of :mod:`gpt.chat`, the
 one serving uses) or plain text (a ``/v1/completions`` prompt: continued as is, the reply ended
 by end-of-text). Batches are right-padded: with causal attention a padded tail never changes the
 logits of the real tokens before it, so no attention mask is needed.
@@ -17,9 +17,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from training.chat import encode_chat, encode_turn
-from training.data.tokenizer import EOT
-from training.generation import encode_prompt as encode_text_prompt
+from gpt.chat import encode_chat, encode_turn
+from gpt.generate import encode_prompt as encode_text_prompt
+from gpt.tokenizer import EOT
 
 if TYPE_CHECKING:
     import torch

@@ -9,20 +9,19 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
 
 from training.rlhf.config import SFTConfig
 from training.rlhf.distributed import LOCAL, Dist
-from training.rlhf.optim import LogFn, Optimizer, batch_order, no_log
+from training.rlhf.optim import LogFn, Optimizer, TrainResult, batch_order, no_log
 from training.rlhf.sequences import Prompt, SequenceBatch, collate, encode_reply, pad_id
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
-    from training.model import GPT
+    from gpt.model import GPT
 
 log = logging.getLogger(__name__)
 IGNORE = -100  # the ignore index of GPT.forward's cross-entropy
@@ -76,12 +75,6 @@ def _global_row(
     return out | {"loss": loss}
 
 
-@dataclass
-class SFTResult:
-    metrics: dict[str, float]
-    history: list[dict[str, float]] = field(default_factory=list)
-
-
 def train_sft(
     model: GPT,
     tokenizer: Tokenizer,
@@ -93,7 +86,7 @@ def train_sft(
     log_every: int = 10,
     pretrain_tokens: torch.Tensor | None = None,
     dist: Dist = LOCAL,
-) -> SFTResult:
+) -> TrainResult:
     """Fine-tune ``model`` in place on (prompt, reply) examples.
 
     Args:
@@ -162,4 +155,4 @@ def train_sft(
             log_metrics(row, step)
     model.eval()
     log.info("SFT: %d steps, final loss %.3f", cfg.steps, history[-1]["loss"])
-    return SFTResult(metrics={"loss": history[-1]["loss"], "steps": cfg.steps}, history=history)
+    return TrainResult(metrics={"loss": history[-1]["loss"], "steps": cfg.steps}, history=history)

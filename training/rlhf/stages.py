@@ -36,8 +36,8 @@ if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
     from catalog.tracking import StageRun
+    from gpt.model import GPT
     from training.eval.gates import Verdict
-    from training.model import GPT
     from training.rlhf.heads import ScalarModel
     from training.rlhf.optim import LogFn
 
@@ -82,7 +82,7 @@ def _progress(run: StageRun, stage: str, total: int) -> Iterator[LogFn]:
 
 
 def _load_policy(cfg: Config, run: StageRun, model: ArtifactArg) -> tuple[GPT, Tokenizer, ArtifactRef]:
-    from training.model_io import load_model
+    from gpt.model_io import load_model
     from training.rlhf.optim import resolve_device
 
     ref = _ref(model, "model")
@@ -105,7 +105,7 @@ def _base_model(cfg: Config, run: StageRun, base: ArtifactArg | None) -> GPT | N
     """The pretrained model a policy's held-out bits per byte are held against (None: not given)."""
     if base is None or not cfg.eval.stage_rules:
         return None
-    from training.model_io import load_model
+    from gpt.model_io import load_model
 
     ref = _ref(base, "model")
     run.use(ref, context="base")
@@ -124,7 +124,7 @@ def _seed(cfg: Config, stage: str) -> int:
 def _publish_policy(
     cfg: Config, run: StageRun, policy: GPT, tok: Tokenizer, out: str | Path | None, metadata: dict[str, Any]
 ) -> tuple[ArtifactRef, str | None]:
-    from training.model_io import save_model
+    from gpt.model_io import save_model
 
     ref = save_model(
         policy,

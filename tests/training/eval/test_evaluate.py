@@ -94,11 +94,11 @@ def test_reward_win_rate_and_kl_to_reference(models: Models, monkeypatch: pytest
         probes.PROBES, "ordinary", {"verse": ("The", "The river"), "requests": ("She walked", "")}
     )
     cfg = eval_config(
-        probe_samples=4, probe_max_new_tokens=16, red_team=False, bias_probes=False, max_task_items=0
+        probe_samples=8, probe_max_new_tokens=16, red_team=False, bias_probes=False, max_task_items=0
     )
     report = evaluate(models.strong, models.weak, cfg=cfg, reward_fn=known_word_share, reference=models.weak)
     cmp_ = report.comparison
-    assert cmp_["pairs"] == 4 * 4  # 2 ordinary prompts in each of 2 categories, 4 samples each
+    assert cmp_["pairs"] == 4 * 8  # 2 ordinary prompts in each of 2 categories, 8 samples each
     assert report.comparison_items["win"] == [
         1.0 if a > b else 0.5 if a == b else 0.0
         for a, b in zip(report.candidate.rewards, report.champion.rewards, strict=True)
@@ -109,7 +109,7 @@ def test_reward_win_rate_and_kl_to_reference(models: Models, monkeypatch: pytest
     assert "perplexity" not in report.candidate.metrics  # no held-out tokens given
     assert any("perplexity was not measured" in n for n in report.notes)
     (rule,) = [r for r in check_gates(report, cfg).rules if r.metric == "win_rate"]
-    assert rule.n == 16 and rule.interval is not None
+    assert rule.n == 32 and rule.interval is not None
     flipped = evaluate(models.weak, models.strong, cfg=cfg, reward_fn=known_word_share)
     assert flipped.comparison["win_rate"] == pytest.approx(1 - cmp_["win_rate"])  # same items, swapped
 

@@ -9,10 +9,10 @@ import pytest
 
 from catalog.registry import ModelVersionInfo
 from catalog.tracking import Tracker
+from gpt.model_io import save_model
 from training.eval.evaluate import evaluate
 from training.eval.gates import check_gates
 from training.eval.model_card import model_card
-from training.model_io import save_model
 
 from .conftest import LMData, Models, eval_config, train
 

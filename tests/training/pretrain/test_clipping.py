@@ -16,8 +16,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from training.model_config import ModelConfig, TrainConfig
+from gpt.config import ModelConfig
 from training.pretrain.module import GPTPretrainModule
+from training.train_config import TrainConfig
 
 CLIP = 1e-3  # far below the gradient norm of a fresh model, so every step is clipped
 

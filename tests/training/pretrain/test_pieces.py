@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from catalog.artifacts import ArtifactRef
+from gpt.config import ModelConfig
+from gpt.model import GPT
 from training.data.shards import TokenShards
-from training.model import GPT
-from training.model_config import ModelConfig
 from training.pretrain import checkpoint as ckpt
 from training.pretrain.data import TrainWindows, ValWindows
 from training.pretrain.optim import build_adamw, lr_lambda, param_groups

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from catalog.artifacts import ArtifactRef
-from training.config_base import ConfigError
-from training.model_config import ModelConfig
+from core.config_base import ConfigError
+from gpt.config import ModelConfig
 from training.pretrain import checkpoint as ckpt
 from training.pretrain import pretrain
 

@@ -13,9 +13,9 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from training.data.tokenizer import train_tokenizer
-from training.model import GPT
-from training.model_config import ModelConfig
+from gpt.config import ModelConfig
+from gpt.model import GPT
+from gpt.tokenizer import train_tokenizer
 from training.rlhf.config import SFTConfig
 from training.rlhf.sft import train_sft
 from training.rlhf.tasks import TaskSplits, build_tasks

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from catalog.untracked import NullStageRun
+from gpt.model import GPT
+from gpt.model_io import load_model, save_model
 from training.config import Config, RayConfig, TrackingConfig
-from training.model import GPT
-from training.model_io import load_model, save_model
 from training.rlhf.config import DPOConfig, GRPOConfig, RLHFConfig, SamplingConfig, TaskConfig
 from training.rlhf.distributed import Dist, run_training
 from training.rlhf.dpo import train_dpo

@@ -9,7 +9,7 @@ import pytest
 
 from catalog import db
 from catalog.models import Artifact, Completion, Feedback
-from training.chat import encode_chat
+from gpt.chat import encode_chat
 from training.rlhf.feedback import feedback_of, parse_prompt, snapshots_of
 from training.rlhf.preferences import (
     EmptyPreferencesError,

@@ -12,10 +12,10 @@ from catalog import db, lineage
 from catalog.artifacts import open_artifact
 from catalog.models import Artifact, Completion, Feedback
 from catalog.untracked import NullStageRun
-from training.chat import encode_chat
+from gpt.chat import encode_chat
+from gpt.model import GPT
+from gpt.model_io import load_model, save_model
 from training.config import Config, RayConfig, TrackingConfig
-from training.model import GPT
-from training.model_io import load_model, save_model
 from training.rlhf.config import (
     DPOConfig,
     GRPOConfig,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from training.chat import encode_turn
+from gpt.chat import encode_turn
 from training.rlhf.tasks import FAMILIES, build_tasks, is_correct, score
 
 ALL = tuple(FAMILIES)

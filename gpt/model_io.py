@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from catalog.artifacts import ArtifactRef, open_artifact, publish
-from training.data.tokenizer import EOT, TOKENIZER_FILE, load_tokenizer
-from training.model_config import ModelConfig, stored_model_config
+from gpt.config import ModelConfig, stored_model_config
+from gpt.tokenizer import EOT, TOKENIZER_FILE, load_tokenizer
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
-    from training.model import GPT
+    from gpt.model import GPT
 
 KIND = "model"
 FORMAT = "nightshift.gpt/1"
@@ -81,7 +81,7 @@ def build_model(cfg: ModelConfig, weights: dict[str, Any], *, device: str = "cpu
     """A GPT with exactly ``weights`` (strict: no missing or extra key, no shape mismatch), head re-tied."""
     import torch
 
-    from training.model import GPT
+    from gpt.model import GPT
 
     # Build on the meta device and assign the loaded tensors: no random init of weights we replace.
     with torch.device("meta"):

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
 EOT = "<|endoftext|>"
-# Role markers of the chat template (training/chat.py). They are special tokens, so ordinary text
+# Role markers of the chat template (gpt/chat.py). They are special tokens, so ordinary text
 # (a user's message included) can never produce them: only the template inserts them.
 CHAT_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>")
 SPECIAL_TOKENS = (EOT, *CHAT_TOKENS)

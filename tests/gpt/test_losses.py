@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from training.losses import linear_cross_entropy, token_cross_entropy
+from gpt.losses import linear_cross_entropy, token_cross_entropy
 
 
 def _pair(n: int = 64, v: int = 50, ignored: int = 5, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,8 +50,8 @@ def test_a_second_backward_through_the_same_graph_is_refused() -> None:
 
 
 def _tiny_model_batch():
-    from training.model import GPT
-    from training.model_config import ModelConfig
+    from gpt.config import ModelConfig
+    from gpt.model import GPT
 
     cfg = ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=300, dropout=0.0)
     torch.manual_seed(0)

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from catalog.artifacts import ArtifactRef, replace_dir
-from training.data.tokenizer import EOT, TOKENIZER_FILE
-from training.model_config import ModelConfig
-from training.model_io import ModelArtifactError, build_model, check_vocab, load_model, save_model
+from gpt.config import ModelConfig
+from gpt.model_io import ModelArtifactError, build_model, check_vocab, load_model, save_model
+from gpt.tokenizer import EOT, TOKENIZER_FILE
 
 if TYPE_CHECKING:
     import torch
@@ -113,7 +113,7 @@ def export_hf(model_dir_or_ref: str | Path | ArtifactRef, out_dir: str | Path) -
     """
     from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-    from training.model_io import weights_to_save
+    from gpt.model_io import weights_to_save
 
     model, tok, ref = load_model(model_dir_or_ref)
     cfg = model.cfg
@@ -221,7 +221,7 @@ def _read_hf_weights(hf_dir: Path) -> dict[str, torch.Tensor]:
 def _read_hf_tokenizer(path: Path) -> Any:
     from tokenizers import Tokenizer
 
-    from training.data.tokenizer import load_tokenizer
+    from gpt.tokenizer import load_tokenizer
 
     raw = json.loads(path.read_text())
     post = raw.get("post_processor") or {}

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from training.chat import ASSISTANT, END, USER, encode_chat, encode_turn
-from training.data.tokenizer import train_tokenizer
+from gpt.chat import ASSISTANT, END, USER, encode_chat, encode_turn
+from gpt.tokenizer import train_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from training.data.tokenizer import EOT, train_tokenizer
-from training.hf import HFFormatError, export_hf, import_hf
-from training.model import GPT
-from training.model_config import ModelConfig, stored_model_config
-from training.model_io import load_model, save_model
+from gpt.config import ModelConfig, stored_model_config
+from gpt.hf import HFFormatError, export_hf, import_hf
+from gpt.model import GPT
+from gpt.model_io import load_model, save_model
+from gpt.tokenizer import EOT, train_tokenizer
 
 TEXTS = [
     "The river ran past the old mill, and the miller's daughter watched the boats go by. " * 20,

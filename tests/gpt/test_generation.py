@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from training.data.tokenizer import EOT, train_tokenizer
-from training.generation import generate_text
-from training.model import GPT
-from training.model_config import ModelConfig
+from gpt.config import ModelConfig
+from gpt.generate import generate_text
+from gpt.model import GPT
+from gpt.tokenizer import EOT, train_tokenizer
 
 
 @pytest.fixture(scope="module")

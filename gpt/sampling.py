@@ -1,7 +1,13 @@
-"""Per-request sampling parameters, and sampling one token for each row of a batch of logits."""
+"""The one sampler: per-request parameters, one generator per choice, one token per row of logits.
+
+Every decoder samples here: :meth:`gpt.model.GPT.generate`, text generation, RLHF rollouts,
+evaluation samples and the serving engine.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import secrets
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +27,26 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     stop_ids: tuple[int, ...] = ()  # tokens that end a sequence without being part of its text
     logprobs: int | None = None  # top-n alternatives per token (0 .. MAX_LOGPROBS)
+
+
+def choice_seed(seed: int, choice: int) -> int:
+    """The seed of choice ``choice`` of a request seeded with ``seed`` (63 bits, well mixed).
+
+    Each choice draws from a generator of its own, so its tokens depend only on the request's
+    seed and its index, never on the rows that shared its batches or on their order.
+    """
+    h = hashlib.blake2b(f"{seed}:{choice}".encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") >> 1
+
+
+def choice_generators(seed: int | None, n: int, device: str | torch.device = "cpu") -> list[torch.Generator]:
+    """One generator per choice of a request (``seed`` None: unpredictable ones)."""
+    gens = []
+    for j in range(n):
+        g = torch.Generator(device=device)
+        g.manual_seed(choice_seed(seed, j) if seed is not None else secrets.randbits(63))
+        gens.append(g)
+    return gens
 
 
 def sample_rows(

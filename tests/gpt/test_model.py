@@ -1,4 +1,4 @@
-"""The GPT in ``training/model.py``: KV cache, sampling, initialisation, sizes."""
+"""The GPT in ``gpt/model.py``: KV cache, sampling, initialisation, sizes."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import math
 import pytest
 import torch
 
-from training.model import GPT, sample_next
-from training.model_config import ModelConfig
+from gpt.config import ModelConfig
+from gpt.model import GPT
+from gpt.sampling import SamplingParams, sample_rows
 
 TINY = ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=300)
 
@@ -27,8 +28,30 @@ def test_cached_incremental_logits_equal_full_forward(model: GPT) -> None:
     pieces.append(model(idx[:, 1:8], cache=cache)[0])  # a multi-token chunk after a prefix
     pieces += [model(idx[:, t : t + 1], cache=cache)[0] for t in range(8, 15)]  # token by token
     pieces.append(model(idx[:, 15:], cache=cache)[0])  # another chunk
-    assert cache.pos == 20
+    assert cache.lengths == [20, 20]
     assert (torch.cat(pieces, dim=1) - full).abs().max().item() <= 1e-5
+
+
+def test_rows_of_the_cache_continue_from_their_own_positions(model: GPT) -> None:
+    """The serving engine's decode step: rows at different lengths each add one token."""
+    seqs = [torch.randint(0, TINY.vocab_size, (1, n)) for n in (5, 11, 8)]
+    cache = model.new_cache(3)
+    for b, seq in enumerate(seqs):  # a prefill per row, into its own slot
+        model(seq[:, :-1], cache=cache, rows=slice(b, b + 1))
+    assert cache.lengths == [4, 10, 7]
+    last = torch.cat([seq[:, -1:] for seq in seqs])  # (3, 1)
+    step, _ = model(last, cache=cache)
+    for b, seq in enumerate(seqs):
+        full, _ = model(seq)
+        assert (step[b, 0] - full[0, -1]).abs().max().item() <= 1e-5
+    assert cache.lengths == [5, 11, 8]
+    cache.copy_row(1, slice(0, 1), 11)  # a row moved to another slot continues the same way
+    nxt = torch.randint(0, TINY.vocab_size, (1, 1))
+    moved, _ = model(nxt, cache=cache, rows=slice(0, 1))
+    full, _ = model(torch.cat([seqs[1], nxt], dim=1))
+    assert (moved[0, 0] - full[0, -1]).abs().max().item() <= 1e-5
+    with pytest.raises(ValueError, match="one token each"):
+        model(torch.zeros(3, 2, dtype=torch.long), cache=cache)
 
 
 def test_greedy_generate_equals_argmax_decoding_without_cache(model: GPT) -> None:
@@ -66,24 +89,26 @@ def test_generate_leaves_global_rng_and_train_mode_alone(model: GPT) -> None:
     assert model.training
 
 
-def test_top_p_keeps_the_smallest_nucleus() -> None:
-    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
-    logits = probs.log()
+def _draws(logits: torch.Tensor, n: int, **params) -> set[int]:
     gen = torch.Generator().manual_seed(0)
+    p = SamplingParams(max_tokens=1, **params)
+    return {int(sample_rows([p], [gen], logits)) for _ in range(n)}
+
+
+def test_top_p_keeps_the_smallest_nucleus() -> None:
+    logits = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log()
     # 0.5 < 0.7 so the second token is needed; 0.5 + 0.3 >= 0.7, so the third and fourth never come.
-    draws = {int(sample_next(logits, 1.0, None, 0.7, gen)) for _ in range(300)}
-    assert draws == {0, 1}
+    assert _draws(logits, 300, top_p=0.7) == {0, 1}
     # top_p below the largest probability keeps only the argmax.
-    assert {int(sample_next(logits, 1.0, None, 0.4, gen)) for _ in range(50)} == {0}
+    assert _draws(logits, 50, top_p=0.4) == {0}
     # exactly reaching top_p with the first two tokens does not add a third.
-    assert {int(sample_next(logits, 1.0, None, 0.8, gen)) for _ in range(300)} == {0, 1}
+    assert _draws(logits, 300, top_p=0.8) == {0, 1}
 
 
 def test_top_k_and_temperature_zero() -> None:
     logits = torch.tensor([[1.0, 3.0, 2.0, -1.0]])
-    gen = torch.Generator().manual_seed(0)
-    assert {int(sample_next(logits, 1.0, 2, None, gen)) for _ in range(200)} == {1, 2}
-    assert int(sample_next(logits, 0.0)) == 1
+    assert _draws(logits, 200, top_k=2) == {1, 2}
+    assert _draws(logits, 5, temperature=0.0) == {1}
 
 
 def test_eos_and_stop_sequences_end_a_sample(model: GPT) -> None:

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from catalog.artifacts import ArtifactError
-from training.data.tokenizer import train_tokenizer
-from training.model import GPT
-from training.model_config import ModelConfig
-from training.model_io import ModelArtifactError, load_model, save_model
+from gpt.config import ModelConfig
+from gpt.model import GPT
+from gpt.model_io import ModelArtifactError, load_model, save_model
+from gpt.tokenizer import train_tokenizer
 
 CFG = ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=64, vocab_size=320)
 

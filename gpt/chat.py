@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from training.data.tokenizer import CHAT_TOKENS, EOT
+from gpt.tokenizer import CHAT_TOKENS, EOT
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
