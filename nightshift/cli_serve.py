@@ -219,9 +219,9 @@ def cmd_evaluate(args: argparse.Namespace, extra: Sequence[str]) -> int:
                 f"error: {registry.name} has no champion yet; pass --champion DIR or drop --against-champion"
             )
         champion = str(path)
-    from nightshift.cli import _tracked_stage
+    from nightshift.tracked import tracked_stage
 
-    with _tracked_stage(cfg, "evaluate", args.track) as run:
+    with tracked_stage(cfg, "evaluate", args.track) as run:
         report, verdict = evaluate_stage(
             cfg, run, args.model, champion=champion, tokens=args.tokens, out=args.out
         )

@@ -37,7 +37,6 @@ from nightshift.services import (
     rotate_logs,
     service_status,
     stop,
-    tail,
     venv_bin,
     wait_healthy,
 )
@@ -559,8 +558,3 @@ def status(cfg: Config) -> list[ServiceStatus]:
     home = nightshift_home()
     services = _services(cfg, home, REPO_ROOT)
     return [service_status(home, services[name]) for name in ORDER if name in services]
-
-
-def log_tail(cfg: Config, name: str, lines: int = 30) -> str:
-    """The last lines of one service's log (``prefect-server``, ``mlflow``, ``ray-head``, ...)."""
-    return tail(nightshift_home() / "logs" / f"{name}.log", lines)

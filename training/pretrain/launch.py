@@ -64,7 +64,7 @@ def _peak_flops(payload: dict[str, Any], cfg: Config) -> float:
     return measure_matmul_peak(n=1024, seconds=0.3)
 
 
-def _match_driver_niceness(niceness: int) -> None:
+def match_driver_niceness(niceness: int) -> None:
     """Give every thread of this Ray worker the driver's CPU priority.
 
     The raylet starts workers at niceness 15 (``RAY_worker_niceness``), so any niceness-0 process —
@@ -131,7 +131,7 @@ def fit_worker(payload: dict[str, Any]) -> None:
         # TF32 for what stays fp32 under bf16-mixed (and for 32-true runs on a GPU).
         torch.set_float32_matmul_precision("high")
     if in_ray and payload.get("niceness") is not None:
-        _match_driver_niceness(int(payload["niceness"]))  # after set_num_threads: its pool too
+        match_driver_niceness(int(payload["niceness"]))  # after set_num_threads: its pool too
     workdir = Path(payload["workdir"])
     root = workdir / "checkpoints"
     if rank == 0:
@@ -257,7 +257,7 @@ def threads_per_worker(cfg: Config) -> int:
     return max(1, (local_cpus(cfg.ray) or cfg.train.num_workers) // cfg.train.num_workers)
 
 
-def _own_niceness() -> int | None:
+def own_niceness() -> int | None:
     return os.getpriority(os.PRIO_PROCESS, 0) if hasattr(os, "getpriority") else None
 
 
@@ -306,7 +306,7 @@ def fit_with_ray(payload: dict[str, Any], cfg: Config) -> WorkerPlan:
     trainer = torch_trainer(
         fit_worker,
         cfg.ray,
-        train_loop_config={**payload, "ray": True, "niceness": _own_niceness()},
+        train_loop_config={**payload, "ray": True, "niceness": own_niceness()},
         scaling_config=ScalingConfig(
             num_workers=plan.num_workers, use_gpu=tc.use_gpu, resources_per_worker=plan.bundle
         ),

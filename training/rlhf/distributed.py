@@ -208,7 +208,7 @@ def fit_on_ray(
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig
 
-    from training.pretrain.launch import _own_niceness
+    from training.pretrain.launch import own_niceness
     from training.ray_setup import fit_or_raise, init_ray, torch_trainer
 
     missing = sorted(set(trained) - set(models))
@@ -242,7 +242,7 @@ def fit_on_ray(
             "trained": list(trained),
             "threads": plan.threads,
             "use_gpu": gpu,
-            "niceness": _own_niceness(),
+            "niceness": own_niceness(),
         },
         scaling_config=ScalingConfig(
             num_workers=plan.num_workers, use_gpu=gpu, resources_per_worker=plan.bundle
@@ -277,7 +277,7 @@ def _worker(config: dict[str, Any]) -> None:
     import ray.train
     from ray.train import Checkpoint
 
-    from training.pretrain.launch import _match_driver_niceness
+    from training.pretrain.launch import match_driver_niceness
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -289,7 +289,7 @@ def _worker(config: dict[str, Any]) -> None:
         device = torch.device("cpu")
         torch.set_num_threads(int(config["threads"]))
     if config.get("niceness") is not None:
-        _match_driver_niceness(int(config["niceness"]))  # after set_num_threads: its pool too
+        match_driver_niceness(int(config["niceness"]))  # after set_num_threads: its pool too
     payload = ray.get(config["payload"])
     models = {k: m.to(device) for k, m in payload["models"].items()}
     kwargs = payload["kwargs"]

@@ -66,11 +66,11 @@ def test_ray_worker_threads_get_the_driver_niceness() -> None:
     # A worker started at Ray's niceness 15 with a running torch pool and an extra thread.
     code = """
 import os, threading, torch
-from training.pretrain.launch import _match_driver_niceness
+from training.pretrain.launch import match_driver_niceness
 os.nice(15)
 torch.set_num_threads(2); torch.mm(torch.randn(256, 256), torch.randn(256, 256))
 ev = threading.Event(); t = threading.Thread(target=ev.wait); t.start()
-_match_driver_niceness(0)
+match_driver_niceness(0)
 print(sorted({os.getpriority(os.PRIO_PROCESS, int(i)) for i in os.listdir('/proc/self/task')}))
 ev.set()
 """
