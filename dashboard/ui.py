@@ -136,8 +136,7 @@ def show_report(path: Path) -> None:
     The plots are shown as images from the report's own directory (REPORT.md links them relatively,
     which Streamlit cannot resolve), and the Markdown without its image links.
     """
-    from training.eval.gates import RuleResult, interval_text
-    from training.eval.report import fmt
+    from catalog.verdict import RuleResult, fmt, interval_text
 
     verdict = path / "verdict.json"
     if verdict.is_file():

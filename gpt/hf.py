@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from catalog.artifacts import ArtifactRef, replace_dir
-from gpt.config import ModelConfig
+from core.model_config import ModelConfig
 from gpt.model_io import ModelArtifactError, build_model, check_vocab, load_model, save_model
 from gpt.tokenizer import EOT, TOKENIZER_FILE
 

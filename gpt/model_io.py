@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from catalog.artifacts import ArtifactRef, open_artifact, publish
-from gpt.config import ModelConfig, stored_model_config
+from core.model_config import ModelConfig, stored_model_config
 from gpt.tokenizer import EOT, TOKENIZER_FILE, load_tokenizer
 
 if TYPE_CHECKING:

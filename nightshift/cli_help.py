@@ -150,7 +150,7 @@ def _selector_regex(selector: str) -> re.Pattern[str]:
 
 def verb_keys(verb: str, preset: str) -> list[tuple[str, str, str]]:
     """(key, value in ``preset``, help) for every config key ``verb`` reads."""
-    from training.config import describe_fields, load_config
+    from core.config import describe_fields, load_config
 
     selectors = [_selector_regex(s) for s in VERB_KEYS.get(verb, ())]
     if not selectors:

@@ -10,8 +10,8 @@ from typing import Any
 
 def _overrides(args: argparse.Namespace, extra: Sequence[str]) -> dict[str, Any]:
     """``--set key=value`` pairs and ``--section.key VALUE`` tokens, as one dict of dotted overrides."""
+    from core.config import parse_cli_overrides, parse_value
     from core.config_base import ConfigError
-    from training.config import parse_cli_overrides, parse_value
 
     out: dict[str, Any] = {}
     bad = []

@@ -8,8 +8,8 @@ from collections.abc import Callable, Sequence
 
 
 def cmd_rlhf(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from core.config import load_config
     from nightshift.tracked import tracked_stage
-    from training.config import load_config
     from training.rlhf import stages
 
     cfg = load_config(args.preset, list(extra))

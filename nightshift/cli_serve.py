@@ -16,8 +16,8 @@ def _stack_config(args: argparse.Namespace, extra: Sequence[str]):
     A model served by an in-process Ray would vanish when this command exits, so a 'local'
     address is only accepted with the stack up, and then means the stack's head.
     """
+    from core.config import load_config
     from nightshift import stack
-    from training.config import load_config
 
     cfg = load_config(args.preset, list(extra))
     if cfg.ray.address == "local":
@@ -72,7 +72,7 @@ def serve_config_yaml(args: dict[str, Any], cfg: Any) -> str:
             }
         ],
     }
-    from training.serve_config import proxy_env
+    from core.serve_config import proxy_env
 
     env = " ".join(f"{k}={v}" for k, v in proxy_env(cfg.serve.header_timeout_s).items())
     note = (
@@ -83,10 +83,11 @@ def serve_config_yaml(args: dict[str, Any], cfg: Any) -> str:
 
 
 def cmd_serve(args: argparse.Namespace, extra: Sequence[str]) -> int:
-    from serving.deploy import DeployError, deploy_model, redeploy_current
+    from nightshift.promotion import redeploy
+    from serving.deploy import DeployError, deploy_model
 
     if args.write_config:
-        from training.config import load_config
+        from core.config import load_config
 
         cfg = load_config(args.preset, list(extra))
         if not args.model:
@@ -96,11 +97,7 @@ def cmd_serve(args: argparse.Namespace, extra: Sequence[str]) -> int:
         return 0
     cfg = _stack_config(args, extra)
     try:
-        res = (
-            deploy_model(cfg, args.model, created_by=_who())
-            if args.model
-            else redeploy_current(cfg, created_by=_who())
-        )
+        res = deploy_model(cfg, args.model, created_by=_who()) if args.model else redeploy(cfg, who=_who())
     except DeployError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -109,8 +106,8 @@ def cmd_serve(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    from nightshift.promotion import rollback
     from serving.deploy import DeployError
-    from serving.promote import rollback
 
     cfg = _stack_config(args, extra)
     try:
@@ -124,8 +121,8 @@ def cmd_rollback(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
 def cmd_promote(args: argparse.Namespace, extra: Sequence[str]) -> int:
     from catalog.registry import RegistryError
+    from nightshift.promotion import promote
     from serving.deploy import DeployError
-    from serving.promote import promote
 
     cfg = _stack_config(args, extra)
     try:
@@ -141,7 +138,7 @@ def cmd_keys(args: argparse.Namespace, extra: Sequence[str]) -> int:
     """``nightshift keys create --name N [--role R] | list | revoke NAME``: named keys in the catalog."""
     from catalog.keys import KeyProblem, create_key, list_keys, revoke_key
     from catalog.redact import redact_url
-    from training.config import load_config
+    from core.config import load_config
 
     cfg = load_config(args.preset, list(extra))
     url = cfg.tracking.catalog_url
@@ -172,7 +169,6 @@ def cmd_keys(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
 
 def register(verb: Callable[..., argparse.ArgumentParser]) -> None:
-    register_evaluate(verb)
     p = verb("serve", cmd_serve, "serve a model on Ray Serve (default: redeploy the active deployment)")
     p.add_argument(
         "--model", help="a model artifact directory or a models:/ URI (e.g. models:/nightshift-gpt@champion)"
@@ -200,45 +196,3 @@ def register(verb: Callable[..., argparse.ArgumentParser]) -> None:
         choices=["client", "labeller", "admin"],
         help="client: feedback only on completions it received (default); labeller, admin: on any",
     )
-
-
-def cmd_evaluate(args: argparse.Namespace, extra: Sequence[str]) -> int:
-    """Evaluate a model artifact against another (or the registry's champion) and print the verdict."""
-    from training.config import load_config
-    from training.eval.stages import evaluate_stage
-
-    cfg = load_config(args.preset, list(extra))
-    champion = args.champion
-    if champion is None and args.against_champion:
-        from training.eval.promotion import champion_artifact, registry_for
-
-        registry = registry_for(cfg)
-        champ, path = champion_artifact(cfg, registry)
-        if champ is None:
-            raise SystemExit(
-                f"error: {registry.name} has no champion yet; pass --champion DIR or drop --against-champion"
-            )
-        champion = str(path)
-    from nightshift.tracked import tracked_stage
-
-    with tracked_stage(cfg, "evaluate", args.track) as run:
-        report, verdict = evaluate_stage(
-            cfg, run, args.model, champion=champion, tokens=args.tokens, out=args.out
-        )
-    print((report.path / "REPORT.md").read_text())
-    print(f"\n{verdict.summary()}\nreport: {report.path}")
-    return 0 if verdict.passed else 3
-
-
-def register_evaluate(verb: Callable[..., argparse.ArgumentParser]) -> None:
-    p = verb(
-        "evaluate", cmd_evaluate, "evaluate a model artifact and apply the gates (exit 3 when a gate fails)"
-    )
-    p.add_argument("--model", required=True, help="the candidate model artifact directory")
-    p.add_argument("--champion", help="a model artifact directory to compare against")
-    p.add_argument("--against-champion", action="store_true", help="compare against the registry's champion")
-    p.add_argument("--tokens", help="a tokens artifact for held-out perplexity")
-    p.add_argument(
-        "--out", help="write the eval_report artifact here (default: under tracking.artifact_root)"
-    )
-    p.add_argument("--no-track", dest="track", action="store_false", help="do not log to MLflow/catalog")

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from training.config import Config
+    from core.config import Config
 
 LOCAL_KEY_NAME = "local"
 

@@ -49,7 +49,7 @@ def static_identity(key_digest: str) -> Identity:
 
 
 def default_key_file() -> Path:
-    from training.config import nightshift_home
+    from core.config import nightshift_home
 
     return nightshift_home() / "api-keys.sha256"
 

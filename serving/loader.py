@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
     from catalog.artifacts import ArtifactRef
-    from gpt.config import ModelConfig
+    from core.model_config import ModelConfig
     from gpt.model import GPT
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ def fetch(
         raise ValueError(f"{source}: a registry URI needs tracking.mlflow_uri (the MLflow server)")
     import mlflow
 
-    from training.config import nightshift_home
+    from core.config import nightshift_home
 
     registry = _registry_version(source, tracking_uri)
     name = f"{registry['name']}-v{registry['version']}" if registry else source.removeprefix("models:/")

@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import BaseModel, Field, field_validator
 
 from catalog.redact import redact_url
-from training.serve_config import ServeConfig
+from core.serve_config import ServeConfig
 
 
 class ServeArgs(BaseModel):

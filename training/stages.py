@@ -1,6 +1,6 @@
 """The tracked stage functions: what a Prefect task, the CLI and a test all call.
 
-Each function takes the whole :class:`~training.config.Config` and the :class:`StageRun` it
+Each function takes the whole :class:`~core.config.Config` and the :class:`StageRun` it
 reports to, runs the library code of its stage, logs params, metrics and text to the stage's
 MLflow run, and records the artifacts it read and wrote (with their lineage edges) in the
 catalog through the same ``StageRun``. Nothing here knows about Prefect.
@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from catalog.artifacts import ArtifactRef, open_artifact
-from catalog.files import write_atomic
 from catalog.retention import CHECKPOINT_INPUTS
 from catalog.tracking import StageRun
-from training.config import Config
+from core.config import Config
+from core.files import write_atomic
 from training.data.ingest import IngestResult, ingest
 from training.data.tokenize import TokenizeResult, tokenize
 
@@ -143,9 +143,9 @@ def pretrain_stage(
     Checkpoints live in ``workdir`` (default: ``$NIGHTSHIFT_HOME/runs/pretrain-<inputs+config hash>``),
     so a retried task or a re-run of the same config resumes from the newest good checkpoint.
     """
+    from core.config import nightshift_home
     from gpt.generate import generate_text
     from gpt.model_io import save_model
-    from training.config import nightshift_home
     from training.mlflow_model import log_model
     from training.pretrain.run import pretrain
 

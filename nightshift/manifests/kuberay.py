@@ -17,9 +17,9 @@ from typing import Any
 
 import yaml
 
+from core.config import Config
 from nightshift.manifests import pods
 from nightshift.manifests.text import BlockStr, dump_yaml
-from training.config import Config
 
 # Characters a shell expands, or that JSON escapes with a backslash, inside a double-quoted string.
 _SHELL_SPECIAL = "$`\\"

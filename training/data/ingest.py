@@ -27,8 +27,8 @@ import numpy as np
 
 from catalog.artifacts import ArtifactRef, publish
 from catalog.redact import redact
-from training.config import RayConfig
-from training.data.config import DataConfig
+from core.config import RayConfig
+from core.data_config import DataConfig
 from training.data.dedup import Deduper, lsh_params
 from training.data.report import datacard
 from training.data.sources import SourceError, resolve_sources
@@ -169,7 +169,7 @@ def ingest(
     units, quarantined = resolve_sources(source_list, cfg)
     log.info("ingest: %d sources -> %d read units", len(source_list), len(units))
 
-    from training.ray_setup import init_ray
+    from core.ray_setup import init_ray
 
     ray_cfg = ray or RayConfig(num_cpus=2)
     init_ray(ray_cfg)

@@ -20,8 +20,8 @@ import numpy as np
 import xxhash
 
 from catalog.artifacts import ArtifactRef, open_artifact, publish
+from core.data_config import DataConfig
 from gpt.tokenizer import EOT, TOKENIZER_FILE, train_tokenizer
-from training.data.config import DataConfig
 
 log = logging.getLogger(__name__)
 

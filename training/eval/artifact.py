@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from catalog.artifacts import ArtifactRef, open_artifact, publish
-from training.eval.gates import Verdict
+from catalog.verdict import Verdict
 from training.eval.report import EvalReport
 
 KIND = "eval_report"

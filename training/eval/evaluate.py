@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from catalog.artifacts import ArtifactRef
-from training.data.config import DataConfig
+from core.data_config import DataConfig
+from core.eval_config import EvalConfig
 from training.eval import bias as bias_probe
 from training.eval import diversity
-from training.eval.config import EvalConfig
 from training.eval.probes import (
     Probe,
     flag_reasons,

@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from catalog.artifacts import ArtifactRef, open_artifact
-from training.eval.report import METRICS, EvalReport, fmt, label
+from catalog.verdict import METRICS, fmt, label
+from training.eval.report import EvalReport
 
 if TYPE_CHECKING:
     from catalog.lineage import Lineage
     from catalog.registry import ModelVersionInfo
-    from training.eval.gates import Verdict
+    from catalog.verdict import Verdict
 
 RLHF_STAGES = ("sft", "reward", "ppo", "dpo", "grpo")
 _LIMITATIONS = """\

@@ -1,6 +1,6 @@
 """The tracked evaluate stage: what a Prefect task, the CLI and a test call.
 
-Like :mod:`training.stages`: takes the whole :class:`~training.config.Config` and the
+Like :mod:`training.stages`: takes the whole :class:`~core.config.Config` and the
 :class:`~catalog.tracking.StageRun` it reports to, records the artifacts it read (candidate,
 champion, held-out tokens) and wrote (the ``eval_report``), logs params, metrics and the gate
 outcome to the stage's MLflow run. A failed gate is a result, not an exception: the caller
@@ -17,10 +17,11 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from catalog.artifacts import ArtifactError, ArtifactRef, open_artifact
 from catalog.tracking import StageRun
-from training.config import Config
+from catalog.verdict import Verdict
+from core.config import Config
 from training.eval.artifact import publish_eval_report
 from training.eval.evaluate import RewardFn, evaluate
-from training.eval.gates import Verdict, check_gates
+from training.eval.gates import check_gates
 from training.placement import driver_threads
 
 if TYPE_CHECKING:

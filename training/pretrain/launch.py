@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from training.config import Config, RayConfig
+from core.config import Config, RayConfig
 from training.placement import WorkerPlan, plan_workers, reserve
 from training.pretrain import checkpoint as ckpt
 
@@ -294,7 +294,8 @@ def fit_with_ray(payload: dict[str, Any], cfg: Config) -> WorkerPlan:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig
 
-    from training.ray_setup import fit_or_raise, init_ray, torch_trainer
+    from core.ray_setup import init_ray
+    from training.ray_train import fit_or_raise, torch_trainer
 
     tc = cfg.train
     init_ray(cfg.ray)

@@ -15,9 +15,9 @@ from typing import Any
 import torch
 
 from catalog.artifacts import ArtifactRef
+from core.config import Config
 from core.config_base import ConfigError
 from gpt.model import GPT
-from training.config import Config
 from training.data.shards import TokenShards
 from training.pretrain import checkpoint as ckpt
 from training.progress import Progress, relayed

@@ -38,7 +38,7 @@ from training.placement import plan_workers, reserve
 from training.rlhf.optim import LogFn, TrainResult
 
 if TYPE_CHECKING:
-    from training.config import Config
+    from core.config import Config
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -208,8 +208,9 @@ def fit_on_ray(
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig
 
+    from core.ray_setup import init_ray
     from training.pretrain.launch import own_niceness
-    from training.ray_setup import fit_or_raise, init_ray, torch_trainer
+    from training.ray_train import fit_or_raise, torch_trainer
 
     missing = sorted(set(trained) - set(models))
     if missing:

@@ -35,7 +35,7 @@ from catalog.models import Artifact, Completion, Feedback, PreferenceFeedback, f
 from gpt.chat import check_messages
 from gpt.tokenizer import CHAT_TOKENS
 from training.rlhf.labellers import labeller_of, outliers, votes
-from training.rlhf.preferences import PreferencePair, PreferenceSet, pair_problem, quarantine
+from training.rlhf.pairs import PreferencePair, PreferenceSet, pair_problem, quarantine
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session

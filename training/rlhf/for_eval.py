@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from catalog.artifacts import ArtifactRef
 
 if TYPE_CHECKING:
-    from training.config import Config
+    from core.config import Config
     from training.eval.tasks import EvalItem
 
 

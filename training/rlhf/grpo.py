@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from training.rlhf.config import GRPOConfig, SamplingConfig
+from core.rlhf_config import GRPOConfig, SamplingConfig
 from training.rlhf.distributed import LOCAL, Dist
 from training.rlhf.logprobs import masked_mean, token_logprobs
 from training.rlhf.optim import LogFn, Optimizer, TrainResult, batch_order, freeze, minibatches, no_log

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from training.rlhf.preferences import PreferencePair
+from training.rlhf.pairs import PreferencePair
 from training.rlhf.tasks import TaskExample, is_correct
 
 if TYPE_CHECKING:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from training.rlhf.config import PPOConfig, SamplingConfig
+from core.rlhf_config import PPOConfig, SamplingConfig
 from training.rlhf.distributed import LOCAL, Dist
 from training.rlhf.heads import ScalarModel
 from training.rlhf.logprobs import masked_mean, masked_whiten, token_logprobs

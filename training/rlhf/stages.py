@@ -1,6 +1,6 @@
 """The tracked RLHF stage functions: what a Prefect task, the CLI and a test all call.
 
-Same shape as :mod:`training.stages`: each takes the whole :class:`~training.config.Config` and
+Same shape as :mod:`training.stages`: each takes the whole :class:`~core.config.Config` and
 the :class:`~catalog.tracking.StageRun` it reports to, reads artifacts (``run.use``), trains,
 logs step metrics to the stage's MLflow run, and publishes what it made (``run.produce``):
 
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from catalog.artifacts import ArtifactRef, open_artifact
-from training.config import Config
+from core.config import Config
 from training.progress import Progress
 from training.rlhf.preferences import KIND as PREFERENCES_KIND
 from training.rlhf.tasks import TaskSplits, tasks_from_config
@@ -36,8 +36,8 @@ if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
     from catalog.tracking import StageRun
+    from catalog.verdict import Verdict
     from gpt.model import GPT
-    from training.eval.gates import Verdict
     from training.rlhf.heads import ScalarModel
     from training.rlhf.optim import LogFn
 
@@ -231,7 +231,8 @@ def preferences_stage(
         EmptyPreferencesError: no usable pair; nothing is published.
     """
     from training.rlhf.onpolicy import policy_pairs
-    from training.rlhf.preferences import build_preference_set, pair_problem, snapshot_preferences
+    from training.rlhf.pairs import pair_problem
+    from training.rlhf.preferences import build_preference_set, snapshot_preferences
 
     pc = cfg.rlhf.preferences
     policy, tok, ref = _load_policy(cfg, run, model)
