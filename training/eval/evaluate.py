@@ -213,20 +213,7 @@ def _evaluate(
 
     if heldout is not None:
         with timer("held-out text"):
-            text = heldout_text(heldout, cand.tokenizer, cfg)
-            report.heldout = {"source": text.source, "documents": len(text.documents), "bytes": text.bytes}
-            for role, m in models:
-                s = score_heldout(m.model, m.tokenizer, text, batch_size=cfg.batch_size)
-                results[role].metrics.update(
-                    {"perplexity": s.perplexity, "bits_per_byte": s.bits_per_byte, "heldout_tokens": s.tokens}
-                )
-                # The unigram baseline is fitted on the shards' ids: only for models that share them.
-                if role == "candidate" or report.same_tokenizer:
-                    base = unigram_perplexity(m.tokenizer, text)
-                    if base is not None:
-                        report.heldout["unigram_perplexity"] = base
-                        results[role].metrics["perplexity_vs_unigram"] = s.perplexity / base
-                results[role].window_nll = [round(v, 5) for v in s.window_nll]
+            _score_heldout(report, models, heldout, cfg)
     else:
         report.notes.append("No held-out tokens given: perplexity was not measured.")
 
@@ -238,14 +225,7 @@ def _evaluate(
     items = items[: cfg.max_task_items]
     if items:
         with timer("tasks"):
-            for role, m in models:
-                t = task_accuracy(m.model, m.tokenizer, items, max_new_tokens=cfg.task_max_new_tokens)
-                results[role].metrics["task_accuracy"] = t.accuracy
-                results[role].metrics.update(
-                    {f"task_accuracy.{k}": v["accuracy"] for k, v in t.per_task.items()}
-                )
-                results[role].tasks, results[role].task_items = t.per_task, t.items
-                results[role].items["task_accuracy"] = [float(c) for c in t.correct]
+            _score_tasks(report, models, items, cfg)
         if tasks is None:
             report.notes.append(f"Task accuracy on {len(items)} built-in items (add, copy).")
 
@@ -271,15 +251,7 @@ def _evaluate(
 
     if ref is not None and answered["candidate"]:
         with timer("kl"):
-            vocab = ref.tokenizer.get_vocab_size(with_added_tokens=True)
-            for role, m in models:
-                if role == "champion" and not same_vocabulary(m.tokenizer, ref.tokenizer):
-                    report.notes.append(
-                        "KL to the reference not measured for the champion (other tokenizer)."
-                    )
-                    continue
-                seqs = [(r.prompt_ids, r.ids) for p, r in answered[role] if p.set == "ordinary"]
-                results[role].metrics["kl_to_reference"] = kl_per_token(m.model, ref.model, seqs, vocab)
+            _kl_to_reference(report, models, ref, answered)
 
     if cfg.bias_probes:
         with timer("bias"):
@@ -294,6 +266,61 @@ def _evaluate(
 
     report.timings = timer.seconds
     return report
+
+
+def _results(report: EvalReport) -> dict[str, ModelResult]:
+    return {"candidate": report.candidate, **({"champion": report.champion} if report.champion else {})}
+
+
+def _score_heldout(
+    report: EvalReport, models: list[tuple[str, LoadedModel]], heldout: Any, cfg: EvalConfig
+) -> None:
+    """Perplexity and bits per byte on the held-out text, and against the unigram baseline."""
+    results = _results(report)
+    text = heldout_text(heldout, models[0][1].tokenizer, cfg)
+    report.heldout = {"source": text.source, "documents": len(text.documents), "bytes": text.bytes}
+    for role, m in models:
+        s = score_heldout(m.model, m.tokenizer, text, batch_size=cfg.batch_size)
+        results[role].metrics.update(
+            {"perplexity": s.perplexity, "bits_per_byte": s.bits_per_byte, "heldout_tokens": s.tokens}
+        )
+        # The unigram baseline is fitted on the shards' ids: only for models that share them.
+        if role == "candidate" or report.same_tokenizer:
+            base = unigram_perplexity(m.tokenizer, text)
+            if base is not None:
+                report.heldout["unigram_perplexity"] = base
+                results[role].metrics["perplexity_vs_unigram"] = s.perplexity / base
+        results[role].window_nll = [round(v, 5) for v in s.window_nll]
+
+
+def _score_tasks(
+    report: EvalReport, models: list[tuple[str, LoadedModel]], items: list[TaskItem], cfg: EvalConfig
+) -> None:
+    """Accuracy on the verifiable task items, overall and per task, with every item's outcome."""
+    results = _results(report)
+    for role, m in models:
+        t = task_accuracy(m.model, m.tokenizer, items, max_new_tokens=cfg.task_max_new_tokens)
+        results[role].metrics["task_accuracy"] = t.accuracy
+        results[role].metrics.update({f"task_accuracy.{k}": v["accuracy"] for k, v in t.per_task.items()})
+        results[role].tasks, results[role].task_items = t.per_task, t.items
+        results[role].items["task_accuracy"] = [float(c) for c in t.correct]
+
+
+def _kl_to_reference(
+    report: EvalReport,
+    models: list[tuple[str, LoadedModel]],
+    ref: LoadedModel,
+    answered: dict[str, list[tuple[Probe, Reply]]],
+) -> None:
+    """KL to the reference per token on each model's replies to the ordinary probes."""
+    results = _results(report)
+    vocab = ref.tokenizer.get_vocab_size(with_added_tokens=True)
+    for role, m in models:
+        if role == "champion" and not same_vocabulary(m.tokenizer, ref.tokenizer):
+            report.notes.append("KL to the reference not measured for the champion (other tokenizer).")
+            continue
+        seqs = [(r.prompt_ids, r.ids) for p, r in answered[role] if p.set == "ordinary"]
+        results[role].metrics["kl_to_reference"] = kl_per_token(m.model, ref.model, seqs, vocab)
 
 
 def _prompt_replies(m: LoadedModel, cfg: EvalConfig, seed: int) -> list[list[Reply]]:
