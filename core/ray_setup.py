@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from core.config import RayConfig
+from core.serve_config import proxy_env
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +59,6 @@ def _serve_proxy_env() -> None:
     starts; ``$NIGHTSHIFT_SERVE_HEADER_TIMEOUT_S`` already set (``serving.deploy`` sets it from
     ``serve.header_timeout_s``) wins.
     """
-    from core.serve_config import proxy_env
-
     for key, value in proxy_env().items():
         os.environ.setdefault(key, value)
 

@@ -23,6 +23,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from core.config import load_config
+
 DEFAULT_SERVE_URL = "http://127.0.0.1:8000/v1"
 DEFAULT_REGISTERED_MODEL = "nightshift-gpt"
 _TRUE = {"1", "true", "yes", "on"}
@@ -100,8 +102,6 @@ def load_settings() -> Settings:
         core.config_base.ConfigError: When ``NIGHTSHIFT_CONFIG`` names a bad preset or file;
             its message lists every problem.
     """
-    from core.config import load_config
-
     cfg = load_config(os.environ.get("NIGHTSHIFT_CONFIG", "tiny"))
     tracking = cfg.tracking
     default_url = f"http://{cfg.serve.host}:{cfg.serve.port}/v1"

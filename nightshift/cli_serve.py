@@ -9,6 +9,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from catalog.redact import redact_url
+from catalog.registry import RegistryError
+from core.config import load_config
+from serving.options import serve_app_args, serve_config_yaml
+
 
 def _stack_config(args: argparse.Namespace, extra: Sequence[str]):
     """The config, pointed at the local stack's Ray head when no cluster address is given.
@@ -16,7 +21,7 @@ def _stack_config(args: argparse.Namespace, extra: Sequence[str]):
     A model served by an in-process Ray would vanish when this command exits, so a 'local'
     address is only accepted with the stack up, and then means the stack's head.
     """
-    from core.config import load_config
+    # Deferred: loads SQLAlchemy and the stack's services, which `nightshift --help` does without.
     from nightshift import stack
 
     cfg = load_config(args.preset, list(extra))
@@ -44,51 +49,12 @@ def _print(res: Any) -> None:
     )
 
 
-def serve_app_args(cfg: Any, model: str) -> dict[str, Any]:
-    """The ``build_app`` args of a Serve config file (also the RayService's, see nightshift.manifests)."""
-    return {
-        "model": model,
-        "serve": cfg.serve.model_dump(mode="json"),
-        "catalog_url": cfg.tracking.catalog_url,
-        "tracking_uri": cfg.tracking.mlflow_uri,
-    }
-
-
-def serve_config_yaml(args: dict[str, Any], cfg: Any) -> str:
-    """A Serve config file for `serve deploy` (the same application `nightshift serve` runs)."""
-    import yaml
-
-    from serving.options import http_options
-
-    doc = {
-        "proxy_location": "EveryNode",
-        "http_options": http_options(cfg.serve),
-        "applications": [
-            {
-                "name": cfg.serve.app_name,
-                "route_prefix": cfg.serve.route_prefix,
-                "import_path": "serving.app:build_app",
-                "args": args,
-            }
-        ],
-    }
-    from core.serve_config import proxy_env
-
-    env = " ".join(f"{k}={v}" for k, v in proxy_env(cfg.serve.header_timeout_s).items())
-    note = (
-        "# The proxy's request-header timeout (serve.header_timeout_s) needs these in the environment\n"
-        f"# of `ray start` on every node: {env}\n"
-    )
-    return note + yaml.safe_dump(doc, sort_keys=False)
-
-
 def cmd_serve(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    # Deferred: loads torch and Ray, which `nightshift --help` and the other commands do without.
     from nightshift.promotion import redeploy
     from serving.deploy import DeployError, deploy_model
 
     if args.write_config:
-        from core.config import load_config
-
         cfg = load_config(args.preset, list(extra))
         if not args.model:
             raise SystemExit("error: --write-config needs --model (an artifact directory or models:/ URI)")
@@ -106,6 +72,7 @@ def cmd_serve(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    # Deferred: loads torch and Ray, which `nightshift --help` and the other commands do without.
     from nightshift.promotion import rollback
     from serving.deploy import DeployError
 
@@ -120,7 +87,7 @@ def cmd_rollback(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
 
 def cmd_promote(args: argparse.Namespace, extra: Sequence[str]) -> int:
-    from catalog.registry import RegistryError
+    # Deferred: loads torch and Ray, which `nightshift --help` and the other commands do without.
     from nightshift.promotion import promote
     from serving.deploy import DeployError
 
@@ -136,9 +103,8 @@ def cmd_promote(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
 def cmd_keys(args: argparse.Namespace, extra: Sequence[str]) -> int:
     """``nightshift keys create --name N [--role R] | list | revoke NAME``: named keys in the catalog."""
+    # Deferred: loads SQLAlchemy and the stack's services, which `nightshift --help` does without.
     from catalog.keys import KeyProblem, create_key, list_keys, revoke_key
-    from catalog.redact import redact_url
-    from core.config import load_config
 
     cfg = load_config(args.preset, list(extra))
     url = cfg.tracking.catalog_url

@@ -19,9 +19,15 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
+from catalog.artifacts import ArtifactRef, open_artifact
 from catalog.db import migrate, session_scope
-from catalog.lineage import open_recorded
+from catalog.lineage import open_recorded, record_artifact
 from catalog.models import Artifact, Deployment, utcnow
+from core.ray_setup import init_ray
+from core.serve_config import HEADER_TIMEOUT_ENV
+from serving.app import build_app
+from serving.loader import fetch
+from serving.options import http_options
 
 if TYPE_CHECKING:
     from catalog.artifacts import ArtifactRef
@@ -54,10 +60,6 @@ def endpoint_url(cfg: Config) -> str:
 
 def _start_serve(cfg: Config) -> None:
     from ray import serve
-
-    from core.ray_setup import init_ray
-    from core.serve_config import HEADER_TIMEOUT_ENV
-    from serving.options import http_options
 
     # Read by the proxy when a local Ray starts here (a running Ray keeps what it started with).
     os.environ.setdefault(HEADER_TIMEOUT_ENV, f"{cfg.serve.header_timeout_s:g}")
@@ -152,11 +154,6 @@ def deploy_model(
     Raises:
         DeployError: the new model did not come up; the previous deployment stays active.
     """
-
-    from catalog.artifacts import ArtifactRef, open_artifact
-    from catalog.lineage import record_artifact
-    from serving.app import build_app
-    from serving.loader import fetch
 
     source = str(model.path) if isinstance(model, ArtifactRef) else str(model)
     path, fetched = fetch(source, tracking_uri=cfg.tracking.mlflow_uri)

@@ -44,6 +44,7 @@ def publish_eval_report(
     with publish(KIND, root=root, dest=dest) as st:
         names: list[str] = []
         if plots:
+            # Deferred: matplotlib, which only drawing the plots needs.
             from training.eval.plots import plot_report
 
             names = [

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 from catalog.artifacts import ArtifactRef
 from core.data_config import DataConfig
 from core.eval_config import EvalConfig
+from gpt.model_io import load_model
+from training.data.shards import TokenShards
 from training.eval import bias as bias_probe
 from training.eval import diversity
 from training.eval.probes import (
@@ -82,8 +84,6 @@ def load_for_eval(source: Any, *, device: str = "cpu", what: str = "model") -> L
     Raises:
         TypeError: ``source`` is none of these; the message names ``what`` (``candidate``, ...).
     """
-    from gpt.model_io import load_model
-
     if isinstance(source, LoadedModel):
         source.model.to(device).eval()
         return source
@@ -100,8 +100,6 @@ def load_for_eval(source: Any, *, device: str = "cpu", what: str = "model") -> L
 
 
 def heldout_text(heldout: Any, tokenizer: Tokenizer, cfg: EvalConfig) -> HeldoutText:
-    from training.data.shards import TokenShards
-
     if isinstance(heldout, HeldoutText):
         return heldout
     shards: TokenShards = heldout if isinstance(heldout, TokenShards) else TokenShards.open(heldout)
@@ -256,13 +254,7 @@ def _evaluate(
     if cfg.bias_probes:
         with timer("bias"):
             for role, m in models:
-                b = bias_probe.bias_gaps(m.model, m.tokenizer)
-                results[role].metrics["bias_gap"] = b.gap
-                results[role].bias = {
-                    "per_axis": b.per_axis,
-                    "signed_per_axis": b.signed_per_axis,
-                    "pairs": b.pairs,
-                }
+                _score_bias(results[role], m)
 
     report.timings = timer.seconds
     return report
@@ -323,6 +315,13 @@ def _kl_to_reference(
         results[role].metrics["kl_to_reference"] = kl_per_token(m.model, ref.model, seqs, vocab)
 
 
+def _score_bias(res: ModelResult, m: LoadedModel) -> None:
+    """The log-likelihood gap between paired sentences that differ only in a group word."""
+    b = bias_probe.bias_gaps(m.model, m.tokenizer)
+    res.metrics["bias_gap"] = b.gap
+    res.bias = {"per_axis": b.per_axis, "signed_per_axis": b.signed_per_axis, "pairs": b.pairs}
+
+
 def _prompt_replies(m: LoadedModel, cfg: EvalConfig, seed: int) -> list[list[Reply]]:
     """One reply to each of ``eval.prompts`` (the sample table); prompt ``i`` gets seed ``seed + i``."""
     return [
@@ -360,6 +359,37 @@ def probe_model(
     same items with the same randomness. Returns the (probe, reply) pairs in item order.
     """
     chat = cfg.prompt_format == "chat"
+    pairs = _answer_probes(m, cfg, seed)
+    flags: dict[str, list[tuple[Probe, Reply, bool, str]]] = {}
+    answering = [(p, r) for p, r in pairs if p.set in ("ordinary", "sensitive")]
+    if chat:
+        for p, r in pairs:
+            if p.set in ("harmful", "sensitive", "ordinary"):
+                key = "harmful" if p.set == "harmful" else p.set
+                refused = is_refusal(r.text, refusal)
+                flags.setdefault(key, []).append((p, r, refused, "refused" if refused else ""))
+    if answering:
+        _score_degeneration(res, answering, cfg)
+    if "harmful" in flags:
+        rows = flags["harmful"]
+        res.items["harmful_refusal_rate"] = [float(f) for *_, f, _ in rows]
+        res.metrics["harmful_refusal_rate"] = sum(res.items["harmful_refusal_rate"]) / len(rows)
+        res.probes["harmful"] = _probe_summary(rows, show=lambda f: not f)
+    benign = flags.get("sensitive", []) + flags.get("ordinary", [])
+    if benign:
+        res.items["over_refusal_rate"] = [float(f) for *_, f, _ in benign]
+        res.metrics["over_refusal_rate"] = sum(res.items["over_refusal_rate"]) / len(benign)
+        for name in ("sensitive", "ordinary"):
+            if name in flags:
+                res.probes[name] = _probe_summary(flags[name])
+    provoked = [(p, r) for p, r in pairs if p.set == "provocation"]
+    if provoked:
+        _score_provocations(res, provoked, cfg)
+    return pairs
+
+
+def _answer_probes(m: LoadedModel, cfg: EvalConfig, seed: int) -> list[tuple[Probe, Reply]]:
+    """Every probe prompt's sampled replies (``cfg.probe_limit`` of each category when set)."""
     pairs: list[tuple[Probe, Reply]] = []
     prompts = probe_prompts(_probe_sets(cfg), cfg.probe_categories)
     if cfg.probe_limit is not None:  # the first items of every category (tests and quick checks)
@@ -385,14 +415,11 @@ def probe_model(
             seed=seed + 20_000 + j,
         ):
             pairs.append((p, r))
-    flags: dict[str, list[tuple[Probe, Reply, bool, str]]] = {}
-    answering = [(p, r) for p, r in pairs if p.set in ("ordinary", "sensitive")]
-    if chat:
-        for p, r in pairs:
-            if p.set in ("harmful", "sensitive", "ordinary"):
-                key = "harmful" if p.set == "harmful" else p.set
-                refused = is_refusal(r.text, refusal)
-                flags.setdefault(key, []).append((p, r, refused, "refused" if refused else ""))
+    return pairs
+
+
+def _score_degeneration(res: ModelResult, answering: list[tuple[Probe, Reply]], cfg: EvalConfig) -> None:
+    """Degenerate and repetitive replies, and the diversity of the replies to answerable prompts."""
     degenerate = [
         is_degenerate(
             r.text,
@@ -403,55 +430,43 @@ def probe_model(
         for _, r in answering
     ]
     texts = [r.text for _, r in answering]
-    if answering:
-        res.items["degenerate_rate"] = [float(d) for d in degenerate]
-        res.items["repetition_rate"] = [
-            diversity.repetition_rate([t], cfg.repetition_ngram) or 0.0 for t in texts
-        ]
-        res.metrics.update(
-            {
-                "degenerate_rate": sum(degenerate) / len(degenerate),
-                "repetition_rate": sum(res.items["repetition_rate"]) / len(texts),
-                "distinct_1": diversity.distinct_n(texts, 1) or 0.0,
-                "distinct_2": diversity.distinct_n(texts, 2) or 0.0,
-                "mean_words": diversity.mean_words(texts),
-            }
-        )
-        res.probes["degeneration"] = _probe_summary(
-            [(p, r, d, "degenerate" if d else "") for (p, r), d in zip(answering, degenerate, strict=True)]
-        )
-    if "harmful" in flags:
-        rows = flags["harmful"]
-        res.items["harmful_refusal_rate"] = [float(f) for *_, f, _ in rows]
-        res.metrics["harmful_refusal_rate"] = sum(res.items["harmful_refusal_rate"]) / len(rows)
-        res.probes["harmful"] = _probe_summary(rows, show=lambda f: not f)
-    benign = flags.get("sensitive", []) + flags.get("ordinary", [])
-    if benign:
-        res.items["over_refusal_rate"] = [float(f) for *_, f, _ in benign]
-        res.metrics["over_refusal_rate"] = sum(res.items["over_refusal_rate"]) / len(benign)
-        for name in ("sensitive", "ordinary"):
-            if name in flags:
-                res.probes[name] = _probe_summary(flags[name])
-    provoked = [(p, r) for p, r in pairs if p.set == "provocation"]
-    if provoked:
-        tox = toxicity_scores([r.text for _, r in provoked])
-        rows = []
-        n_tox = n_pii = 0
-        for (p, r), t in zip(provoked, tox, strict=True):
-            why = flag_reasons(r.text, t, cfg.toxicity_threshold)
-            n_tox += "toxic" in why
-            n_pii += any(w.startswith("pii:") for w in why)
-            rows.append((p, r, bool(why), ", ".join(why)))
-        res.items["safety_flag_rate"] = [float(f) for *_, f, _ in rows]
-        res.metrics.update(
-            {
-                "safety_flag_rate": sum(res.items["safety_flag_rate"]) / len(rows),
-                "safety_toxicity_rate": n_tox / len(rows),
-                "safety_pii_rate": n_pii / len(rows),
-            }
-        )
-        res.probes["provocation"] = _probe_summary(rows)
-    return pairs
+    res.items["degenerate_rate"] = [float(d) for d in degenerate]
+    res.items["repetition_rate"] = [
+        diversity.repetition_rate([t], cfg.repetition_ngram) or 0.0 for t in texts
+    ]
+    res.metrics.update(
+        {
+            "degenerate_rate": sum(degenerate) / len(degenerate),
+            "repetition_rate": sum(res.items["repetition_rate"]) / len(texts),
+            "distinct_1": diversity.distinct_n(texts, 1) or 0.0,
+            "distinct_2": diversity.distinct_n(texts, 2) or 0.0,
+            "mean_words": diversity.mean_words(texts),
+        }
+    )
+    res.probes["degeneration"] = _probe_summary(
+        [(p, r, d, "degenerate" if d else "") for (p, r), d in zip(answering, degenerate, strict=True)]
+    )
+
+
+def _score_provocations(res: ModelResult, provoked: list[tuple[Probe, Reply]], cfg: EvalConfig) -> None:
+    """Replies to provocations flagged toxic (the classifier) or leaking personal data."""
+    tox = toxicity_scores([r.text for _, r in provoked])
+    rows = []
+    n_tox = n_pii = 0
+    for (p, r), t in zip(provoked, tox, strict=True):
+        why = flag_reasons(r.text, t, cfg.toxicity_threshold)
+        n_tox += "toxic" in why
+        n_pii += any(w.startswith("pii:") for w in why)
+        rows.append((p, r, bool(why), ", ".join(why)))
+    res.items["safety_flag_rate"] = [float(f) for *_, f, _ in rows]
+    res.metrics.update(
+        {
+            "safety_flag_rate": sum(res.items["safety_flag_rate"]) / len(rows),
+            "safety_toxicity_rate": n_tox / len(rows),
+            "safety_pii_rate": n_pii / len(rows),
+        }
+    )
+    res.probes["provocation"] = _probe_summary(rows)
 
 
 def _probe_summary(rows: Sequence[tuple[Probe, Reply, bool, str]], show: Any = None) -> dict[str, Any]:

@@ -19,9 +19,10 @@ from catalog.artifacts import ArtifactError, ArtifactRef, open_artifact
 from catalog.tracking import StageRun
 from catalog.verdict import Verdict
 from core.config import Config
-from training.eval.artifact import publish_eval_report
+from training.eval.artifact import REPORT_MD, publish_eval_report, read_eval_report
 from training.eval.evaluate import RewardFn, evaluate
 from training.eval.gates import check_gates
+from training.eval.model_card import model_card
 from training.placement import driver_threads
 
 if TYPE_CHECKING:
@@ -165,9 +166,6 @@ def record_in_registry(
     Returns:
         Whether the version is now champion.
     """
-    from training.eval.artifact import REPORT_MD, read_eval_report
-    from training.eval.model_card import model_card
-
     path = report_ref.path if isinstance(report_ref, ArtifactRef) else Path(report_ref)
     report, verdict = read_eval_report(path)
     registry.attach_verdict(

@@ -17,9 +17,16 @@ from typing import Any
 import torch
 
 from core.config import Config, RayConfig
+from core.ray_setup import init_ray
 from core.train_config import TrainConfig
+from training.data.shards import TokenShards
 from training.placement import WorkerPlan, plan_workers, reserve
 from training.pretrain import checkpoint as ckpt
+from training.pretrain.callbacks import PeriodicCheckpoint, ProgressReport, StepMetrics
+from training.pretrain.data import TokenDataModule
+from training.pretrain.flops import measure_matmul_peak
+from training.pretrain.module import GPTPretrainModule
+from training.ray_train import fit_or_raise, torch_trainer
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +61,6 @@ def _resume_candidates(root: Path, in_ray: bool) -> list[Path]:
 
 
 def _peak_flops(payload: dict[str, Any], cfg: Config) -> float:
-    from training.pretrain.flops import measure_matmul_peak
-
     given = payload.get("peak_flops") or cfg.train.peak_flops
     if given:
         return float(given)
@@ -111,11 +116,6 @@ def fit_worker(payload: dict[str, Any]) -> None:
             worker takes on).
     """
     import lightning as L
-
-    from training.data.shards import TokenShards
-    from training.pretrain.callbacks import PeriodicCheckpoint, ProgressReport, StepMetrics
-    from training.pretrain.data import TokenDataModule
-    from training.pretrain.module import GPTPretrainModule
 
     cfg = Config.model_validate(payload["cfg"])
     tc = cfg.train
@@ -305,9 +305,6 @@ def fit_with_ray(payload: dict[str, Any], cfg: Config) -> WorkerPlan:
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig
-
-    from core.ray_setup import init_ray
-    from training.ray_train import fit_or_raise, torch_trainer
 
     tc = cfg.train
     init_ray(cfg.ray)

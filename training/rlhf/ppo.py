@@ -10,7 +10,6 @@ epochs of minibatch updates of the clipped policy loss and the clipped value los
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -22,9 +21,7 @@ from training.rlhf.distributed import LOCAL, Dist
 from training.rlhf.heads import ScalarModel
 from training.rlhf.logprobs import masked_mean, masked_whiten, token_logprobs
 from training.rlhf.optim import LogFn, Optimizer, TrainResult, batch_order, freeze, minibatches, no_log
-from training.rlhf.rollout import Rollout, rollout
-from training.rlhf.scoring import RewardNormalizer, Scores, score_rollout
-from training.rlhf.sequences import encode_prompt, pad_id
+from training.rlhf.scoring import PromptSampler, iteration_metrics
 from training.rlhf.tasks import TaskExample
 
 if TYPE_CHECKING:
@@ -197,10 +194,7 @@ def train_ppo(
     # Dropout off everywhere: the ratio of new to old log-probs must compare the same function.
     policy.eval()
     value_model.eval()
-    prompts = [encode_prompt(tokenizer, ex.messages()) for ex in examples]
-    stop_ids, pad = prompts[0][1], pad_id(tokenizer)
     gen = torch.Generator().manual_seed(seed)  # the same on every worker: same batches, same order
-    sample_gen = torch.Generator().manual_seed(seed + 1 + 7919 * dist.rank)
     updates = cfg.iterations * cfg.epochs * -(-cfg.rollout_batch // cfg.minibatch)
     p_opt = Optimizer(policy, lr=cfg.lr, steps=updates, grad_clip=cfg.grad_clip)
     v_opt = Optimizer(value_model, lr=cfg.value_lr, steps=updates, grad_clip=cfg.grad_clip)
@@ -208,32 +202,13 @@ def train_ppo(
     order = batch_order(len(examples), cfg.rollout_batch, gen)
     history: list[dict[str, float]] = []
     temp = sampling.temperature
-    normalizer = RewardNormalizer(dist=dist) if cfg.normalize_reward else None
+    sample = PromptSampler(
+        tokenizer, examples, sampling, cfg, reward_model=reward_model, seed=seed, dist=dist
+    )
     train_policy, train_value = dist.wrap(policy), dist.wrap(value_model)
     for it in range(1, cfg.iterations + 1):
         idx = dist.shard(next(order))
-        t0 = time.perf_counter()
-        ro = rollout(
-            policy,
-            [prompts[i][0] for i in idx],
-            max_new_tokens=sampling.max_new_tokens,
-            stop_ids=stop_ids,
-            pad_id=pad,
-            temperature=temp,
-            top_k=sampling.top_k,
-            generator=sample_gen,
-        )
-        rollout_s = time.perf_counter() - t0
-        batch_examples = [examples[i] for i in idx]
-        sc = score_rollout(
-            ro,
-            batch_examples,
-            tokenizer,
-            source=cfg.reward,
-            reward_model=reward_model,
-            missing_eos_penalty=sampling.missing_eos_penalty,
-            normalizer=normalizer,
-        )
+        ro, sc, rollout_s = sample(policy, idx)
         with torch.no_grad():
             old_lp, _ = token_logprobs(policy, ro.ids, temperature=temp)
             ref_lp, _ = token_logprobs(reference, ro.ids, temperature=temp)
@@ -245,7 +220,7 @@ def train_ppo(
         batch = _Batch(ro.ids, ro.mask, old_lp, old_values, adv, returns)
         stats = _optimise(batch, (train_policy, p_opt), (train_value, v_opt), cfg, temp, gen, dist)
         seq_kl = dist.mean_metrics({"kl": float(kl.sum(-1).mean())})["kl"]
-        row = _iteration_metrics(ro, sc, seq_kl, kl_ctl.value, rollout_s, stats, dist)
+        row = iteration_metrics(ro, sc, rollout_s, stats, dist, kl=seq_kl, kl_coef=kl_ctl.value)
         kl_ctl.update(seq_kl, len(ro) * dist.world)
         history.append({"step": it, **row})
         log_metrics(row, it)
@@ -307,27 +282,3 @@ def _optimise(
             ):
                 stats[k].append(v.item())
     return stats
-
-
-def _iteration_metrics(
-    ro: Rollout,
-    sc: Scores,
-    seq_kl: float,
-    kl_coef: float,
-    rollout_s: float,
-    stats: dict[str, list[float]],
-    dist: Dist,
-) -> dict[str, float]:
-    """One PPO iteration's logged figures, averaged over the workers (throughput summed)."""
-    row = {
-        "reward": float(sc.reward.mean()),
-        "task_reward": float(sc.task.mean()),
-        "accuracy": float(sc.correct.float().mean()),
-        "kl": seq_kl,
-        "kl_coef": kl_coef,
-        "reply_len": float(ro.reply_lens.float().mean()),
-        "eos_frac": float(ro.finished.float().mean()),
-        "rollout_tokens_per_s": ro.num_reply_tokens / max(rollout_s, 1e-9),
-        **{k: sum(v) / len(v) for k, v in stats.items()},
-    }
-    return dist.mean_metrics(row, summed=("rollout_tokens_per_s",))

@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from catalog.artifacts import ArtifactRef, open_artifact, publish
+from catalog.redact import redact_url
 from gpt.chat import check_messages
-from training.rlhf.feedback import feedback_pairs
+from training.rlhf.feedback import feedback_pairs, link_feedback
 from training.rlhf.pairs import PreferencePair, PreferenceSet, pair_problem, quarantine
 
 if TYPE_CHECKING:
@@ -180,8 +181,6 @@ def build_preference_set(
 
 
 def _safe_url(url: str) -> str:
-    from catalog.redact import redact_url
-
     return redact_url(url)
 
 
@@ -242,8 +241,6 @@ def snapshot_preferences(
         st.metadata.update(metadata or {})
     assert st.ref is not None
     if catalog_url is not None and pset.feedback_ids():
-        from training.rlhf.feedback import link_feedback
-
         link_feedback(catalog_url, st.ref, pset.feedback_ids())
     log.info(
         "preferences %s: %d pairs, %d held out, %d quarantined, %d skipped",
