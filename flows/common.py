@@ -18,7 +18,7 @@ from catalog.tracking import PipelineRun, Tracker, night_label
 from core.config import Config, load_config
 from core.config_base import ConfigError
 from flows.watchdog import NightWatch
-from nightshift.promotion import GateResult
+from release.promotion import GateResult
 from training.rlhf.stages import RLHFStageResult
 
 

@@ -8,7 +8,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from flows.common import flow_config, prefect_flow_run_url
-from nightshift.promotion import promote, redeploy, rollback
+from release.promotion import promote, redeploy, rollback
 
 
 @flow(name="deploy", log_prints=True)

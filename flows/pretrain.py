@@ -38,7 +38,7 @@ from flows.tasks import (
 if TYPE_CHECKING:
     from catalog.tracking import PipelineRun
     from core.config import Config
-    from nightshift.promotion import GateResult
+    from release.promotion import GateResult
     from serving.deploy import DeployResult
     from training.data.ingest import IngestResult
     from training.data.tokenize import TokenizeResult

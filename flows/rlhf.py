@@ -15,7 +15,7 @@ from prefect.states import State
 
 from flows.common import flow_config, gate_failed, pipeline_run, prefect_flow_run_url, stage_failed
 from flows.tasks import deploy_task, evaluate_task, rlhf_chain
-from nightshift.promotion import base_model, tokens_of
+from release.promotion import base_model, tokens_of
 
 
 @flow(name="rlhf", log_prints=True)

@@ -14,7 +14,7 @@ from catalog.artifacts import ArtifactRef
 from catalog.tracking import PipelineRun
 from core.config import Config
 from flows.watchdog import watched_stage
-from nightshift.promotion import GateResult, evaluate_and_gate, reject_at_stage
+from release.promotion import GateResult, evaluate_and_gate, reject_at_stage
 from serving.deploy import DeployResult, deploy_stage
 from training import stages
 from training.data.ingest import IngestResult

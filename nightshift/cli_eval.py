@@ -12,7 +12,7 @@ from nightshift.tracked import tracked_stage
 def cmd_evaluate(args: argparse.Namespace, extra: Sequence[str]) -> int:
     """Evaluate a model artifact against another (or the registry's champion) and print the verdict."""
     # Deferred: they load torch, which every other command of the console script does without.
-    from nightshift.promotion import champion_artifact, registry_for
+    from release.promotion import champion_artifact, registry_for
     from training.eval.stages import evaluate_stage
 
     cfg = load_config(args.preset, list(extra))

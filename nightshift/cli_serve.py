@@ -51,7 +51,7 @@ def _print(res: Any) -> None:
 
 def cmd_serve(args: argparse.Namespace, extra: Sequence[str]) -> int:
     # Deferred: loads torch and Ray, which `nightshift --help` and the other commands do without.
-    from nightshift.promotion import redeploy
+    from release.promotion import redeploy
     from serving.deploy import DeployError, deploy_model
 
     if args.write_config:
@@ -73,7 +73,7 @@ def cmd_serve(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
 def cmd_rollback(args: argparse.Namespace, extra: Sequence[str]) -> int:
     # Deferred: loads torch and Ray, which `nightshift --help` and the other commands do without.
-    from nightshift.promotion import rollback
+    from release.promotion import rollback
     from serving.deploy import DeployError
 
     cfg = _stack_config(args, extra)
@@ -88,7 +88,7 @@ def cmd_rollback(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
 def cmd_promote(args: argparse.Namespace, extra: Sequence[str]) -> int:
     # Deferred: loads torch and Ray, which `nightshift --help` and the other commands do without.
-    from nightshift.promotion import promote
+    from release.promotion import promote
     from serving.deploy import DeployError
 
     cfg = _stack_config(args, extra)

@@ -61,7 +61,7 @@ ORDER = ("postgres", "prefect-server", "mlflow", "ray-head", "prefect-worker", "
 LOOPBACK = LOOPBACK_HOSTS
 MLFLOW_ADMIN = "admin"
 # Loggers of ours whose records a flow run sends to Prefect (its log in the UI and `--watch`).
-FLOW_LOGGERS = ("gpt", "training", "serving", "catalog", "flows", "nightshift")
+FLOW_LOGGERS = ("core", "gpt", "training", "serving", "release", "catalog", "flows", "nightshift")
 
 
 def _prefect_url(cfg: Config) -> str:

@@ -1,7 +1,7 @@
 """Roll a model out on the running Serve application and record it.
 
 The deploy stage of ``pretrain/nightly``, ``nightshift serve`` and the rollouts of
-``nightshift/promotion.py`` (promote, roll back, redeploy) all come here. A rollout replaces the
+``release/promotion.py`` (promote, roll back, redeploy) all come here. A rollout replaces the
 application's replicas with a surge (new replicas healthy before the old ones stop, see
 :func:`serving.options.deployment_options`), then checks that the endpoint answers with the new model
 before it marks the catalog ``deployment`` row active and retires the previous one. A rollout that

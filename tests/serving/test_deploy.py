@@ -12,7 +12,7 @@ from mlflow import MlflowClient
 from catalog.db import session_scope
 from catalog.models import Deployment
 from core.config import load_config
-from nightshift.promotion import rollback
+from release.promotion import rollback
 from serving.deploy import DeployError, active_deployment, deploy_model
 from tests.serving.conftest import make_model_artifact
 from training.mlflow_model import log_model
