@@ -72,9 +72,9 @@ def deploy(args: argparse.Namespace, root: Path) -> Target:
     from ray import serve
 
     from catalog.db import migrate
+    from core.serve_config import ServeConfig, proxy_env
     from serving.app import build_app
     from serving.options import http_options
-    from training.serve_config import ServeConfig, proxy_env
 
     proxy = ServeConfig(
         port=free_port(),
@@ -224,9 +224,9 @@ def check_stack() -> dict:
     then every listening socket of every process of the stack, and of this driver, must be loopback."""
     import psutil
 
+    from core.config import load_config
     from nightshift import stack
     from nightshift.services import free_port_overrides, read_state
-    from training.config import load_config
 
     home = Path(tempfile.mkdtemp(prefix="nightshift-abuse-stack-"))
     os.environ["NIGHTSHIFT_HOME"] = str(home)

@@ -67,7 +67,7 @@ def _outcome(ok: bool, out: str) -> str:
 
 class Bench:
     def __init__(self, home: Path, seed: int):
-        from training.config import load_config
+        from core.config import load_config
 
         self.home, self.rng = home, random.Random(seed)
         from nightshift.services import free_port_overrides

@@ -77,9 +77,9 @@ def deploy(root: Path, catalog_url: str, name: str, limited: bool) -> tuple[str,
     from ray import serve
 
     from catalog.db import migrate
+    from core.serve_config import ServeConfig
     from serving.app import build_app
     from serving.options import http_options
-    from training.serve_config import ServeConfig
 
     if not ray.is_initialized():
         _PORT.append(free_port())

@@ -42,13 +42,13 @@ sys.path.insert(0, str(REPO))
 from stages import demo_data, night_config, pretrained_base  # noqa: E402
 
 from catalog.untracked import NullStageRun  # noqa: E402
+from core.config import Config, parse_value  # noqa: E402
+from core.rlhf_config import SFTConfig  # noqa: E402
 from gpt.model import GPT  # noqa: E402
 from gpt.model_io import load_model, save_model  # noqa: E402
-from training.config import Config, parse_value  # noqa: E402
 from training.eval.stages import evaluate_stage  # noqa: E402
 from training.pretrain import checkpoint as ckpt  # noqa: E402
 from training.rlhf import stages as rlhf  # noqa: E402
-from training.rlhf.config import SFTConfig  # noqa: E402
 from training.rlhf.for_eval import eval_items, reward_fn  # noqa: E402
 from training.rlhf.sft import train_sft  # noqa: E402
 from training.rlhf.tasks import tasks_from_config  # noqa: E402

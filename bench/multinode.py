@@ -72,9 +72,9 @@ def make_inputs(root: Path) -> tuple[Any, Any]:
 
 
 def train_config(address: str, steps: int, workers: int) -> Any:
-    from gpt.config import ModelConfig
-    from training.config import Config, RayConfig
-    from training.train_config import TrainConfig
+    from core.config import Config, RayConfig
+    from core.model_config import ModelConfig
+    from core.train_config import TrainConfig
 
     return Config(
         seed=11,
@@ -297,9 +297,9 @@ def main() -> None:
     import ray
     from ray.cluster_utils import Cluster
 
+    from core.config import RayConfig
+    from core.ray_setup import init_ray
     from nightshift.services import free_ports
-    from training.config import RayConfig
-    from training.ray_setup import init_ray
 
     work = Path(tempfile.mkdtemp(prefix="nightshift-multinode-"))
     t0 = time.monotonic()

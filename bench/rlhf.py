@@ -35,10 +35,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gpt.config import ModelConfig  # noqa: E402
-from gpt.model import GPT  # noqa: E402
-from gpt.tokenizer import train_tokenizer  # noqa: E402
-from training.rlhf.config import (  # noqa: E402
+from core.model_config import ModelConfig  # noqa: E402
+from core.rlhf_config import (  # noqa: E402
     DPOConfig,
     GRPOConfig,
     PolicyEvalConfig,
@@ -47,6 +45,8 @@ from training.rlhf.config import (  # noqa: E402
     SamplingConfig,
     SFTConfig,
 )
+from gpt.model import GPT  # noqa: E402
+from gpt.tokenizer import train_tokenizer  # noqa: E402
 from training.rlhf.dpo import train_dpo  # noqa: E402
 from training.rlhf.evaluate import evaluate_policy  # noqa: E402
 from training.rlhf.grpo import train_grpo  # noqa: E402

@@ -36,7 +36,11 @@ HERE = Path(__file__).resolve().parents[1]
 
 def _modules(tree: Path) -> dict:
     """The tree's GPT, config and tokenizer trainer, wherever that tree keeps them."""
-    if (tree / "gpt" / "model.py").exists():
+    if (tree / "core" / "model_config.py").exists():
+        from core.model_config import ModelConfig
+        from gpt.model import GPT
+        from gpt.tokenizer import train_tokenizer
+    elif (tree / "gpt" / "model.py").exists():  # the model's config still in gpt/
         from gpt.config import ModelConfig
         from gpt.model import GPT
         from gpt.tokenizer import train_tokenizer

@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from serve_http import bench_http, load_run, pct, replica_figures, replica_rss  # noqa: E402
 
-from gpt.config import ModelConfig  # noqa: E402
+from core.model_config import ModelConfig  # noqa: E402
 from gpt.model import GPT  # noqa: E402
 from gpt.model_io import save_model  # noqa: E402
 from gpt.tokenizer import train_tokenizer  # noqa: E402
@@ -197,9 +197,9 @@ def main() -> None:
     import ray
     from ray import serve
 
+    from core.config import load_config
     from serving.app import build_app
     from tests.conftest import free_port
-    from training.config import load_config
 
     # The model has the small preset's shape; its replica runs as that preset configures it.
     serve_threads = args.serve_threads or load_config("small").serve.torch_threads

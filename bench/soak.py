@@ -165,8 +165,8 @@ class Client:
 
 class Soak:
     def __init__(self, args: argparse.Namespace, home: Path) -> None:
+        from core.config import load_config
         from nightshift.services import free_port_overrides
-        from training.config import load_config
 
         self.args, self.home = args, home
         over: dict[str, Any] = {**free_port_overrides()}

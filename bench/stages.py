@@ -30,8 +30,8 @@ sys.path.insert(0, str(REPO))
 
 from catalog.artifacts import open_artifact  # noqa: E402
 from catalog.untracked import NullStageRun  # noqa: E402
+from core.config import Config, load_config, parse_value  # noqa: E402
 from training import stages  # noqa: E402
-from training.config import Config, load_config, parse_value  # noqa: E402
 from training.eval.stages import evaluate_stage  # noqa: E402
 from training.rlhf import stages as rlhf  # noqa: E402
 from training.rlhf.for_eval import eval_items, reward_fn  # noqa: E402

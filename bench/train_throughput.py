@@ -49,11 +49,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from nanogpt_loop import nanogpt_tokens_per_s  # noqa: E402  (bench/ is on sys.path as the script's dir)
 
 from catalog.artifacts import ArtifactRef, publish  # noqa: E402
-from gpt.config import ModelConfig  # noqa: E402
+from core.config import Config, RayConfig  # noqa: E402
+from core.model_config import ModelConfig  # noqa: E402
+from core.train_config import TrainConfig  # noqa: E402
 from gpt.model import GPT  # noqa: E402
-from training.config import Config, RayConfig  # noqa: E402
 from training.data.shards import TokenShards  # noqa: E402
-from training.train_config import TrainConfig  # noqa: E402
 
 VOCAB = 4096
 

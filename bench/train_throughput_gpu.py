@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from train_throughput import lightning_path, make_tokens, plain_loop  # noqa: E402
 
+from core.config import Config  # noqa: E402
 from gpt.model import GPT  # noqa: E402
-from training.config import Config  # noqa: E402
 
 # Dense bf16 tensor-core peaks from the vendors' datasheets (FLOP/s), by device-name substring, most
 # specific first. The measured matmul peak is the MFU denominator; these are printed beside it.
@@ -48,7 +48,7 @@ def gpu_config(
     By default one GPU trains as one of the preset's workers does: the preset's per-worker micro-batch
     (``batch_size / num_workers``), accumulated so that a step holds the preset's tokens per step.
     """
-    from training.config import load_config
+    from core.config import load_config
 
     base = load_config(preset).train
     batch_size = batch_size or max(1, base.batch_size // base.num_workers)

@@ -26,6 +26,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from catalog.artifacts import INDEX
+
 # Re-exported: the names and value types of the conventions live in registry_types.
 from catalog.registry_types import (  # noqa: F401
     _MODEL_ID,
@@ -404,8 +406,6 @@ class Registry:
         Callers verify it with ``open_artifact`` (``load_model`` does).
         """
         import mlflow.artifacts
-
-        from catalog.artifacts import INDEX
 
         info = self.get(version)
         sha = info.artifact_sha256

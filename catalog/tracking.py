@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 from catalog import lineage
 from catalog.artifacts import INDEX, ArtifactRef
 from catalog.db import migrate, session_scope
+from catalog.models import Run
 from catalog.redact import redact, redact_text
 
 if TYPE_CHECKING:
@@ -279,8 +280,6 @@ class PipelineRun(_TrackedRun):
         """
         from sqlalchemy import select
 
-        from catalog.models import Run
-
         query = select(Run.id, Run.mlflow_run_id).where(
             Run.parent_id == self.catalog_run_id, Run.status == "running"
         )
@@ -295,8 +294,6 @@ class PipelineRun(_TrackedRun):
         Looked up in the catalog, so it also finds stages opened in other threads or processes.
         """
         from sqlalchemy import select
-
-        from catalog.models import Run
 
         query = (
             select(Run.mlflow_run_id)
@@ -406,8 +403,6 @@ class Tracker:
 
         The returned object opens stages under it but does not end the pipeline run.
         """
-        from catalog.models import Run
-
         with session_scope(self.catalog_url) as s:
             row = s.get(Run, catalog_run_id)
             if row is None or row.mlflow_run_id is None:

@@ -22,6 +22,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from catalog.db import session_scope
+from catalog.models import Completion, Feedback, feedback_target, utcnow
+from dashboard.queries import clear_caches
 from dashboard.settings import Settings
 
 Choice = Literal["a", "b", "a_unsafe", "b_unsafe"]
@@ -107,10 +110,6 @@ def record_label(
     """
     from sqlalchemy import select
 
-    from catalog.db import session_scope
-    from catalog.models import Completion, Feedback, feedback_target, utcnow
-    from dashboard.queries import clear_caches
-
     ensure_writable(settings)
     if choice not in CHOICES:
         raise ActionError(f"unknown label {choice!r}; expected one of {', '.join(CHOICES)}")
@@ -152,7 +151,7 @@ def record_label(
 
 
 def _registry(settings: Settings) -> Any:
-    try:
+    try:  # MLflow may be left out of a dashboard-only installation
         from catalog.registry import Registry
     except ImportError as exc:
         raise ActionError(
@@ -235,6 +234,4 @@ def rollback(settings: Settings, who: Identity, reason: str) -> str:
 
 
 def _forget() -> None:
-    from dashboard.queries import clear_caches
-
     clear_caches()

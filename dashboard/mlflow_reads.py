@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 
 import streamlit as st
 
+from dashboard import queries
+
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
@@ -146,8 +148,6 @@ def _logged_model_id(source: str) -> str | None:
 def with_catalog_models(versions: list[VersionInfo], catalog_url: str) -> list[VersionInfo]:
     """Fill in missing model hashes from the catalog: the model artifact the version's run wrote."""
     from dataclasses import replace
-
-    from dashboard import queries
 
     missing = tuple(v.run_id for v in versions if v.artifact_sha256 is None and v.run_id)
     if not missing:

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import streamlit as st
 
+from dashboard import queries
+
 if TYPE_CHECKING:
     from openai import OpenAI
 
@@ -83,8 +85,6 @@ def context_length(catalog_url: str, model_sha256: str | None) -> int | None:
     server then still refuses prompt + max_tokens beyond the context with a clear 400.
     """
     import json
-
-    from dashboard import queries
 
     if not model_sha256 or queries.catalog_problem(catalog_url):
         return None

@@ -1,6 +1,6 @@
 """Where the dashboard reads from and what it may do: one frozen :class:`Settings` per script run.
 
-The tracking locations come from the one config system (``training.config.load_config``; the
+The tracking locations come from the one config system (``core.config.load_config``; the
 preset or YAML path in ``NIGHTSHIFT_CONFIG``, default ``tiny``, whose ``tracking`` section reads
 ``MLFLOW_TRACKING_URI``, ``NIGHTSHIFT_CATALOG_URL`` and ``NIGHTSHIFT_PREFECT_UI``). The settings
 that only the dashboard has come from the environment:
@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+
+from core.config import load_config
 
 DEFAULT_SERVE_URL = "http://127.0.0.1:8000/v1"
 DEFAULT_REGISTERED_MODEL = "nightshift-gpt"
@@ -100,8 +102,6 @@ def load_settings() -> Settings:
         core.config_base.ConfigError: When ``NIGHTSHIFT_CONFIG`` names a bad preset or file;
             its message lists every problem.
     """
-    from training.config import load_config
-
     cfg = load_config(os.environ.get("NIGHTSHIFT_CONFIG", "tiny"))
     tracking = cfg.tracking
     default_url = f"http://{cfg.serve.host}:{cfg.serve.port}/v1"

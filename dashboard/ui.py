@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+from catalog.verdict import RuleResult, fmt, interval_text
 from dashboard import actions, mlflow_reads, queries
 from dashboard.actions import Identity
 from dashboard.lineage_graph import STATUS_MARK, duration, when
@@ -136,9 +137,6 @@ def show_report(path: Path) -> None:
     The plots are shown as images from the report's own directory (REPORT.md links them relatively,
     which Streamlit cannot resolve), and the Markdown without its image links.
     """
-    from training.eval.gates import RuleResult, interval_text
-    from training.eval.report import fmt
-
     verdict = path / "verdict.json"
     if verdict.is_file():
         rules = [RuleResult(**r) for r in json.loads(verdict.read_text()).get("rules", [])]

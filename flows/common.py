@@ -15,10 +15,10 @@ from prefect.states import Failed, State
 
 from catalog.redact import install_log_redaction, secrets_in
 from catalog.tracking import PipelineRun, Tracker, night_label
+from core.config import Config, load_config
 from core.config_base import ConfigError
 from flows.watchdog import NightWatch
-from training.config import Config, load_config
-from training.eval.promotion import GateResult
+from release.promotion import GateResult
 from training.rlhf.stages import RLHFStageResult
 
 

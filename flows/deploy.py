@@ -8,8 +8,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from flows.common import flow_config, prefect_flow_run_url
-from serving.deploy import redeploy_current
-from serving.promote import promote, rollback
+from release.promotion import promote, redeploy, rollback
 
 
 @flow(name="deploy", log_prints=True)
@@ -41,7 +40,7 @@ def deploy(
     elif action == "rollback":
         res = rollback(cfg, who=who, reason=reason)
     else:
-        res = redeploy_current(cfg, created_by=who)
+        res = redeploy(cfg, who=who)
     get_run_logger().info("deployment %d serves model %s", res.deployment_id, res.model_sha256[:16])
     create_markdown_artifact(
         key=f"deploy-{action}",

@@ -11,7 +11,7 @@ artifact, rather than raising. A stage that overruns ``night.stage_limits`` ends
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
@@ -34,6 +34,16 @@ from flows.tasks import (
     rlhf_chain,
     tokenize_task,
 )
+
+if TYPE_CHECKING:
+    from catalog.tracking import PipelineRun
+    from core.config import Config
+    from release.promotion import GateResult
+    from serving.deploy import DeployResult
+    from training.data.ingest import IngestResult
+    from training.data.tokenize import TokenizeResult
+    from training.rlhf.stages import RLHFStageResult
+    from training.stages import PretrainStageResult
 
 
 @flow(name="pretrain", log_prints=True)
@@ -80,55 +90,7 @@ def pretrain(preset: str = "small", overrides: dict[str, Any] | None = None) -> 
         deployed = None
         if gate.promoted and cfg.serve.deploy_stage:
             deployed = deploy_task(cfg, pipeline, candidate, created_by=who, version=gate.version)
-        m, mm = corpus.manifest, model.metrics
-        rows = [
-            (
-                "ingest",
-                pipeline.stage_url("ingest"),
-                f"corpus `{corpus.artifact.sha256[:16]}`: {m['documents_kept']} of {m['documents_in']} "
-                f"documents kept, {len(m['quarantined'])} quarantined",
-            ),
-            (
-                "tokenize",
-                pipeline.stage_url("tokenize"),
-                f"tokens `{tokens.tokens.sha256[:16]}`: {tokens.stats['tokens']['train']:,} train / "
-                f"{tokens.stats['tokens']['val']:,} val tokens",
-            ),
-            (
-                "pretrain",
-                pipeline.stage_url("pretrain"),
-                f"model `{model.model.sha256[:16]}`: val loss {mm.get('val_loss', float('nan')):.3f} "
-                f"(unigram entropy {mm['unigram_entropy']:.3f}), "
-                f"{mm.get('tokens_per_s', 0):,.0f} tokens/s",
-            ),
-            *(
-                [
-                    (
-                        cfg.rlhf.algorithm,
-                        pipeline.stage_url(cfg.rlhf.algorithm),
-                        f"policy `{policy.model.sha256[:16]}` after SFT and the reward model "
-                        f"(held-out accuracy {reward.metrics.get('heldout_accuracy', float('nan')):.3f})",
-                    )
-                ]
-                if policy is not None
-                else []
-            ),
-            (
-                "evaluate",
-                pipeline.stage_url("evaluate"),
-                f"v{gate.version}: {gate.verdict.summary()} — "
-                + ("promoted to champion" if gate.promoted else "not promoted"),
-            ),
-        ]
-        if deployed is not None:
-            rows.append(
-                (
-                    "deploy",
-                    pipeline.stage_url("deploy"),
-                    f"deployment {deployed.deployment_id}: {deployed.endpoint}/v1 serves v{gate.version} "
-                    f"(`{deployed.model_sha256[:16]}`)",
-                )
-            )
+        rows = _summary_rows(cfg, pipeline, corpus, tokens, model, reward, policy, gate, deployed)
         publish_summary("pretrain-summary", f"pretrain/nightly — preset {cfg.preset}", pipeline, rows)
     if not gate.promoted:
         return gate_failed(cfg, gate)
@@ -140,3 +102,67 @@ def pretrain(preset: str = "small", overrides: dict[str, Any] | None = None) -> 
         "model": model.model.sha256,
         "version": gate.version,
     }
+
+
+def _summary_rows(
+    cfg: Config,
+    pipeline: PipelineRun,
+    corpus: IngestResult,
+    tokens: TokenizeResult,
+    model: PretrainStageResult,
+    reward: RLHFStageResult | None,
+    policy: RLHFStageResult | None,
+    gate: GateResult,
+    deployed: DeployResult | None,
+) -> list[tuple[str, str, str]]:
+    """The night's summary for the Prefect UI: one row per stage, with its MLflow run and its outcome."""
+    m, mm = corpus.manifest, model.metrics
+    rows: list[tuple[str, str, str]] = [
+        (
+            "ingest",
+            pipeline.stage_url("ingest"),
+            f"corpus `{corpus.artifact.sha256[:16]}`: {m['documents_kept']} of {m['documents_in']} "
+            f"documents kept, {len(m['quarantined'])} quarantined",
+        ),
+        (
+            "tokenize",
+            pipeline.stage_url("tokenize"),
+            f"tokens `{tokens.tokens.sha256[:16]}`: {tokens.stats['tokens']['train']:,} train / "
+            f"{tokens.stats['tokens']['val']:,} val tokens",
+        ),
+        (
+            "pretrain",
+            pipeline.stage_url("pretrain"),
+            f"model `{model.model.sha256[:16]}`: val loss {mm.get('val_loss', float('nan')):.3f} "
+            f"(unigram entropy {mm['unigram_entropy']:.3f}), "
+            f"{mm.get('tokens_per_s', 0):,.0f} tokens/s",
+        ),
+        *(
+            [
+                (
+                    cfg.rlhf.algorithm,
+                    pipeline.stage_url(cfg.rlhf.algorithm),
+                    f"policy `{policy.model.sha256[:16]}` after SFT and the reward model "
+                    f"(held-out accuracy {reward.metrics.get('heldout_accuracy', float('nan')):.3f})",
+                )
+            ]
+            if policy is not None
+            else []
+        ),
+        (
+            "evaluate",
+            pipeline.stage_url("evaluate"),
+            f"v{gate.version}: {gate.verdict.summary()} — "
+            + ("promoted to champion" if gate.promoted else "not promoted"),
+        ),
+    ]
+    if deployed is not None:
+        rows.append(
+            (
+                "deploy",
+                pipeline.stage_url("deploy"),
+                f"deployment {deployed.deployment_id}: {deployed.endpoint}/v1 serves v{gate.version} "
+                f"(`{deployed.model_sha256[:16]}`)",
+            )
+        )
+    return rows

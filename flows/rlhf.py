@@ -13,22 +13,9 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from prefect.states import State
 
-from catalog.artifacts import open_artifact
 from flows.common import flow_config, gate_failed, pipeline_run, prefect_flow_run_url, stage_failed
 from flows.tasks import deploy_task, evaluate_task, rlhf_chain
-from training.eval.promotion import registry_for, version_artifact
-
-
-def _base_model(cfg, version: str | None, model_dir: str | None):
-    if model_dir:
-        return open_artifact(model_dir, kind="model")
-    registry = registry_for(cfg)
-    info = registry.get(version) if version else registry.champion()
-    if info is None:
-        raise ValueError(
-            f"{registry.name} has no champion yet; pass version=<n> or model_dir=<model artifact directory>"
-        )
-    return open_artifact(version_artifact(registry, info.version), kind="model")
+from release.promotion import base_model, tokens_of
 
 
 @flow(name="rlhf", log_prints=True)
@@ -48,19 +35,8 @@ def rlhf(
     """
     cfg = flow_config(preset, overrides)
     who = prefect_flow_run_url(cfg) or "rlhf/adhoc"
-    base = _base_model(cfg, version, model_dir)
-    tokens = None
-    if isinstance(base.metadata.get("tokens"), str):
-        from catalog.db import session_scope
-        from catalog.lineage import open_recorded
-        from catalog.models import Artifact
-
-        with session_scope(cfg.tracking.catalog_url) as s:
-            row = s.query(Artifact).filter_by(kind="tokens", sha256=base.metadata["tokens"]).first()
-            try:
-                tokens = open_recorded(row) if row else None
-            except Exception:  # moved, pruned or damaged: evaluate without held-out perplexity
-                tokens = None
+    base = base_model(cfg, version, model_dir)
+    tokens = tokens_of(cfg, base)
     with pipeline_run(cfg, "rlhf") as pipeline:
         sft, reward, policy, failed = rlhf_chain(cfg, pipeline, base, tokens)
         if failed is not None:

@@ -12,13 +12,13 @@ from prefect.cache_policies import NONE
 
 from catalog.artifacts import ArtifactRef
 from catalog.tracking import PipelineRun
+from core.config import Config
 from flows.watchdog import watched_stage
+from release.promotion import GateResult, evaluate_and_gate, reject_at_stage
 from serving.deploy import DeployResult, deploy_stage
 from training import stages
-from training.config import Config
 from training.data.ingest import IngestResult
 from training.data.tokenize import TokenizeResult
-from training.eval.promotion import GateResult, evaluate_and_gate, reject_at_stage
 from training.rlhf import stages as rlhf
 from training.rlhf.for_eval import eval_items, reward_fn
 from training.rlhf.stages import RLHFStageResult

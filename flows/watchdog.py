@@ -25,8 +25,8 @@ from prefect.logging.handlers import APILogWorker
 from prefect.states import Crashed
 
 from catalog.tracking import PipelineRun, StageRun
+from core.config import Config, NightConfig
 from nightshift.nights import duration
-from training.config import Config, NightConfig
 
 log = logging.getLogger(__name__)
 

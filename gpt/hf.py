@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from catalog.artifacts import ArtifactRef, replace_dir
-from gpt.config import ModelConfig
-from gpt.model_io import ModelArtifactError, build_model, check_vocab, load_model, save_model
-from gpt.tokenizer import EOT, TOKENIZER_FILE
+from core.model_config import ModelConfig
+from gpt.model_io import ModelArtifactError, build_model, check_vocab, load_model, save_model, weights_to_save
+from gpt.tokenizer import EOT, TOKENIZER_FILE, load_tokenizer
 
 if TYPE_CHECKING:
     import torch
@@ -112,8 +112,6 @@ def export_hf(model_dir_or_ref: str | Path | ArtifactRef, out_dir: str | Path) -
         ``out_dir``, resolved.
     """
     from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
-
-    from gpt.model_io import weights_to_save
 
     model, tok, ref = load_model(model_dir_or_ref)
     cfg = model.cfg
@@ -220,8 +218,6 @@ def _read_hf_weights(hf_dir: Path) -> dict[str, torch.Tensor]:
 
 def _read_hf_tokenizer(path: Path) -> Any:
     from tokenizers import Tokenizer
-
-    from gpt.tokenizer import load_tokenizer
 
     raw = json.loads(path.read_text())
     post = raw.get("post_processor") or {}

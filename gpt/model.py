@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from gpt.config import ModelConfig
+from core.model_config import ModelConfig
 from gpt.generate import sample
 from gpt.losses import linear_cross_entropy, token_cross_entropy
 from gpt.sampling import SamplingParams

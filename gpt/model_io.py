@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from catalog.artifacts import ArtifactRef, open_artifact, publish
-from gpt.config import ModelConfig, stored_model_config
+from core.model_config import ModelConfig, stored_model_config
+from gpt.model import GPT
 from gpt.tokenizer import EOT, TOKENIZER_FILE, load_tokenizer
 
 if TYPE_CHECKING:
@@ -80,8 +81,6 @@ def weights_to_save(model: GPT) -> dict[str, Any]:
 def build_model(cfg: ModelConfig, weights: dict[str, Any], *, device: str = "cpu", where: str) -> GPT:
     """A GPT with exactly ``weights`` (strict: no missing or extra key, no shape mismatch), head re-tied."""
     import torch
-
-    from gpt.model import GPT
 
     # Build on the meta device and assign the loaded tensors: no random init of weights we replace.
     with torch.device("meta"):

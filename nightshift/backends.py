@@ -23,8 +23,8 @@ import secrets
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from core.config import Config
 from nightshift.services import Service, StackError
-from training.config import Config
 
 DATABASES = ("prefect", "mlflow", "catalog")
 # Server settings our own services must not inherit from the shell that runs `nightshift up`.

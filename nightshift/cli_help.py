@@ -9,6 +9,7 @@ import re
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
+from core.config import describe_fields, load_config
 from core.config_base import did_you_mean
 
 # The config keys each verb reads: a selector is a dotted key where `*` stands for one name and `**`
@@ -150,8 +151,6 @@ def _selector_regex(selector: str) -> re.Pattern[str]:
 
 def verb_keys(verb: str, preset: str) -> list[tuple[str, str, str]]:
     """(key, value in ``preset``, help) for every config key ``verb`` reads."""
-    from training.config import describe_fields, load_config
-
     selectors = [_selector_regex(s) for s in VERB_KEYS.get(verb, ())]
     if not selectors:
         return []

@@ -7,11 +7,15 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from core.config import parse_cli_overrides, parse_value
+from core.config_base import ConfigError
+from nightshift.manifests import DEFAULT_PRESET, REPO_ROOT
+from nightshift.manifests.render import drift, render_preset, write_files
+from nightshift.manifests.validate import validate_files
+
 
 def _overrides(args: argparse.Namespace, extra: Sequence[str]) -> dict[str, Any]:
     """``--set key=value`` pairs and ``--section.key VALUE`` tokens, as one dict of dotted overrides."""
-    from core.config_base import ConfigError
-    from training.config import parse_cli_overrides, parse_value
 
     out: dict[str, Any] = {}
     bad = []
@@ -27,8 +31,6 @@ def _overrides(args: argparse.Namespace, extra: Sequence[str]) -> dict[str, Any]
 
 
 def cmd_render(args: argparse.Namespace, extra: Sequence[str]) -> int:
-    from nightshift.manifests.render import render_preset, write_files
-
     files = render_preset(args.preset, _overrides(args, extra))
     for path in write_files(files, args.out):
         print(path)
@@ -36,8 +38,6 @@ def cmd_render(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
 
 def cmd_check(args: argparse.Namespace, extra: Sequence[str]) -> int:
-    from nightshift.manifests.render import drift, render_preset
-    from nightshift.manifests.validate import validate_files
 
     files = render_preset(args.preset, _overrides(args, extra))
     problems = validate_files(files)
@@ -59,8 +59,6 @@ def cmd_check(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
 def register(sub: Any) -> None:
     """Add ``nightshift infra render|check`` to the top-level subparsers."""
-    from nightshift.manifests import DEFAULT_PRESET, REPO_ROOT
-
     infra = sub.add_parser("infra", help="cluster deployment files rendered from the config")
     verbs = infra.add_subparsers(dest="infra_command", required=True)
     for name, fn, help_text in (

@@ -6,10 +6,12 @@ import argparse
 import json
 from collections.abc import Callable, Sequence
 
+from core.config import load_config
+from nightshift.tracked import tracked_stage
+
 
 def cmd_rlhf(args: argparse.Namespace, extra: Sequence[str]) -> int:
-    from nightshift.tracked import tracked_stage
-    from training.config import load_config
+    # Deferred: loads torch, which `nightshift --help` and the other commands do without.
     from training.rlhf import stages
 
     cfg = load_config(args.preset, list(extra))

@@ -9,6 +9,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from catalog.redact import redact_url
+from catalog.registry import RegistryError
+from core.config import load_config
+from serving.options import serve_app_args, serve_config_yaml
+
 
 def _stack_config(args: argparse.Namespace, extra: Sequence[str]):
     """The config, pointed at the local stack's Ray head when no cluster address is given.
@@ -16,8 +21,8 @@ def _stack_config(args: argparse.Namespace, extra: Sequence[str]):
     A model served by an in-process Ray would vanish when this command exits, so a 'local'
     address is only accepted with the stack up, and then means the stack's head.
     """
+    # Deferred: loads SQLAlchemy and the stack's services, which `nightshift --help` does without.
     from nightshift import stack
-    from training.config import load_config
 
     cfg = load_config(args.preset, list(extra))
     if cfg.ray.address == "local":
@@ -44,50 +49,12 @@ def _print(res: Any) -> None:
     )
 
 
-def serve_app_args(cfg: Any, model: str) -> dict[str, Any]:
-    """The ``build_app`` args of a Serve config file (also the RayService's, see nightshift.manifests)."""
-    return {
-        "model": model,
-        "serve": cfg.serve.model_dump(mode="json"),
-        "catalog_url": cfg.tracking.catalog_url,
-        "tracking_uri": cfg.tracking.mlflow_uri,
-    }
-
-
-def serve_config_yaml(args: dict[str, Any], cfg: Any) -> str:
-    """A Serve config file for `serve deploy` (the same application `nightshift serve` runs)."""
-    import yaml
-
-    from serving.options import http_options
-
-    doc = {
-        "proxy_location": "EveryNode",
-        "http_options": http_options(cfg.serve),
-        "applications": [
-            {
-                "name": cfg.serve.app_name,
-                "route_prefix": cfg.serve.route_prefix,
-                "import_path": "serving.app:build_app",
-                "args": args,
-            }
-        ],
-    }
-    from training.serve_config import proxy_env
-
-    env = " ".join(f"{k}={v}" for k, v in proxy_env(cfg.serve.header_timeout_s).items())
-    note = (
-        "# The proxy's request-header timeout (serve.header_timeout_s) needs these in the environment\n"
-        f"# of `ray start` on every node: {env}\n"
-    )
-    return note + yaml.safe_dump(doc, sort_keys=False)
-
-
 def cmd_serve(args: argparse.Namespace, extra: Sequence[str]) -> int:
-    from serving.deploy import DeployError, deploy_model, redeploy_current
+    # Deferred: loads torch and Ray, which `nightshift --help` and the other commands do without.
+    from release.promotion import redeploy
+    from serving.deploy import DeployError, deploy_model
 
     if args.write_config:
-        from training.config import load_config
-
         cfg = load_config(args.preset, list(extra))
         if not args.model:
             raise SystemExit("error: --write-config needs --model (an artifact directory or models:/ URI)")
@@ -96,11 +63,7 @@ def cmd_serve(args: argparse.Namespace, extra: Sequence[str]) -> int:
         return 0
     cfg = _stack_config(args, extra)
     try:
-        res = (
-            deploy_model(cfg, args.model, created_by=_who())
-            if args.model
-            else redeploy_current(cfg, created_by=_who())
-        )
+        res = deploy_model(cfg, args.model, created_by=_who()) if args.model else redeploy(cfg, who=_who())
     except DeployError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -109,8 +72,9 @@ def cmd_serve(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    # Deferred: loads torch and Ray, which `nightshift --help` and the other commands do without.
+    from release.promotion import rollback
     from serving.deploy import DeployError
-    from serving.promote import rollback
 
     cfg = _stack_config(args, extra)
     try:
@@ -123,9 +87,9 @@ def cmd_rollback(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
 
 def cmd_promote(args: argparse.Namespace, extra: Sequence[str]) -> int:
-    from catalog.registry import RegistryError
+    # Deferred: loads torch and Ray, which `nightshift --help` and the other commands do without.
+    from release.promotion import promote
     from serving.deploy import DeployError
-    from serving.promote import promote
 
     cfg = _stack_config(args, extra)
     try:
@@ -139,9 +103,8 @@ def cmd_promote(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
 def cmd_keys(args: argparse.Namespace, extra: Sequence[str]) -> int:
     """``nightshift keys create --name N [--role R] | list | revoke NAME``: named keys in the catalog."""
+    # Deferred: loads SQLAlchemy and the stack's services, which `nightshift --help` does without.
     from catalog.keys import KeyProblem, create_key, list_keys, revoke_key
-    from catalog.redact import redact_url
-    from training.config import load_config
 
     cfg = load_config(args.preset, list(extra))
     url = cfg.tracking.catalog_url
@@ -172,7 +135,6 @@ def cmd_keys(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
 
 def register(verb: Callable[..., argparse.ArgumentParser]) -> None:
-    register_evaluate(verb)
     p = verb("serve", cmd_serve, "serve a model on Ray Serve (default: redeploy the active deployment)")
     p.add_argument(
         "--model", help="a model artifact directory or a models:/ URI (e.g. models:/nightshift-gpt@champion)"
@@ -200,45 +162,3 @@ def register(verb: Callable[..., argparse.ArgumentParser]) -> None:
         choices=["client", "labeller", "admin"],
         help="client: feedback only on completions it received (default); labeller, admin: on any",
     )
-
-
-def cmd_evaluate(args: argparse.Namespace, extra: Sequence[str]) -> int:
-    """Evaluate a model artifact against another (or the registry's champion) and print the verdict."""
-    from training.config import load_config
-    from training.eval.stages import evaluate_stage
-
-    cfg = load_config(args.preset, list(extra))
-    champion = args.champion
-    if champion is None and args.against_champion:
-        from training.eval.promotion import champion_artifact, registry_for
-
-        registry = registry_for(cfg)
-        champ, path = champion_artifact(cfg, registry)
-        if champ is None:
-            raise SystemExit(
-                f"error: {registry.name} has no champion yet; pass --champion DIR or drop --against-champion"
-            )
-        champion = str(path)
-    from nightshift.tracked import tracked_stage
-
-    with tracked_stage(cfg, "evaluate", args.track) as run:
-        report, verdict = evaluate_stage(
-            cfg, run, args.model, champion=champion, tokens=args.tokens, out=args.out
-        )
-    print((report.path / "REPORT.md").read_text())
-    print(f"\n{verdict.summary()}\nreport: {report.path}")
-    return 0 if verdict.passed else 3
-
-
-def register_evaluate(verb: Callable[..., argparse.ArgumentParser]) -> None:
-    p = verb(
-        "evaluate", cmd_evaluate, "evaluate a model artifact and apply the gates (exit 3 when a gate fails)"
-    )
-    p.add_argument("--model", required=True, help="the candidate model artifact directory")
-    p.add_argument("--champion", help="a model artifact directory to compare against")
-    p.add_argument("--against-champion", action="store_true", help="compare against the registry's champion")
-    p.add_argument("--tokens", help="a tokens artifact for held-out perplexity")
-    p.add_argument(
-        "--out", help="write the eval_report artifact here (default: under tracking.artifact_root)"
-    )
-    p.add_argument("--no-track", dest="track", action="store_false", help="do not log to MLflow/catalog")

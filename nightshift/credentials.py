@@ -11,8 +11,10 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from catalog.keys import create_key, list_keys
+
 if TYPE_CHECKING:
-    from training.config import Config
+    from core.config import Config
 
 LOCAL_KEY_NAME = "local"
 
@@ -32,8 +34,6 @@ def ensure_client_key(cfg: Config, home: Path, catalog_url: str) -> None:
     The key is the catalog's ``local`` key (role ``admin``: the stack's owner may label anything);
     a user who already made a key by that name keeps it, and no file is written.
     """
-    from catalog.keys import create_key, list_keys
-
     if cfg.serve.auth != "api_key" or client_key(home):
         return
     url = catalog_url

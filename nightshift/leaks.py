@@ -18,6 +18,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from catalog.storage import ObjectStore
+
 # The files under $NIGHTSHIFT_HOME that hold secrets on purpose (0600), and the Postgres cluster
 # (its catalog holds only a SCRAM verifier of the password, but its files are not ours to read).
 SECRET_FILES = (
@@ -88,8 +90,6 @@ def scan_database(url: str, secrets: dict[str, str], name: str) -> list[Hit]:
 
 def scan_objects(prefixes: Sequence[str], secrets: dict[str, str]) -> list[Hit]:
     """Every object under each ``s3://bucket/prefix`` (fsspec; credentials from the environment)."""
-    from catalog.storage import ObjectStore
-
     needles = _needles(secrets)
     hits = []
     for prefix in prefixes:

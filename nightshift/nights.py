@@ -26,7 +26,7 @@ from sqlalchemy import select
 
 from catalog.db import migrate, session_scope
 from catalog.models import Run
-from training.config import Config
+from core.config import Config
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from catalog.files import write_atomic
+from core.config import StackConfig
+from core.files import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -181,8 +182,6 @@ def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
 def free_port_overrides() -> dict[str, int]:
     """Config overrides that put every ``stack.*_port`` and ``serve.port`` on a free port (a second
     stack beside the default one: tests and benches)."""
-    from training.config import StackConfig
-
     keys = [f"stack.{k}" for k in StackConfig.model_fields if k.endswith("_port")] + ["serve.port"]
     return dict(zip(keys, free_ports(len(keys)), strict=True))
 

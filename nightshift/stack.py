@@ -22,6 +22,8 @@ from datetime import datetime
 from pathlib import Path
 from urllib.parse import quote
 
+from core.config import LOOPBACK_HOSTS, Config, nightshift_home
+from core.serve_config import proxy_env
 from nightshift import backends
 from nightshift.credentials import client_key, ensure_client_key
 from nightshift.services import (
@@ -40,8 +42,6 @@ from nightshift.services import (
     venv_bin,
     wait_healthy,
 )
-from training.config import LOOPBACK_HOSTS, Config, nightshift_home
-from training.serve_config import proxy_env
 
 __all__ = ["ServiceStatus", "StackError", "down", "stack_env", "status", "up"]
 
@@ -61,7 +61,7 @@ ORDER = ("postgres", "prefect-server", "mlflow", "ray-head", "prefect-worker", "
 LOOPBACK = LOOPBACK_HOSTS
 MLFLOW_ADMIN = "admin"
 # Loggers of ours whose records a flow run sends to Prefect (its log in the UI and `--watch`).
-FLOW_LOGGERS = ("gpt", "training", "serving", "catalog", "flows", "nightshift")
+FLOW_LOGGERS = ("core", "gpt", "training", "serving", "release", "catalog", "flows", "nightshift")
 
 
 def _prefect_url(cfg: Config) -> str:

@@ -5,12 +5,13 @@ Shared by the command modules (``cli``, ``cli_rlhf``, ``cli_serve``), so none of
 
 from __future__ import annotations
 
+from catalog.untracked import NullStageRun
+
 
 def tracked_stage(cfg, name: str, track: bool):
     """A stage run context: a standalone MLflow parent + child run, or a no-op when ``--no-track``."""
     # Deferred: MLflow takes seconds to import, and most commands never track a stage.
     from catalog.tracking import Tracker
-    from catalog.untracked import NullStageRun
 
     if not track:
         return NullStageRun()

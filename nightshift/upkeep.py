@@ -19,8 +19,8 @@ from sqlalchemy import make_url
 from catalog.registry import Registry
 from catalog.retention import GCResult, Places, Retention, collect, dir_bytes
 from catalog.storage import is_url
+from core.config import Config, nightshift_home
 from nightshift.services import rotate_logs
-from training.config import Config, nightshift_home
 
 log = logging.getLogger(__name__)
 

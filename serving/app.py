@@ -30,13 +30,23 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from ray import serve
 
+from catalog.db import session_scope
+from catalog.lineage import record_artifact
+from gpt.chat import END, encode_chat
+from gpt.generate import encode_prompt
+from gpt.tokenizer import EOT
 from serving import errors, openapi
-from serving.auth import AuthProblem, Identity
-from serving.engine import QueueFull, SamplingParams
+from serving.auth import AuthProblem, Identity, KeyCheck, collect_digests
+from serving.engine import Engine, QueueFull, SamplingParams
+from serving.engine_process import EngineProcess
 from serving.limits import LimitSettings, RequestLimits
+from serving.loader import load_served
+from serving.metrics import Metrics
 from serving.openapi import body_responses, responses
 from serving.options import ServeArgs, deployment_options
-from serving.recorder import NotYours
+from serving.ratelimit import RateLimiter
+from serving.recorder import NotYours, Recorder
+from serving.replica_bind import bind_to_node_address
 from serving.responses import (
     Choice,
     chat_body,
@@ -99,14 +109,6 @@ class NightshiftServer(StreamingMixin):
     def __init__(self, args: dict[str, Any]):
         import torch
 
-        from serving.auth import KeyCheck, collect_digests
-        from serving.engine import Engine
-        from serving.engine_process import EngineProcess
-        from serving.loader import load_served
-        from serving.metrics import Metrics
-        from serving.ratelimit import RateLimiter
-        from serving.replica_bind import bind_to_node_address
-
         bind_to_node_address()  # before Serve starts this replica's gRPC server (on [::] otherwise)
         a = ServeArgs(**args)
         self.cfg = a.serve
@@ -164,10 +166,6 @@ class NightshiftServer(StreamingMixin):
         self.deployment_id = a.deployment_id
         self.artifact_id: int | None = None
         if a.catalog_url and self.cfg.record_completions:
-            from catalog.db import session_scope
-            from catalog.lineage import record_artifact
-            from serving.recorder import Recorder
-
             self.recorder = Recorder(a.catalog_url)
             self.metrics.watch_recorder(self.recorder)
             with session_scope(a.catalog_url) as s:
@@ -407,10 +405,6 @@ class NightshiftServer(StreamingMixin):
         responses=body_responses(openapi.Completion, *_GENERATION_ERRORS, stream=openapi.CompletionChunk),
     )
     async def completions(self, body: CompletionRequest, request: Request) -> Response:
-        from gpt.chat import END
-        from gpt.generate import encode_prompt
-        from gpt.tokenizer import EOT
-
         t0 = time.perf_counter()
         who = await self._auth(request, "completions")
         self._model(body.model)
@@ -467,8 +461,6 @@ class NightshiftServer(StreamingMixin):
         ),
     )
     async def chat(self, body: ChatCompletionRequest, request: Request) -> Response:
-        from gpt.chat import encode_chat
-
         t0 = time.perf_counter()
         who = await self._auth(request, "completions")
         self._model(body.model)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from catalog.keys import digest, lookup
+from core.config import nightshift_home
 
 __all__ = ["Identity", "KeyCheck", "collect_digests", "default_key_file", "digest", "read_key_file"]
 
@@ -49,8 +50,6 @@ def static_identity(key_digest: str) -> Identity:
 
 
 def default_key_file() -> Path:
-    from training.config import nightshift_home
-
     return nightshift_home() / "api-keys.sha256"
 
 

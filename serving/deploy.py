@@ -1,10 +1,11 @@
-"""Roll a model out on the running Serve application, record it, and roll back.
+"""Roll a model out on the running Serve application and record it.
 
-The deploy stage of ``pretrain/nightly``, ``nightshift serve`` and ``deploy/rollback`` all come
-here. A rollout replaces the application's replicas with a surge (new replicas healthy before
-the old ones stop, see :func:`serving.options.deployment_options`), then checks that the endpoint
-answers with the new model before it marks the catalog ``deployment`` row active and retires
-the previous one. A rollout that fails leaves the previous deployment serving and active.
+The deploy stage of ``pretrain/nightly``, ``nightshift serve`` and the rollouts of
+``release/promotion.py`` (promote, roll back, redeploy) all come here. A rollout replaces the
+application's replicas with a surge (new replicas healthy before the old ones stop, see
+:func:`serving.options.deployment_options`), then checks that the endpoint answers with the new model
+before it marks the catalog ``deployment`` row active and retires the previous one. A rollout that
+fails leaves the previous deployment serving and active.
 """
 
 from __future__ import annotations
@@ -13,16 +14,24 @@ import logging
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
+from catalog.artifacts import ArtifactRef, open_artifact
 from catalog.db import migrate, session_scope
+from catalog.lineage import open_recorded, record_artifact
 from catalog.models import Artifact, Deployment, utcnow
+from core.ray_setup import init_ray
+from core.serve_config import HEADER_TIMEOUT_ENV
+from serving.app import build_app
+from serving.loader import fetch
+from serving.options import http_options
 
 if TYPE_CHECKING:
     from catalog.artifacts import ArtifactRef
-    from training.config import Config
+    from core.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +60,6 @@ def endpoint_url(cfg: Config) -> str:
 
 def _start_serve(cfg: Config) -> None:
     from ray import serve
-
-    from serving.options import http_options
-    from training.ray_setup import init_ray
-    from training.serve_config import HEADER_TIMEOUT_ENV
 
     # Read by the proxy when a local Ray starts here (a running Ray keeps what it started with).
     os.environ.setdefault(HEADER_TIMEOUT_ENV, f"{cfg.serve.header_timeout_s:g}")
@@ -150,11 +155,6 @@ def deploy_model(
         DeployError: the new model did not come up; the previous deployment stays active.
     """
 
-    from catalog.artifacts import ArtifactRef, open_artifact
-    from catalog.lineage import record_artifact
-    from serving.app import build_app
-    from serving.loader import fetch
-
     source = str(model.path) if isinstance(model, ArtifactRef) else str(model)
     path, fetched = fetch(source, tracking_uri=cfg.tracking.mlflow_uri)
     registry = {**(registry or {}), **fetched}
@@ -231,10 +231,6 @@ def active_deployment(cfg: Config) -> dict[str, Any] | None:
 
 
 def _source_of(art: Artifact, row: Deployment) -> str:
-    from pathlib import Path
-
-    from catalog.lineage import open_recorded
-
     local = Path(art.uri.removeprefix("file://"))
     if local.is_dir():
         return str(open_recorded(art).path)  # the hash the catalog recorded, not only the copy's own
@@ -243,42 +239,30 @@ def _source_of(art: Artifact, row: Deployment) -> str:
     raise DeployError(f"model {art.sha256[:16]} of deployment {row.id} is no longer at {art.uri}")
 
 
-def _registry_of(row: Deployment) -> dict[str, str] | None:
-    """``{"name", "version"}`` of a deployment's registry version, when it was served as one."""
-    if row.registry_name and row.registry_version:
-        return {"name": row.registry_name, "version": str(row.registry_version)}
-    return None
+def deployment_source(cfg: Config, deployment_id: int) -> tuple[str, dict[str, str] | None]:
+    """Where the model of a recorded deployment loads from, and its registry version when it had one.
 
-
-def redeploy_current(cfg: Config, *, created_by: str = "nightshift") -> DeployResult:
-    """Serve the active deployment's model again (after a restart of the stack)."""
-    cur = active_deployment(cfg)
-    if cur is None:
-        raise DeployError(
-            f"nothing has been deployed at {endpoint_url(cfg)} yet; run pretrain/nightly or "
-            "`nightshift serve --model <artifact dir or models:/ URI>`"
-        )
-    with session_scope(cfg.tracking.catalog_url) as s:
-        row = s.get(Deployment, cur["id"])
-        source = _source_of(s.get(Artifact, row.model_artifact_id), row)
-        registry = _registry_of(row)
-    # The same registry version as before, so the dashboard and X-Nightshift-Model-Version keep it.
-    return deploy_model(cfg, source, created_by=created_by, alias=cur["alias"], registry=registry)
-
-
-def rollback(cfg: Config, *, created_by: str = "nightshift") -> DeployResult:
-    """Serve the model that was active before the current one, as a new deployment.
+    The source is the recorded ``model`` artifact (its checksums checked) or, when that copy is gone,
+    the registry version it was served as.
 
     Raises:
-        DeployError: no active deployment, or no earlier deployment of a different model.
+        DeployError: the model is in neither place any more.
     """
-    cur = active_deployment(cfg)
-    if cur is None:
-        raise DeployError(f"no active deployment at {endpoint_url(cfg)}; nothing to roll back")
     with session_scope(cfg.tracking.catalog_url) as s:
-        current = s.get(Deployment, cur["id"])
-        earlier = s.scalars(
-            select(Deployment)
+        row = s.get(Deployment, deployment_id)
+        source = _source_of(s.get(Artifact, row.model_artifact_id), row)
+        registry = None
+        if row.registry_name and row.registry_version:
+            registry = {"name": row.registry_name, "version": str(row.registry_version)}
+        return source, registry
+
+
+def earlier_deployment(cfg: Config, deployment_id: int) -> int | None:
+    """The latest retired deployment before ``deployment_id`` at its endpoint that served another model."""
+    with session_scope(cfg.tracking.catalog_url) as s:
+        current = s.get(Deployment, deployment_id)
+        return s.scalars(
+            select(Deployment.id)
             .where(
                 Deployment.endpoint == current.endpoint,
                 Deployment.status == "retired",
@@ -287,15 +271,6 @@ def rollback(cfg: Config, *, created_by: str = "nightshift") -> DeployResult:
             )
             .order_by(Deployment.id.desc())
         ).first()
-        if earlier is None:
-            raise DeployError(
-                f"deployment {current.id} is the first model served at {current.endpoint}; "
-                "there is no earlier model to roll back to"
-            )
-        source = _source_of(s.get(Artifact, earlier.model_artifact_id), earlier)
-        target_id, registry = earlier.id, _registry_of(earlier)
-    log.info("rolling back from deployment %d to the model of deployment %d", cur["id"], target_id)
-    return deploy_model(cfg, source, created_by=created_by, alias="rollback", registry=registry)
 
 
 def deploy_stage(

@@ -34,7 +34,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from serving.engine import Delta, Generates, QueueFull, SamplingParams, check_request
+from gpt.model_io import load_model
+from serving.engine import Delta, Engine, Generates, QueueFull, SamplingParams, check_request
 
 log = logging.getLogger(__name__)
 
@@ -243,9 +244,6 @@ class EngineProcess(Generates):
 
 def _child(fd: int, model_dir: str, threads: int, max_batch: int) -> None:
     import torch
-
-    from gpt.model_io import load_model
-    from serving.engine import Engine
 
     torch.set_num_threads(threads)
     conn = Connection(fd)

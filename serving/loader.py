@@ -14,11 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from core.config import nightshift_home
+from gpt.model_io import load_model, open_model
+
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
     from catalog.artifacts import ArtifactRef
-    from gpt.config import ModelConfig
+    from core.model_config import ModelConfig
     from gpt.model import GPT
 
 log = logging.getLogger(__name__)
@@ -64,8 +67,6 @@ def fetch(
         raise ValueError(f"{source}: a registry URI needs tracking.mlflow_uri (the MLflow server)")
     import mlflow
 
-    from training.config import nightshift_home
-
     registry = _registry_version(source, tracking_uri)
     name = f"{registry['name']}-v{registry['version']}" if registry else source.removeprefix("models:/")
     dest = Path(cache_dir or nightshift_home() / "serve-cache") / name.replace("/", "-")
@@ -101,8 +102,6 @@ def load_served(
         ValueError: see :func:`fetch`.
         catalog.artifacts.ArtifactError: the artifact is missing, of another kind, or changed.
     """
-    from gpt.model_io import load_model, open_model
-
     path, registry = fetch(source, tracking_uri=tracking_uri, cache_dir=cache_dir)
     if weights:
         model, tok, ref = load_model(path)

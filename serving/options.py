@@ -6,12 +6,16 @@ neither FastAPI nor the model code.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import yaml
 from pydantic import BaseModel, Field, field_validator
 
 from catalog.redact import redact_url
-from training.serve_config import ServeConfig
+from core.serve_config import ServeConfig, proxy_env
+
+if TYPE_CHECKING:
+    from core.config import Config
 
 
 class ServeArgs(BaseModel):
@@ -73,3 +77,36 @@ def http_options(cfg: ServeConfig) -> dict[str, Any]:
         "request_timeout_s": cfg.request_timeout_s,
         "keep_alive_timeout_s": cfg.keep_alive_timeout_s,
     }
+
+
+def serve_app_args(cfg: Config, model: str) -> dict[str, Any]:
+    """The ``build_app`` args of a Serve config file (also the RayService's, see nightshift.manifests)."""
+    return {
+        "model": model,
+        "serve": cfg.serve.model_dump(mode="json"),
+        "catalog_url": cfg.tracking.catalog_url,
+        "tracking_uri": cfg.tracking.mlflow_uri,
+    }
+
+
+def serve_config_yaml(args: dict[str, Any], cfg: Config) -> str:
+    """A Serve config file for `serve deploy` (the same application `nightshift serve` runs)."""
+    doc = {
+        "proxy_location": "EveryNode",
+        "http_options": http_options(cfg.serve),
+        "applications": [
+            {
+                "name": cfg.serve.app_name,
+                "route_prefix": cfg.serve.route_prefix,
+                "import_path": "serving.app:build_app",
+                "args": args,
+            }
+        ],
+    }
+
+    env = " ".join(f"{k}={v}" for k, v in proxy_env(cfg.serve.header_timeout_s).items())
+    note = (
+        "# The proxy's request-header timeout (serve.header_timeout_s) needs these in the environment\n"
+        f"# of `ray start` on every node: {env}\n"
+    )
+    return note + yaml.safe_dump(doc, sort_keys=False)

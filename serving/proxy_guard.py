@@ -15,7 +15,7 @@ OpenAI-style error body and is closed. Bodies are bounded separately, in the rep
 (``serve.body_timeout_s``); idle kept-alive connections by ``serve.keep_alive_timeout_s``.
 
 The variables must be in the environment of Ray's processes when Ray starts (the proxy inherits it
-from its raylet): ``training.serve_config.proxy_env`` gives them, ``init_ray`` and
+from its raylet): ``core.serve_config.proxy_env`` gives them, ``init_ray`` and
 ``infra/local/ray-head.sh`` set them, and the rendered cluster manifests carry them. This module runs
 inside Ray's proxy actor, so it imports little: the standard library, uvicorn and the constants.
 """
@@ -28,7 +28,7 @@ import logging
 import os
 from typing import Any
 
-from training.serve_config import DEFAULT_HEADER_TIMEOUT_S, HEADER_TIMEOUT_ENV
+from core.serve_config import DEFAULT_HEADER_TIMEOUT_S, HEADER_TIMEOUT_ENV
 
 log = logging.getLogger(__name__)
 

@@ -228,8 +228,8 @@ def ray_local() -> Iterator[None]:
     """One small local Ray (2 CPUs) shared by every test of the session that needs Ray."""
     import ray
 
-    from training.config import RayConfig
-    from training.ray_setup import init_ray
+    from core.config import RayConfig
+    from core.ray_setup import init_ray
 
     started = not ray.is_initialized()
     init_ray(RayConfig(address="local", num_cpus=2))

@@ -20,6 +20,7 @@ import mlflow.pyfunc
 
 from catalog.tracking import TAG_ARTIFACT
 from gpt.generate import generate_text
+from gpt.model_io import load_model
 
 if TYPE_CHECKING:
     from mlflow.models import ModelSignature
@@ -78,8 +79,6 @@ class NightshiftGPT(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context: Any) -> None:
         """Load (and hash-verify) the ``model`` artifact that was logged with the MLflow model."""
-        from gpt.model_io import load_model
-
         self.model, self.tokenizer, self.ref = load_model(context.artifacts["model"])
 
     # model_input is left unannotated on purpose: MLflow derives a signature from predict's type hints

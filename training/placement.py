@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from training.config import RayConfig
+from core.config import RayConfig
 
 log = logging.getLogger(__name__)
 

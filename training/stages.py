@@ -1,6 +1,6 @@
 """The tracked stage functions: what a Prefect task, the CLI and a test all call.
 
-Each function takes the whole :class:`~training.config.Config` and the :class:`StageRun` it
+Each function takes the whole :class:`~core.config.Config` and the :class:`StageRun` it
 reports to, runs the library code of its stage, logs params, metrics and text to the stage's
 MLflow run, and records the artifacts it read and wrote (with their lineage edges) in the
 catalog through the same ``StageRun``. Nothing here knows about Prefect.
@@ -15,12 +15,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from catalog.artifacts import ArtifactRef, open_artifact
-from catalog.files import write_atomic
 from catalog.retention import CHECKPOINT_INPUTS
 from catalog.tracking import StageRun
-from training.config import Config
+from core.config import Config, nightshift_home
+from core.files import write_atomic
+from gpt.generate import generate_text
+from gpt.model_io import save_model
+from gpt.tokenizer import load_tokenizer
 from training.data.ingest import IngestResult, ingest
+from training.data.shards import TokenShards
 from training.data.tokenize import TokenizeResult, tokenize
+from training.mlflow_model import log_model
+from training.pretrain.run import pretrain
 
 log = logging.getLogger(__name__)
 
@@ -119,8 +125,6 @@ def unigram_entropy(tokens: ArtifactRef | str | Path, split: str = "train") -> f
     ignores context, the bar a trained model's validation loss must clear."""
     import numpy as np
 
-    from training.data.shards import TokenShards
-
     shards = TokenShards.open(tokens)
     counts = np.zeros(shards.vocab_size, dtype=np.int64)
     for part in shards.split(split):
@@ -143,12 +147,6 @@ def pretrain_stage(
     Checkpoints live in ``workdir`` (default: ``$NIGHTSHIFT_HOME/runs/pretrain-<inputs+config hash>``),
     so a retried task or a re-run of the same config resumes from the newest good checkpoint.
     """
-    from gpt.generate import generate_text
-    from gpt.model_io import save_model
-    from training.config import nightshift_home
-    from training.mlflow_model import log_model
-    from training.pretrain.run import pretrain
-
     tokens_ref = tokens if isinstance(tokens, ArtifactRef) else open_artifact(tokens, kind="tokens")
     tok_ref = tokenizer if isinstance(tokenizer, ArtifactRef) else open_artifact(tokenizer, kind="tokenizer")
     run.use(tokens_ref, context="training")
@@ -182,8 +180,6 @@ def pretrain_stage(
     run.log_metrics({"unigram_entropy": entropy})
     if result.placement:
         run.log_params(result.placement)
-
-    from gpt.tokenizer import load_tokenizer
 
     tokenizer_obj = load_tokenizer(tok_ref)
     samples = []

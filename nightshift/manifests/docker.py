@@ -12,8 +12,8 @@ from __future__ import annotations
 import tomllib
 from importlib import metadata
 
+from core.config import Config
 from nightshift.manifests import REPO_ROOT
-from training.config import Config
 
 CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 # The optional parts (pyproject's extras) a cluster needs: its catalog on Postgres, artifacts on S3.
@@ -36,7 +36,7 @@ def dockerfile(cfg: Config) -> str:
     torch = _pinned("torch")
     return f"""\
 # syntax=docker/dockerfile:1
-# Rendered by `nightshift infra render` from the config (training/cluster_config.py); edit the config
+# Rendered by `nightshift infra render` from the config (core/cluster_config.py); edit the config
 # or nightshift/manifests/, then re-render. Build from the repository root:
 #   docker build -f infra/docker/Dockerfile -t {cc.image} .
 #   GPU nodes: add --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 (a CUDA index)

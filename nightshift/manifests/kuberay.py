@@ -17,9 +17,10 @@ from typing import Any
 
 import yaml
 
+from core.config import Config
 from nightshift.manifests import pods
 from nightshift.manifests.text import BlockStr, dump_yaml
-from training.config import Config
+from serving.options import deployment_options, serve_app_args, serve_config_yaml
 
 # Characters a shell expands, or that JSON escapes with a backslash, inside a double-quoted string.
 _SHELL_SPECIAL = "$`\\"
@@ -80,11 +81,8 @@ def serve_config(cfg: Config) -> dict[str, Any]:
 
     The proxy binds 0.0.0.0 (the Kubernetes Service must reach it), the replicas record to the
     in-cluster catalog and MLflow, and each deployment carries the replica settings
-    (:func:`serving.app.deployment_options`) so the file states what will run.
+    (:func:`serving.options.deployment_options`) so the file states what will run.
     """
-    from nightshift.cli_serve import serve_app_args, serve_config_yaml
-    from serving.app import deployment_options
-
     cc = cfg.cluster
     inside = cfg.model_copy(deep=True)
     inside.serve.host = "0.0.0.0"

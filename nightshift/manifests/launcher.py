@@ -13,8 +13,8 @@ import json
 import shlex
 from typing import Any
 
+from core.config import Config
 from nightshift.manifests import pods
-from training.config import Config
 
 # Ray's object manager port, fixed so security groups can allow it; the launcher's default.
 OBJECT_MANAGER_PORT = 8076

@@ -1,7 +1,7 @@
 """The pieces every rendered manifest shares: the in-cluster environment, containers, pod templates,
 KubeRay head/worker groups, and the config overrides a run inside the cluster gets.
 
-All of it is plain data (dicts and lists) built from a loaded :class:`~training.config.Config`;
+All of it is plain data (dicts and lists) built from a loaded :class:`~core.config.Config`;
 the values that differ between a laptop and the cluster (MLflow, catalog, artifacts, Ray address)
 come from the ``cluster`` section, never from this machine's environment, so the same config
 renders the same files everywhere.
@@ -12,10 +12,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from core.cluster_config import ClusterConfig
+from core.config import CONFIG_DIR, Config
+from core.serve_config import proxy_env
 from nightshift.manifests import REPO_ROOT
-from training.cluster_config import ClusterConfig
-from training.config import CONFIG_DIR, Config
-from training.serve_config import proxy_env
 
 RAY_CLIENT_PORT = 10001
 RAY_GCS_PORT = 6379

@@ -13,8 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from core.config import Config
 from nightshift.manifests import pods
-from training.config import Config
 
 
 def base_job_template(cfg: Config) -> dict[str, Any]:

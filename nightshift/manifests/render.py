@@ -12,10 +12,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from catalog.files import write_atomic
+from core.config import Config, load_config
+from core.files import write_atomic
 from nightshift.manifests import DEFAULT_PRESET, docker, kuberay, launcher, pods, prefect_pool
 from nightshift.manifests.text import dump_json, dump_yaml
-from training.config import Config, load_config
 
 LAUNCHER = "infra/cluster/ray-cluster.yaml"
 LAUNCHER_PARAMS = "infra/cluster/pretrain-params.json"

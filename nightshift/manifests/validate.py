@@ -33,8 +33,10 @@ import jsonschema
 import kubernetes_validate
 import yaml
 
+from core.cluster_config import installed_ray_version
+from core.config import load_config
+from core.config_base import ConfigError
 from nightshift.manifests import REPO_ROOT, kube_schema, render
-from training.cluster_config import installed_ray_version
 
 
 def _schema_errors(doc: Any, schema: dict[str, Any], what: str) -> list[str]:
@@ -262,9 +264,6 @@ def _local_preset(preset: str) -> str | Path:
 
 def check_params(params: dict[str, Any], where: str) -> list[str]:
     """Run parameters of the pretrain flow: exactly preset + overrides, and a config that loads."""
-    from core.config_base import ConfigError
-    from training.config import load_config
-
     if set(params) != {"preset", "overrides"}:
         return [f"{where}: parameters must be preset and overrides, got {sorted(params)}"]
     try:

@@ -14,7 +14,7 @@ from mlflow import MlflowClient
 
 from catalog.artifacts import ArtifactRef, open_artifact
 from catalog.registry import CHALLENGER, CHAMPION, MAX_DESCRIPTION, Registry, RegistryError
-from gpt.config import ModelConfig
+from core.model_config import ModelConfig
 from gpt.model import GPT
 from gpt.model_io import load_model, save_model
 from gpt.tokenizer import train_tokenizer

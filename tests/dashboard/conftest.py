@@ -28,10 +28,10 @@ from catalog.artifacts import ArtifactError
 from catalog.db import session_scope
 from catalog.models import Completion, Deployment, Feedback
 from catalog.tracking import Tracker
+from core.config import Config, load_config
 from tests.conftest import free_port
 from tests.flows.conftest import write_corpus
 from training import stages
-from training.config import Config, load_config
 
 APP = Path(__file__).resolve().parents[2] / "dashboard" / "app.py"
 REGISTERED = "dash-test-gpt"

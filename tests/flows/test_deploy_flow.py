@@ -7,10 +7,10 @@ import pytest
 from mlflow import MlflowClient
 
 from catalog.registry import Registry
+from core.config import load_config
 from flows.deploy import deploy
 from serving.deploy import active_deployment, deploy_model
 from tests.serving.conftest import make_model_artifact
-from training.config import load_config
 from training.mlflow_model import log_model
 
 pytestmark = pytest.mark.slow

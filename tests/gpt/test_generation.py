@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gpt.config import ModelConfig
+from core.model_config import ModelConfig
 from gpt.generate import generate_text
 from gpt.model import GPT
 from gpt.tokenizer import EOT, train_tokenizer

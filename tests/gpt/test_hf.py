@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gpt.config import ModelConfig, stored_model_config
+from core.model_config import ModelConfig, stored_model_config
 from gpt.hf import HFFormatError, export_hf, import_hf
 from gpt.model import GPT
 from gpt.model_io import load_model, save_model

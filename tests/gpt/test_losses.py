@@ -50,7 +50,7 @@ def test_a_second_backward_through_the_same_graph_is_refused() -> None:
 
 
 def _tiny_model_batch():
-    from gpt.config import ModelConfig
+    from core.model_config import ModelConfig
     from gpt.model import GPT
 
     cfg = ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=300, dropout=0.0)

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from gpt.config import ModelConfig
+from core.model_config import ModelConfig
 from gpt.model import GPT
 from gpt.sampling import SamplingParams, sample_rows
 
@@ -164,7 +164,7 @@ def test_gpt2_small_parameter_count() -> None:
 
 
 def test_gpt2_medium_builds_on_meta_with_its_parameter_count() -> None:
-    from training.config import load_config
+    from core.config import load_config
 
     m = _meta_gpt(n_layer=24, n_head=16, n_embd=1024, block_size=1024, vocab_size=50257)
     assert m.transformer.wte.weight.is_meta

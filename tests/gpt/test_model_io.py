@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from catalog.artifacts import ArtifactError
-from gpt.config import ModelConfig
+from core.model_config import ModelConfig
 from gpt.model import GPT
 from gpt.model_io import ModelArtifactError, load_model, save_model
 from gpt.tokenizer import train_tokenizer

@@ -20,9 +20,9 @@ import jsonschema
 import pytest
 import yaml
 
+from core.config import load_config
 from nightshift.cli import main
 from nightshift.manifests import DEFAULT_PRESET, REPO_ROOT, render, validate
-from training.config import load_config
 
 
 @pytest.fixture(scope="module")

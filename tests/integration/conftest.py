@@ -91,9 +91,9 @@ class Backend:
 def postgres_stack(tmp_path_factory: pytest.TempPathFactory, s3_server) -> Iterator[object]:
     """``nightshift up`` with ``stack.backend: postgres`` on free ports, the S3 test double as its
     external store; yields the config. The session keeps ``PGPASSFILE`` (the stack's password file)."""
+    from core.config import load_config
     from nightshift import stack
     from nightshift.services import free_port_overrides
-    from training.config import load_config
 
     home = tmp_path_factory.mktemp("stack_home")
     # Not under pytest's tmp dir: that is closed to the postgres user the server runs as under root.
@@ -139,8 +139,8 @@ def backend(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
             mlflow_stores=request.getfixturevalue("mlflow_stores"),
         )
         return
+    from core.config import nightshift_home
     from nightshift import backends, stack
-    from training.config import nightshift_home
 
     cfg = request.getfixturevalue("postgres_stack")
     env = stack.stack_env(cfg)

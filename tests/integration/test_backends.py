@@ -120,9 +120,9 @@ def test_tracked_stages_land_in_the_backend(backend: Backend, tmp_path: Path, mo
     from mlflow import MlflowClient
 
     from catalog.tracking import Tracker
+    from core.config import load_config
     from gpt.model_io import load_model
     from training import stages
-    from training.config import load_config
 
     monkeypatch.setenv("NIGHTSHIFT_ARTIFACT_CACHE", str(tmp_path / "cache"))
     experiment = f"integration-{uuid.uuid4().hex[:8]}"

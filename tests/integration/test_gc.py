@@ -20,12 +20,12 @@ from catalog.registry import Registry
 from catalog.retention import Places, Retention, collect, dir_bytes
 from catalog.storage import is_url
 from catalog.tracking import Tracker
+from core.config import load_config
 from gpt.model_io import load_model
 from serving.loader import fetch
 from tests.flows.conftest import write_corpus
 from tests.integration.conftest import Backend
 from training import stages
-from training.config import load_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

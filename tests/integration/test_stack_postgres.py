@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 
 from catalog.artifacts import INDEX, open_artifact
+from core.config import Config, nightshift_home
 from nightshift import stack
 from nightshift.backends import password_path
 from nightshift.services import process_start_time
 from tests.flows.conftest import write_corpus
 from tests.integration.conftest import Backend, rows
-from training.config import Config, nightshift_home
 
 pytestmark = [pytest.mark.integration, pytest.mark.stack, pytest.mark.postgres, pytest.mark.slow]
 

@@ -115,9 +115,9 @@ def test_verb_help_lists_its_config_keys_with_preset_values_and_two_examples(cap
 def test_every_example_names_real_keys_and_every_verb_has_help_keys():
     import re
 
+    from core.config import describe_fields
     from nightshift.cli import build_parser
     from nightshift.cli_help import EXAMPLES, VERB_KEYS, verb_keys
-    from training.config import describe_fields
 
     known = {k for k, _, _ in describe_fields()}
     for verb, examples in EXAMPLES.items():

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from core.config import Config, load_config
 from nightshift import stack
 from nightshift.services import (
     free_port_overrides,
@@ -27,7 +28,6 @@ from nightshift.services import (
     state_path,
     stop,
 )
-from training.config import Config, load_config
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 

@@ -7,9 +7,9 @@ import base64
 
 import pytest
 
+from core.config import ConfigError, load_config
 from nightshift import stack
 from nightshift.services import free_port_overrides, http_json, launch, stop, wait_healthy
-from training.config import ConfigError, load_config
 
 
 def test_a_host_off_loopback_needs_every_service_to_have_auth():

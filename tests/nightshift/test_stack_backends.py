@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from core.config import ConfigError, load_config
 from nightshift import backends, stack
-from training.config import ConfigError, load_config
 
 
 @pytest.fixture(autouse=True)

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from core.config import load_config
 from nightshift.services import rotate_logs
 from nightshift.upkeep import disk_usage, finished_ray_logs, stale_ray_sessions
-from training.config import load_config
 
 
 def test_logs_rotate_under_a_writer_that_keeps_appending(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import httpx
 import pytest
 import torch
 
-from gpt.config import ModelConfig
+from core.model_config import ModelConfig
 from gpt.model import GPT
 from gpt.model_io import save_model
 from gpt.tokenizer import train_tokenizer

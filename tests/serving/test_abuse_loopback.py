@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from core.config import load_config
+from core.serve_config import ServeConfig
 from nightshift import stack
 from serving.options import http_options
-from training.config import load_config
-from training.serve_config import ServeConfig
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 STUBBED = ("prefect", "mlflow", "ray", "streamlit")

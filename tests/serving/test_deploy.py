@@ -11,9 +11,10 @@ from mlflow import MlflowClient
 
 from catalog.db import session_scope
 from catalog.models import Deployment
-from serving.deploy import DeployError, active_deployment, deploy_model, rollback
+from core.config import load_config
+from release.promotion import rollback
+from serving.deploy import DeployError, active_deployment, deploy_model
 from tests.serving.conftest import make_model_artifact
-from training.config import load_config
 from training.mlflow_model import log_model
 
 
@@ -73,7 +74,7 @@ def test_rollout_without_downtime_and_rollback(cfg, tmp_path):
         assert s.get(Deployment, first.deployment_id).status == "retired"
         assert s.get(Deployment, second.deployment_id).status == "active"
 
-    back = rollback(cfg, created_by="test")
+    back = rollback(cfg, who="test")
     assert back.model_sha256 == a.sha256 and served_model(url) == f"model:{a.sha256}"
     cur = active_deployment(cfg)
     assert cur["id"] == back.deployment_id and cur["alias"] == "rollback"
@@ -109,4 +110,4 @@ def test_serves_a_registry_alias_and_refuses_a_bad_model(cfg, tmp_path, mlflow_s
         deploy_model(cfg, str(broken))
     assert served_model(res.endpoint) == f"model:{ref.sha256}"  # the previous model keeps serving
     with pytest.raises(DeployError, match="first model"):
-        rollback(cfg)
+        rollback(cfg, who="test")

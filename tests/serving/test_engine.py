@@ -7,7 +7,7 @@ import threading
 import pytest
 import torch
 
-from gpt.config import ModelConfig
+from core.model_config import ModelConfig
 from gpt.model import GPT
 from gpt.tokenizer import EOT, train_tokenizer
 from serving.engine import Delta, Engine, QueueFull, SamplingParams

@@ -16,10 +16,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from core.serve_config import DEFAULT_HEADER_TIMEOUT_S, proxy_env
 from serving.proxy_guard import install
 from tests.conftest import REPO_ROOT, _stop_group, free_port
 from tests.serving.abuse_kit import read_reply, request_bytes
-from training.serve_config import DEFAULT_HEADER_TIMEOUT_S, proxy_env
 
 TIMEOUT_S = 1.0
 SERVER = """

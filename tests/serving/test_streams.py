@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from core.serve_config import ServeConfig
 from serving.streams import StreamingMixin
-from training.serve_config import ServeConfig
 
 
 @pytest.mark.parametrize(

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from catalog.artifacts import ArtifactRef
+from core.config import RayConfig
 from tests.training.pretrain.conftest import tiny_config, write_tokens
-from training.config import RayConfig
 from training.placement import PlacementError, plan_workers, reserve, usage
 
 pytestmark = pytest.mark.slow

@@ -16,8 +16,8 @@ ROOT = Path(__file__).resolve().parents[2]
 # sockets of the driver and of the Ray processes it started.
 PROBE = """
 import json, psutil, ray
-from training.config import RayConfig
-from training.ray_setup import init_ray
+from core.config import RayConfig
+from core.ray_setup import init_ray
 init_ray(RayConfig(address="local", num_cpus=1))
 ray.get(ray.remote(lambda: 1).remote())
 me = psutil.Process()
@@ -47,8 +47,8 @@ def test_local_trainer_leaves_out_cluster_only_actors(monkeypatch: pytest.Monkey
     from ray.train.v2._internal.callbacks.metrics import ControllerMetricsCallback
     from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
 
-    from training.config import RayConfig
-    from training.ray_setup import LOCAL_TRAIN_ENV, torch_trainer
+    from core.config import RayConfig
+    from training.ray_train import LOCAL_TRAIN_ENV, torch_trainer
 
     for key in LOCAL_TRAIN_ENV:
         monkeypatch.delenv(key, raising=False)
@@ -75,7 +75,7 @@ def test_local_scaling_policy_asks_no_autoscaler(monkeypatch: pytest.MonkeyPatch
         autoscaling_coordinator_client,
     )
 
-    from training.ray_setup import _without_autoscaler_requests
+    from training.ray_train import _without_autoscaler_requests
 
     asked: list[int] = []
 

@@ -11,7 +11,7 @@ import re
 from functools import lru_cache
 from pathlib import Path
 
-from training.data.config import DataConfig
+from core.data_config import DataConfig
 
 BUILTIN_BLOCKLIST = Path(__file__).with_name("blocklist.txt")
 # Characters that are neither letters/digits/underscore nor whitespace.

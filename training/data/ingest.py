@@ -27,8 +27,9 @@ import numpy as np
 
 from catalog.artifacts import ArtifactRef, publish
 from catalog.redact import redact
-from training.config import RayConfig
-from training.data.config import DataConfig
+from core.config import RayConfig
+from core.data_config import DataConfig
+from core.ray_setup import init_ray
 from training.data.dedup import Deduper, lsh_params
 from training.data.report import datacard
 from training.data.sources import SourceError, resolve_sources
@@ -133,6 +134,94 @@ class _ShardWriter:
             self._f = None
 
 
+@dataclass
+class _Tally:
+    """What the deduplicating writer saw: every document read is kept, dropped or quarantined."""
+
+    deduper: Deduper
+    writer: _ShardWriter
+    quarantined: list[dict[str, Any]]
+    dropped: Counter[str] = dataclasses.field(default_factory=Counter)
+    pii: Counter[str] = dataclasses.field(default_factory=Counter)
+    inputs: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    kept: int = 0
+    gutenberg: int = 0
+    docs_read: int = 0
+    bytes_in: int = 0
+
+    def take(self, col: dict[str, Any]) -> None:
+        """One chunk of the Ray Data pipeline's rows: documents, input files and quarantined items."""
+        for i, kind in enumerate(col["kind"]):
+            if kind == "doc":
+                self._doc(col, i)
+            elif kind == "input":
+                nbytes = col["nbytes"][i]
+                self.inputs.append(
+                    {
+                        "source": col["source"][i],
+                        "item": col["item"][i],
+                        "sha256": col["sha256"][i],
+                        "bytes": nbytes,
+                    }
+                )
+                self.bytes_in += nbytes
+            elif kind == "quarantine":
+                self.quarantined.append(
+                    {"source": col["source"][i], "item": col["item"][i], "reason": col["reason"][i]}
+                )
+
+    def _doc(self, col: dict[str, Any], i: int) -> None:
+        self.docs_read += 1
+        reason = col["reason"][i]
+        if not reason:  # the cleaning filters passed it; deduplication is global, so it happens here
+            sig = col["sig"][i]
+            reason = self.deduper.check(
+                col["item"][i], col["thash"][i], np.frombuffer(sig, dtype=np.uint32) if sig else None
+            )
+        if reason:
+            self.dropped[reason] += 1
+            return
+        self.kept += 1
+        self.writer.write(col["line"][i])
+        self.gutenberg += col["gutenberg"][i]
+        for t in PII_TYPES:
+            self.pii[t] += col[f"pii_{t}"][i]
+
+    def manifest(self, cfg: DataConfig, card_config: dict[str, Any]) -> dict[str, Any]:
+        """The corpus manifest: counts that add up, what was changed, the dedup settings, the inputs."""
+        bands, rows = lsh_params(cfg.minhash_threshold, cfg.minhash_num_perm) if cfg.near_dedup else (0, 0)
+        manifest: dict[str, Any] = {
+            "format": FORMAT,
+            "documents_in": self.docs_read + len(self.quarantined),
+            "documents_kept": self.kept,
+            "dropped": dict(sorted(self.dropped.items())),
+            "quarantined": self.quarantined,
+            "modifications": {
+                "pii_replaced": {t: self.pii[t] for t in PII_TYPES},
+                "gutenberg_stripped": self.gutenberg,
+            },
+            "dedup": {
+                "exact_removed": self.deduper.stats.exact,
+                "near_removed": self.deduper.stats.near,
+                "minhash": {
+                    "num_perm": cfg.minhash_num_perm,
+                    "threshold": cfg.minhash_threshold,
+                    "shingle_words": cfg.shingle_words,
+                    "bands": bands,
+                    "rows": rows,
+                },
+                "near_examples": self.deduper.stats.examples,
+            },
+            "bytes_in": self.bytes_in,
+            "bytes_out": self.writer.bytes,
+            "shards": self.writer.shards,
+            "sources": self.inputs,
+            "config": card_config,
+        }
+        assert manifest["documents_in"] == self.kept + sum(self.dropped.values()) + len(self.quarantined)
+        return manifest
+
+
 def ingest(
     cfg: DataConfig,
     *,
@@ -169,8 +258,6 @@ def ingest(
     units, quarantined = resolve_sources(source_list, cfg)
     log.info("ingest: %d sources -> %d read units", len(source_list), len(units))
 
-    from training.ray_setup import init_ray
-
     ray_cfg = ray or RayConfig(num_cpus=2)
     init_ray(ray_cfg)
     plan = plan_readers(ray_cfg)
@@ -184,87 +271,28 @@ def ingest(
         num_perm=cfg.minhash_num_perm,
         threshold=cfg.minhash_threshold,
     )
-    dropped: Counter[str] = Counter()
-    pii: Counter[str] = Counter()
-    inputs: list[dict[str, Any]] = []
-    kept = gutenberg = docs_read = 0
-    bytes_in = 0
     # The manifest and data card are read by anyone: a source URL's credentials are masked.
     card_config = redact(cfg.model_dump(mode="json") | {"sources": source_list})
 
     ctx_publish = publish("corpus", dest=out) if out is not None else publish("corpus", root=artifact_root)
     # Documents read, kept and dropped: a live bar on a terminal, a log line every 1,000.
     with ctx_publish as staging, Progress("ingest", None, unit="docs", every=1000) as bar:
-        writer = _ShardWriter(staging.path, cfg.shard_bytes)
+        tally = _Tally(deduper, _ShardWriter(staging.path, cfg.shard_bytes), quarantined)
         try:
-            if units:
-                for col in _ordered_chunks(units, cfg, plan):
-                    bar.update(docs_read, kept=kept, dropped=sum(dropped.values()))
-                    for i, kind in enumerate(col["kind"]):
-                        if kind == "doc":
-                            docs_read += 1
-                            item, reason = col["item"][i], col["reason"][i]
-                            if not reason:
-                                sig = col["sig"][i]
-                                sig_arr = np.frombuffer(sig, dtype=np.uint32) if sig else None
-                                reason = deduper.check(item, col["thash"][i], sig_arr)
-                            if reason:
-                                dropped[reason] += 1
-                                continue
-                            kept += 1
-                            writer.write(col["line"][i])
-                            gutenberg += col["gutenberg"][i]
-                            for t in PII_TYPES:
-                                pii[t] += col[f"pii_{t}"][i]
-                        elif kind == "input":
-                            source, item, nbytes = col["source"][i], col["item"][i], col["nbytes"][i]
-                            inputs.append(
-                                {"source": source, "item": item, "sha256": col["sha256"][i], "bytes": nbytes}
-                            )
-                            bytes_in += nbytes
-                        elif kind == "quarantine":
-                            source, item, reason = col["source"][i], col["item"][i], col["reason"][i]
-                            quarantined.append({"source": source, "item": item, "reason": reason})
-            bar.update(docs_read, kept=kept, dropped=sum(dropped.values()))
+            for col in _ordered_chunks(units, cfg, plan) if units else ():
+                bar.update(tally.docs_read, kept=tally.kept, dropped=sum(tally.dropped.values()))
+                tally.take(col)
+            bar.update(tally.docs_read, kept=tally.kept, dropped=sum(tally.dropped.values()))
         finally:
-            writer.close()
+            tally.writer.close()
         t_done = time.perf_counter()
-        if kept == 0:
-            reasons = dict(dropped) | {"quarantined": len(quarantined)}
+        if tally.kept == 0:
+            reasons = dict(tally.dropped) | {"quarantined": len(quarantined)}
             raise EmptyCorpusError(
                 f"ingest kept no document from {source_list} (dropped/quarantined: {reasons}); "
                 "check the sources and the filters (data.min_chars, data.max_symbol_ratio, ...)"
             )
-        bands, rows = lsh_params(cfg.minhash_threshold, cfg.minhash_num_perm) if cfg.near_dedup else (0, 0)
-        manifest: dict[str, Any] = {
-            "format": FORMAT,
-            "documents_in": docs_read + len(quarantined),
-            "documents_kept": kept,
-            "dropped": dict(sorted(dropped.items())),
-            "quarantined": quarantined,
-            "modifications": {
-                "pii_replaced": {t: pii[t] for t in PII_TYPES},
-                "gutenberg_stripped": gutenberg,
-            },
-            "dedup": {
-                "exact_removed": deduper.stats.exact,
-                "near_removed": deduper.stats.near,
-                "minhash": {
-                    "num_perm": cfg.minhash_num_perm,
-                    "threshold": cfg.minhash_threshold,
-                    "shingle_words": cfg.shingle_words,
-                    "bands": bands,
-                    "rows": rows,
-                },
-                "near_examples": deduper.stats.examples,
-            },
-            "bytes_in": bytes_in,
-            "bytes_out": writer.bytes,
-            "shards": writer.shards,
-            "sources": inputs,
-            "config": card_config,
-        }
-        assert manifest["documents_in"] == kept + sum(dropped.values()) + len(quarantined)
+        manifest = tally.manifest(cfg, card_config)
         card = datacard(manifest)
         (staging.path / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
         (staging.path / "DATACARD.md").write_text(card)
@@ -276,15 +304,15 @@ def ingest(
         staging.metadata.update(
             {
                 "documents_in": manifest["documents_in"],
-                "documents_kept": kept,
-                "bytes_in": bytes_in,
-                "bytes_out": writer.bytes,
+                "documents_kept": tally.kept,
+                "bytes_in": tally.bytes_in,
+                "bytes_out": tally.writer.bytes,
                 "seconds": seconds,
-                "mb_per_s": round(bytes_in / 1e6 / max(seconds["total"], 1e-9), 3),
+                "mb_per_s": round(tally.bytes_in / 1e6 / max(seconds["total"], 1e-9), 3),
             }
         )
     assert staging.ref is not None
-    log.info("ingest: kept %d of %d documents -> %s", kept, manifest["documents_in"], staging.ref.path)
+    log.info("ingest: kept %d of %d documents -> %s", tally.kept, manifest["documents_in"], staging.ref.path)
     return IngestResult(artifact=staging.ref, manifest=manifest, datacard=card)
 
 

@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
-from training.data.config import DataConfig
+from core.data_config import DataConfig
 
 log = logging.getLogger(__name__)
 

@@ -11,17 +11,20 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 import xxhash
 
 from catalog.artifacts import ArtifactRef, open_artifact, publish
+from core.data_config import DataConfig
 from gpt.tokenizer import EOT, TOKENIZER_FILE, train_tokenizer
-from training.data.config import DataConfig
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -143,17 +146,9 @@ def tokenize(
     is_val = split_documents(ids, cfg.val_fraction)
     del ids
 
-    def training_texts() -> Iterator[str]:
-        budget = cfg.tokenizer_train_bytes
-        for doc, val in zip(iter_corpus(ref), is_val, strict=True):
-            if val:
-                continue
-            yield doc["text"]
-            budget -= len(doc["text"].encode("utf-8", "surrogatepass"))
-            if budget <= 0:
-                return
-
-    tok = train_tokenizer(training_texts(), cfg.vocab_size, cfg.min_frequency)
+    tok = train_tokenizer(
+        _training_texts(ref, is_val, cfg.tokenizer_train_bytes), cfg.vocab_size, cfg.min_frequency
+    )
     t_train = time.perf_counter()
     tok_dest = {"dest": Path(out) / "tokenizer"} if out is not None else {"root": artifact_root}
     with publish("tokenizer", **tok_dest) as st:
@@ -166,39 +161,10 @@ def tokenize(
     eot = tok.token_to_id(EOT)
     dtype = np.dtype(np.uint16 if vocab <= 65535 else np.uint32)
     tokens_dest = {"dest": Path(out) / "tokens"} if out is not None else {"root": artifact_root}
-    text_bytes = 0
     with publish("tokens", **tokens_dest) as st:
         writers = {s: _SplitWriter(st.path, s, dtype, cfg.token_shard_tokens) for s in ("train", "val")}
         try:
-            batch: list[str] = []
-            batch_split: list[str] = []
-            batch_bytes = 0
-
-            def flush() -> None:
-                encs = tok.encode_batch_fast(batch, add_special_tokens=False)
-                for split in ("train", "val"):
-                    ids: list[int] = []
-                    for enc, s in zip(encs, batch_split, strict=True):
-                        if s == split:
-                            ids.extend(enc.ids)
-                            ids.append(eot)
-                            writers[split].documents += 1
-                    if ids:
-                        writers[split].write(np.asarray(ids, dtype=dtype))
-                batch.clear()
-                batch_split.clear()
-
-            for doc, val in zip(iter_corpus(ref), is_val, strict=True):
-                batch.append(doc["text"])
-                batch_split.append("val" if val else "train")
-                n = len(doc["text"].encode("utf-8", "surrogatepass"))
-                batch_bytes += n
-                text_bytes += n
-                if batch_bytes >= _ENCODE_BATCH_BYTES:
-                    flush()
-                    batch_bytes = 0
-            if batch:
-                flush()
+            text_bytes = _encode_splits(tok, ref, is_val, writers, eot, dtype)
         finally:
             for w in writers.values():
                 w.close()
@@ -237,3 +203,59 @@ def tokenize(
     }
     log.info("tokenize: %s tokens (%s) -> %s", total, stats["tokens"], st.ref.path)
     return TokenizeResult(tokenizer=tok_ref, tokens=st.ref, stats=stats)
+
+
+def _training_texts(ref: ArtifactRef, is_val: Sequence[bool], budget: int) -> Iterator[str]:
+    """The train split's documents, in corpus order, until ``budget`` bytes of text were given."""
+    for doc, val in zip(iter_corpus(ref), is_val, strict=True):
+        if val:
+            continue
+        yield doc["text"]
+        budget -= len(doc["text"].encode("utf-8", "surrogatepass"))
+        if budget <= 0:
+            return
+
+
+def _encode_splits(
+    tok: Tokenizer,
+    ref: ArtifactRef,
+    is_val: Sequence[bool],
+    writers: dict[str, _SplitWriter],
+    eot: int,
+    dtype: np.dtype,
+) -> int:
+    """Encode every document into its split's shards, each followed by ``eot``; the text bytes read.
+
+    Documents are encoded in batches of about ``_ENCODE_BATCH_BYTES`` (the tokenizer's batch encode
+    runs on every core), and written in corpus order.
+    """
+    batch: list[str] = []
+    batch_split: list[str] = []
+    batch_bytes = text_bytes = 0
+
+    def flush() -> None:
+        encs = tok.encode_batch_fast(batch, add_special_tokens=False)
+        for split in ("train", "val"):
+            ids: list[int] = []
+            for enc, s in zip(encs, batch_split, strict=True):
+                if s == split:
+                    ids.extend(enc.ids)
+                    ids.append(eot)
+                    writers[split].documents += 1
+            if ids:
+                writers[split].write(np.asarray(ids, dtype=dtype))
+        batch.clear()
+        batch_split.clear()
+
+    for doc, val in zip(iter_corpus(ref), is_val, strict=True):
+        batch.append(doc["text"])
+        batch_split.append("val" if val else "train")
+        n = len(doc["text"].encode("utf-8", "surrogatepass"))
+        batch_bytes += n
+        text_bytes += n
+        if batch_bytes >= _ENCODE_BATCH_BYTES:
+            flush()
+            batch_bytes = 0
+    if batch:
+        flush()
+    return text_bytes

@@ -14,8 +14,8 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+from core.data_config import DataConfig
 from training.data.clean import clean_whitespace, normalize, scrub_pii, strip_gutenberg
-from training.data.config import DataConfig
 from training.data.dedup import lower_words, minhash_signature, text_hash
 from training.data.filters import quality_reason, toxicity_reason
 from training.data.sources import read_unit

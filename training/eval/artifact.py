@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from catalog.artifacts import ArtifactRef, open_artifact, publish
-from training.eval.gates import Verdict
+from catalog.verdict import Verdict
 from training.eval.report import EvalReport
 
 KIND = "eval_report"
@@ -44,6 +44,7 @@ def publish_eval_report(
     with publish(KIND, root=root, dest=dest) as st:
         names: list[str] = []
         if plots:
+            # Deferred: matplotlib, which only drawing the plots needs.
             from training.eval.plots import plot_report
 
             names = [

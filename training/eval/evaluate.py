@@ -19,10 +19,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from catalog.artifacts import ArtifactRef
-from training.data.config import DataConfig
+from core.data_config import DataConfig
+from core.eval_config import EvalConfig
+from gpt.model_io import load_model
+from training.data.shards import TokenShards
 from training.eval import bias as bias_probe
 from training.eval import diversity
-from training.eval.config import EvalConfig
 from training.eval.probes import (
     Probe,
     flag_reasons,
@@ -82,8 +84,6 @@ def load_for_eval(source: Any, *, device: str = "cpu", what: str = "model") -> L
     Raises:
         TypeError: ``source`` is none of these; the message names ``what`` (``candidate``, ...).
     """
-    from gpt.model_io import load_model
-
     if isinstance(source, LoadedModel):
         source.model.to(device).eval()
         return source
@@ -100,8 +100,6 @@ def load_for_eval(source: Any, *, device: str = "cpu", what: str = "model") -> L
 
 
 def heldout_text(heldout: Any, tokenizer: Tokenizer, cfg: EvalConfig) -> HeldoutText:
-    from training.data.shards import TokenShards
-
     if isinstance(heldout, HeldoutText):
         return heldout
     shards: TokenShards = heldout if isinstance(heldout, TokenShards) else TokenShards.open(heldout)
@@ -213,20 +211,7 @@ def _evaluate(
 
     if heldout is not None:
         with timer("held-out text"):
-            text = heldout_text(heldout, cand.tokenizer, cfg)
-            report.heldout = {"source": text.source, "documents": len(text.documents), "bytes": text.bytes}
-            for role, m in models:
-                s = score_heldout(m.model, m.tokenizer, text, batch_size=cfg.batch_size)
-                results[role].metrics.update(
-                    {"perplexity": s.perplexity, "bits_per_byte": s.bits_per_byte, "heldout_tokens": s.tokens}
-                )
-                # The unigram baseline is fitted on the shards' ids: only for models that share them.
-                if role == "candidate" or report.same_tokenizer:
-                    base = unigram_perplexity(m.tokenizer, text)
-                    if base is not None:
-                        report.heldout["unigram_perplexity"] = base
-                        results[role].metrics["perplexity_vs_unigram"] = s.perplexity / base
-                results[role].window_nll = [round(v, 5) for v in s.window_nll]
+            _score_heldout(report, models, heldout, cfg)
     else:
         report.notes.append("No held-out tokens given: perplexity was not measured.")
 
@@ -238,14 +223,7 @@ def _evaluate(
     items = items[: cfg.max_task_items]
     if items:
         with timer("tasks"):
-            for role, m in models:
-                t = task_accuracy(m.model, m.tokenizer, items, max_new_tokens=cfg.task_max_new_tokens)
-                results[role].metrics["task_accuracy"] = t.accuracy
-                results[role].metrics.update(
-                    {f"task_accuracy.{k}": v["accuracy"] for k, v in t.per_task.items()}
-                )
-                results[role].tasks, results[role].task_items = t.per_task, t.items
-                results[role].items["task_accuracy"] = [float(c) for c in t.correct]
+            _score_tasks(report, models, items, cfg)
         if tasks is None:
             report.notes.append(f"Task accuracy on {len(items)} built-in items (add, copy).")
 
@@ -271,29 +249,77 @@ def _evaluate(
 
     if ref is not None and answered["candidate"]:
         with timer("kl"):
-            vocab = ref.tokenizer.get_vocab_size(with_added_tokens=True)
-            for role, m in models:
-                if role == "champion" and not same_vocabulary(m.tokenizer, ref.tokenizer):
-                    report.notes.append(
-                        "KL to the reference not measured for the champion (other tokenizer)."
-                    )
-                    continue
-                seqs = [(r.prompt_ids, r.ids) for p, r in answered[role] if p.set == "ordinary"]
-                results[role].metrics["kl_to_reference"] = kl_per_token(m.model, ref.model, seqs, vocab)
+            _kl_to_reference(report, models, ref, answered)
 
     if cfg.bias_probes:
         with timer("bias"):
             for role, m in models:
-                b = bias_probe.bias_gaps(m.model, m.tokenizer)
-                results[role].metrics["bias_gap"] = b.gap
-                results[role].bias = {
-                    "per_axis": b.per_axis,
-                    "signed_per_axis": b.signed_per_axis,
-                    "pairs": b.pairs,
-                }
+                _score_bias(results[role], m)
 
     report.timings = timer.seconds
     return report
+
+
+def _results(report: EvalReport) -> dict[str, ModelResult]:
+    return {"candidate": report.candidate, **({"champion": report.champion} if report.champion else {})}
+
+
+def _score_heldout(
+    report: EvalReport, models: list[tuple[str, LoadedModel]], heldout: Any, cfg: EvalConfig
+) -> None:
+    """Perplexity and bits per byte on the held-out text, and against the unigram baseline."""
+    results = _results(report)
+    text = heldout_text(heldout, models[0][1].tokenizer, cfg)
+    report.heldout = {"source": text.source, "documents": len(text.documents), "bytes": text.bytes}
+    for role, m in models:
+        s = score_heldout(m.model, m.tokenizer, text, batch_size=cfg.batch_size)
+        results[role].metrics.update(
+            {"perplexity": s.perplexity, "bits_per_byte": s.bits_per_byte, "heldout_tokens": s.tokens}
+        )
+        # The unigram baseline is fitted on the shards' ids: only for models that share them.
+        if role == "candidate" or report.same_tokenizer:
+            base = unigram_perplexity(m.tokenizer, text)
+            if base is not None:
+                report.heldout["unigram_perplexity"] = base
+                results[role].metrics["perplexity_vs_unigram"] = s.perplexity / base
+        results[role].window_nll = [round(v, 5) for v in s.window_nll]
+
+
+def _score_tasks(
+    report: EvalReport, models: list[tuple[str, LoadedModel]], items: list[TaskItem], cfg: EvalConfig
+) -> None:
+    """Accuracy on the verifiable task items, overall and per task, with every item's outcome."""
+    results = _results(report)
+    for role, m in models:
+        t = task_accuracy(m.model, m.tokenizer, items, max_new_tokens=cfg.task_max_new_tokens)
+        results[role].metrics["task_accuracy"] = t.accuracy
+        results[role].metrics.update({f"task_accuracy.{k}": v["accuracy"] for k, v in t.per_task.items()})
+        results[role].tasks, results[role].task_items = t.per_task, t.items
+        results[role].items["task_accuracy"] = [float(c) for c in t.correct]
+
+
+def _kl_to_reference(
+    report: EvalReport,
+    models: list[tuple[str, LoadedModel]],
+    ref: LoadedModel,
+    answered: dict[str, list[tuple[Probe, Reply]]],
+) -> None:
+    """KL to the reference per token on each model's replies to the ordinary probes."""
+    results = _results(report)
+    vocab = ref.tokenizer.get_vocab_size(with_added_tokens=True)
+    for role, m in models:
+        if role == "champion" and not same_vocabulary(m.tokenizer, ref.tokenizer):
+            report.notes.append("KL to the reference not measured for the champion (other tokenizer).")
+            continue
+        seqs = [(r.prompt_ids, r.ids) for p, r in answered[role] if p.set == "ordinary"]
+        results[role].metrics["kl_to_reference"] = kl_per_token(m.model, ref.model, seqs, vocab)
+
+
+def _score_bias(res: ModelResult, m: LoadedModel) -> None:
+    """The log-likelihood gap between paired sentences that differ only in a group word."""
+    b = bias_probe.bias_gaps(m.model, m.tokenizer)
+    res.metrics["bias_gap"] = b.gap
+    res.bias = {"per_axis": b.per_axis, "signed_per_axis": b.signed_per_axis, "pairs": b.pairs}
 
 
 def _prompt_replies(m: LoadedModel, cfg: EvalConfig, seed: int) -> list[list[Reply]]:
@@ -333,6 +359,37 @@ def probe_model(
     same items with the same randomness. Returns the (probe, reply) pairs in item order.
     """
     chat = cfg.prompt_format == "chat"
+    pairs = _answer_probes(m, cfg, seed)
+    flags: dict[str, list[tuple[Probe, Reply, bool, str]]] = {}
+    answering = [(p, r) for p, r in pairs if p.set in ("ordinary", "sensitive")]
+    if chat:
+        for p, r in pairs:
+            if p.set in ("harmful", "sensitive", "ordinary"):
+                key = "harmful" if p.set == "harmful" else p.set
+                refused = is_refusal(r.text, refusal)
+                flags.setdefault(key, []).append((p, r, refused, "refused" if refused else ""))
+    if answering:
+        _score_degeneration(res, answering, cfg)
+    if "harmful" in flags:
+        rows = flags["harmful"]
+        res.items["harmful_refusal_rate"] = [float(f) for *_, f, _ in rows]
+        res.metrics["harmful_refusal_rate"] = sum(res.items["harmful_refusal_rate"]) / len(rows)
+        res.probes["harmful"] = _probe_summary(rows, show=lambda f: not f)
+    benign = flags.get("sensitive", []) + flags.get("ordinary", [])
+    if benign:
+        res.items["over_refusal_rate"] = [float(f) for *_, f, _ in benign]
+        res.metrics["over_refusal_rate"] = sum(res.items["over_refusal_rate"]) / len(benign)
+        for name in ("sensitive", "ordinary"):
+            if name in flags:
+                res.probes[name] = _probe_summary(flags[name])
+    provoked = [(p, r) for p, r in pairs if p.set == "provocation"]
+    if provoked:
+        _score_provocations(res, provoked, cfg)
+    return pairs
+
+
+def _answer_probes(m: LoadedModel, cfg: EvalConfig, seed: int) -> list[tuple[Probe, Reply]]:
+    """Every probe prompt's sampled replies (``cfg.probe_limit`` of each category when set)."""
     pairs: list[tuple[Probe, Reply]] = []
     prompts = probe_prompts(_probe_sets(cfg), cfg.probe_categories)
     if cfg.probe_limit is not None:  # the first items of every category (tests and quick checks)
@@ -358,14 +415,11 @@ def probe_model(
             seed=seed + 20_000 + j,
         ):
             pairs.append((p, r))
-    flags: dict[str, list[tuple[Probe, Reply, bool, str]]] = {}
-    answering = [(p, r) for p, r in pairs if p.set in ("ordinary", "sensitive")]
-    if chat:
-        for p, r in pairs:
-            if p.set in ("harmful", "sensitive", "ordinary"):
-                key = "harmful" if p.set == "harmful" else p.set
-                refused = is_refusal(r.text, refusal)
-                flags.setdefault(key, []).append((p, r, refused, "refused" if refused else ""))
+    return pairs
+
+
+def _score_degeneration(res: ModelResult, answering: list[tuple[Probe, Reply]], cfg: EvalConfig) -> None:
+    """Degenerate and repetitive replies, and the diversity of the replies to answerable prompts."""
     degenerate = [
         is_degenerate(
             r.text,
@@ -376,55 +430,43 @@ def probe_model(
         for _, r in answering
     ]
     texts = [r.text for _, r in answering]
-    if answering:
-        res.items["degenerate_rate"] = [float(d) for d in degenerate]
-        res.items["repetition_rate"] = [
-            diversity.repetition_rate([t], cfg.repetition_ngram) or 0.0 for t in texts
-        ]
-        res.metrics.update(
-            {
-                "degenerate_rate": sum(degenerate) / len(degenerate),
-                "repetition_rate": sum(res.items["repetition_rate"]) / len(texts),
-                "distinct_1": diversity.distinct_n(texts, 1) or 0.0,
-                "distinct_2": diversity.distinct_n(texts, 2) or 0.0,
-                "mean_words": diversity.mean_words(texts),
-            }
-        )
-        res.probes["degeneration"] = _probe_summary(
-            [(p, r, d, "degenerate" if d else "") for (p, r), d in zip(answering, degenerate, strict=True)]
-        )
-    if "harmful" in flags:
-        rows = flags["harmful"]
-        res.items["harmful_refusal_rate"] = [float(f) for *_, f, _ in rows]
-        res.metrics["harmful_refusal_rate"] = sum(res.items["harmful_refusal_rate"]) / len(rows)
-        res.probes["harmful"] = _probe_summary(rows, show=lambda f: not f)
-    benign = flags.get("sensitive", []) + flags.get("ordinary", [])
-    if benign:
-        res.items["over_refusal_rate"] = [float(f) for *_, f, _ in benign]
-        res.metrics["over_refusal_rate"] = sum(res.items["over_refusal_rate"]) / len(benign)
-        for name in ("sensitive", "ordinary"):
-            if name in flags:
-                res.probes[name] = _probe_summary(flags[name])
-    provoked = [(p, r) for p, r in pairs if p.set == "provocation"]
-    if provoked:
-        tox = toxicity_scores([r.text for _, r in provoked])
-        rows = []
-        n_tox = n_pii = 0
-        for (p, r), t in zip(provoked, tox, strict=True):
-            why = flag_reasons(r.text, t, cfg.toxicity_threshold)
-            n_tox += "toxic" in why
-            n_pii += any(w.startswith("pii:") for w in why)
-            rows.append((p, r, bool(why), ", ".join(why)))
-        res.items["safety_flag_rate"] = [float(f) for *_, f, _ in rows]
-        res.metrics.update(
-            {
-                "safety_flag_rate": sum(res.items["safety_flag_rate"]) / len(rows),
-                "safety_toxicity_rate": n_tox / len(rows),
-                "safety_pii_rate": n_pii / len(rows),
-            }
-        )
-        res.probes["provocation"] = _probe_summary(rows)
-    return pairs
+    res.items["degenerate_rate"] = [float(d) for d in degenerate]
+    res.items["repetition_rate"] = [
+        diversity.repetition_rate([t], cfg.repetition_ngram) or 0.0 for t in texts
+    ]
+    res.metrics.update(
+        {
+            "degenerate_rate": sum(degenerate) / len(degenerate),
+            "repetition_rate": sum(res.items["repetition_rate"]) / len(texts),
+            "distinct_1": diversity.distinct_n(texts, 1) or 0.0,
+            "distinct_2": diversity.distinct_n(texts, 2) or 0.0,
+            "mean_words": diversity.mean_words(texts),
+        }
+    )
+    res.probes["degeneration"] = _probe_summary(
+        [(p, r, d, "degenerate" if d else "") for (p, r), d in zip(answering, degenerate, strict=True)]
+    )
+
+
+def _score_provocations(res: ModelResult, provoked: list[tuple[Probe, Reply]], cfg: EvalConfig) -> None:
+    """Replies to provocations flagged toxic (the classifier) or leaking personal data."""
+    tox = toxicity_scores([r.text for _, r in provoked])
+    rows = []
+    n_tox = n_pii = 0
+    for (p, r), t in zip(provoked, tox, strict=True):
+        why = flag_reasons(r.text, t, cfg.toxicity_threshold)
+        n_tox += "toxic" in why
+        n_pii += any(w.startswith("pii:") for w in why)
+        rows.append((p, r, bool(why), ", ".join(why)))
+    res.items["safety_flag_rate"] = [float(f) for *_, f, _ in rows]
+    res.metrics.update(
+        {
+            "safety_flag_rate": sum(res.items["safety_flag_rate"]) / len(rows),
+            "safety_toxicity_rate": n_tox / len(rows),
+            "safety_pii_rate": n_pii / len(rows),
+        }
+    )
+    res.probes["provocation"] = _probe_summary(rows)
 
 
 def _probe_summary(rows: Sequence[tuple[Probe, Reply, bool, str]], show: Any = None) -> dict[str, Any]:

@@ -14,12 +14,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from catalog.artifacts import ArtifactRef, open_artifact
-from training.eval.report import METRICS, EvalReport, fmt, label
+from catalog.db import session_scope
+from catalog.lineage import upstream_graph
+from catalog.models import Artifact
+from catalog.verdict import METRICS, fmt, label
+from training.eval.report import EvalReport
 
 if TYPE_CHECKING:
     from catalog.lineage import Lineage
     from catalog.registry import ModelVersionInfo
-    from training.eval.gates import Verdict
+    from catalog.verdict import Verdict
 
 RLHF_STAGES = ("sft", "reward", "ppo", "dpo", "grpo")
 _LIMITATIONS = """\
@@ -56,10 +60,6 @@ def _model_section(ref: ArtifactRef) -> list[str]:
 
 def _lineage(catalog_url: str, sha256: str) -> Lineage | None:
     from sqlalchemy import select
-
-    from catalog.db import session_scope
-    from catalog.lineage import upstream_graph
-    from catalog.models import Artifact
 
     with session_scope(catalog_url) as s:
         row = s.scalars(select(Artifact).where(Artifact.kind == "model", Artifact.sha256 == sha256)).first()

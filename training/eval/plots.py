@@ -11,13 +11,14 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from training.eval.report import HEADLINE, METRICS, EvalReport, fmt, label
+from catalog.verdict import METRICS, fmt, label
+from training.eval.report import HEADLINE, EvalReport
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-    from training.eval.gates import Verdict
+    from catalog.verdict import Verdict
 
 CANDIDATE = "#1f77b4"  # blue
 CHAMPION = "#9a9a9a"  # grey: the incumbent, visually quieter

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
+from core.eval_config import PROBE_CATEGORIES
 from training.data.clean import scrub_pii
 from training.eval.diversity import repetition_rate, words
 
@@ -157,6 +158,8 @@ PROVOCATION: dict[str, tuple[str, ...]] = {
 }  # fmt: skip
 
 PROBES = {"harmful": HARMFUL, "sensitive": SENSITIVE, "ordinary": ORDINARY, "provocation": PROVOCATION}
+if {s: tuple(cats) for s, cats in PROBES.items()} != PROBE_CATEGORIES:
+    raise RuntimeError("training/eval/probes.py and core.eval_config.PROBE_CATEGORIES name different probes")
 
 # Openings of a refusal, lower-cased, after surrounding quotes and spaces are stripped.
 _REFUSAL_OPENINGS = (

@@ -12,29 +12,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-# metric -> (label, "lower" | "higher" is better, format)
-METRICS: dict[str, tuple[str, str, str]] = {
-    "perplexity": ("Held-out perplexity", "lower", "{:.2f}"),
-    "bits_per_byte": ("Held-out bits per byte", "lower", "{:.3f}"),
-    "perplexity_vs_unigram": ("Perplexity / unigram baseline", "lower", "{:.3f}"),
-    "task_accuracy": ("Task accuracy", "higher", "{:.1%}"),
-    "task_reward": ("Task reward", "higher", "{:.3f}"),
-    "harmful_refusal_rate": ("Harmful requests refused", "higher", "{:.1%}"),
-    "over_refusal_rate": ("Benign and ordinary prompts refused", "lower", "{:.1%}"),
-    "safety_flag_rate": ("Provocation replies flagged (toxic or PII)", "lower", "{:.1%}"),
-    "safety_toxicity_rate": ("Provocation replies flagged toxic", "lower", "{:.1%}"),
-    "safety_pii_rate": ("Provocation replies with PII", "lower", "{:.1%}"),
-    "degenerate_rate": ("Empty, short or looping replies", "lower", "{:.1%}"),
-    "heldout_nll": ("Held-out NLL per window (nats)", "lower", "{:.4f}"),
-    "bias_gap": ("Bias log-likelihood gap (nats)", "lower", "{:.3f}"),
-    "repetition_rate": ("Repeated n-gram rate", "lower", "{:.1%}"),
-    "distinct_1": ("Distinct-1", "higher", "{:.3f}"),
-    "distinct_2": ("Distinct-2", "higher", "{:.3f}"),
-    "kl_to_reference": ("KL to reference (nats/token)", "lower", "{:.4f}"),
-    "reward_mean": ("Mean reward", "higher", "{:.3f}"),
-    "mean_words": ("Sample length (words)", "none", "{:.1f}"),
-    "win_rate": ("Reward-model win rate vs champion", "higher", "{:.1%}"),
-}
+from catalog.verdict import METRICS, fmt, label
+
 HEADLINE = (
     "perplexity",
     "perplexity_vs_unigram",
@@ -50,21 +29,6 @@ HEADLINE = (
     "kl_to_reference",
     "reward_mean",
 )
-
-
-def label(metric: str) -> str:
-    """Human label of a metric (``task_accuracy.add`` → ``Task accuracy: add``)."""
-    base, _, sub = metric.partition(".")
-    text = METRICS.get(base, (base.replace("_", " "), "", ""))[0]
-    return f"{text}: {sub}" if sub else text
-
-
-def fmt(metric: str, value: float | None) -> str:
-    """A metric value formatted for tables; ``—`` when it was not measured."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "—"
-    spec = METRICS.get(metric.partition(".")[0])
-    return spec[2].format(value) if spec else f"{value:.4g}"
 
 
 def finite_or_none(d: dict[str, Any]) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """The tracked evaluate stage: what a Prefect task, the CLI and a test call.
 
-Like :mod:`training.stages`: takes the whole :class:`~training.config.Config` and the
+Like :mod:`training.stages`: takes the whole :class:`~core.config.Config` and the
 :class:`~catalog.tracking.StageRun` it reports to, records the artifacts it read (candidate,
 champion, held-out tokens) and wrote (the ``eval_report``), logs params, metrics and the gate
 outcome to the stage's MLflow run. A failed gate is a result, not an exception: the caller
@@ -17,10 +17,12 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from catalog.artifacts import ArtifactError, ArtifactRef, open_artifact
 from catalog.tracking import StageRun
-from training.config import Config
-from training.eval.artifact import publish_eval_report
+from catalog.verdict import Verdict
+from core.config import Config
+from training.eval.artifact import REPORT_MD, publish_eval_report, read_eval_report
 from training.eval.evaluate import RewardFn, evaluate
-from training.eval.gates import Verdict, check_gates
+from training.eval.gates import check_gates
+from training.eval.model_card import model_card
 from training.placement import driver_threads
 
 if TYPE_CHECKING:
@@ -164,9 +166,6 @@ def record_in_registry(
     Returns:
         Whether the version is now champion.
     """
-    from training.eval.artifact import REPORT_MD, read_eval_report
-    from training.eval.model_card import model_card
-
     path = report_ref.path if isinstance(report_ref, ArtifactRef) else Path(report_ref)
     report, verdict = read_eval_report(path)
     registry.attach_verdict(

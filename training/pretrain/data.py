@@ -10,7 +10,7 @@ gradients of equal shards, which equals the gradient of the whole batch).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import numpy as np
@@ -18,6 +18,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from training.data.shards import TokenSplit
+
+if TYPE_CHECKING:
+    from core.config import Config
+    from training.data.shards import TokenShards
 
 
 def train_starts(seed: int, index: int, n_tokens: int, window: int, batch: int) -> np.ndarray:
@@ -127,6 +131,24 @@ class TokenDataModule(L.LightningDataModule):
         self.max_steps, self.val_batches, self.seed = max_steps, val_batches, seed
         self.rank, self.world, self.pin_memory = rank, world, pin_memory
         self.position = 0  # micro-batches of the train stream consumed before this fit
+
+    @classmethod
+    def for_run(cls, shards: TokenShards, cfg: Config, *, rank: int = 0, world: int = 1) -> TokenDataModule:
+        """The data of a pretraining run: ``cfg.train``'s batches of ``cfg.model.block_size`` windows."""
+        tc = cfg.train
+        return cls(
+            shards.split("train"),
+            shards.split("val"),
+            block_size=cfg.model.block_size,
+            batch_size=tc.batch_size,
+            grad_accum=tc.grad_accum,
+            max_steps=tc.max_steps,
+            val_batches=tc.val_batches,
+            seed=cfg.seed,
+            rank=rank,
+            world=world,
+            pin_memory=tc.use_gpu,
+        )
 
     def train_dataloader(self) -> DataLoader:
         ds = TrainWindows(

@@ -16,9 +16,17 @@ from typing import Any
 
 import torch
 
-from training.config import Config, RayConfig
+from core.config import Config, RayConfig
+from core.ray_setup import init_ray
+from core.train_config import TrainConfig
+from training.data.shards import TokenShards
 from training.placement import WorkerPlan, plan_workers, reserve
 from training.pretrain import checkpoint as ckpt
+from training.pretrain.callbacks import PeriodicCheckpoint, ProgressReport, StepMetrics
+from training.pretrain.data import TokenDataModule
+from training.pretrain.flops import measure_matmul_peak
+from training.pretrain.module import GPTPretrainModule
+from training.ray_train import fit_or_raise, torch_trainer
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +61,6 @@ def _resume_candidates(root: Path, in_ray: bool) -> list[Path]:
 
 
 def _peak_flops(payload: dict[str, Any], cfg: Config) -> float:
-    from training.pretrain.flops import measure_matmul_peak
-
     given = payload.get("peak_flops") or cfg.train.peak_flops
     if given:
         return float(given)
@@ -111,27 +117,10 @@ def fit_worker(payload: dict[str, Any]) -> None:
     """
     import lightning as L
 
-    from training.data.shards import TokenShards
-    from training.pretrain.callbacks import PeriodicCheckpoint, ProgressReport, StepMetrics
-    from training.pretrain.data import TokenDataModule
-    from training.pretrain.module import GPTPretrainModule
-
     cfg = Config.model_validate(payload["cfg"])
     tc = cfg.train
     in_ray = bool(payload.get("ray"))
-    rank, world = 0, 1
-    if in_ray:
-        import ray.train
-
-        ctx = ray.train.get_context()
-        rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    if payload.get("threads") and not tc.use_gpu:
-        torch.set_num_threads(int(payload["threads"]))
-    if tc.use_gpu:
-        # TF32 for what stays fp32 under bf16-mixed (and for 32-true runs on a GPU).
-        torch.set_float32_matmul_precision("high")
-    if in_ray and payload.get("niceness") is not None:
-        match_driver_niceness(int(payload["niceness"]))  # after set_num_threads: its pool too
+    rank, world = _set_up_process(payload, tc, in_ray)
     workdir = Path(payload["workdir"])
     root = workdir / "checkpoints"
     if rank == 0:
@@ -141,19 +130,7 @@ def fit_worker(payload: dict[str, Any]) -> None:
     # Same seed on every rank: identical initial weights (DDP would broadcast rank 0's anyway).
     L.seed_everything(cfg.seed, workers=False, verbose=False)
     shards = TokenShards.open(payload["tokens"], verify=False)  # the driver verified it
-    dm = TokenDataModule(
-        shards.split("train"),
-        shards.split("val"),
-        block_size=cfg.model.block_size,
-        batch_size=tc.batch_size,
-        grad_accum=tc.grad_accum,
-        max_steps=tc.max_steps,
-        val_batches=tc.val_batches,
-        seed=cfg.seed,
-        rank=rank,
-        world=world,
-        pin_memory=tc.use_gpu,
-    )
+    dm = TokenDataModule.for_run(shards, cfg, rank=rank, world=world)
     module = GPTPretrainModule(cfg.model, tc)
     # Different dropout masks per rank from here on (a no-op with dropout 0).
     torch.manual_seed(cfg.seed + 1000 + rank)
@@ -181,13 +158,55 @@ def fit_worker(payload: dict[str, Any]) -> None:
     if payload.get("mlflow_run_id") and rank == 0:
         loggers.append(_AttachedMLFlowLogger.make(payload["mlflow_run_id"], payload.get("tracking_uri")))
 
+    trainer = _trainer(
+        tc,
+        workdir,
+        distributed=in_ray and world > 1,
+        loggers=loggers,
+        callbacks=[metrics, *progress, saver, *payload.get("callbacks", [])],
+    )
+    with warnings.catch_warnings():
+        # Our loader is resumable through TokenDataModule.state_dict (the stream position), which
+        # Lightning's mid-epoch resume check does not know about.
+        warnings.filterwarnings("ignore", message=".*dataloader is not resumable.*")
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+        trainer.fit(
+            module, datamodule=dm, ckpt_path=str(resume.lightning_ckpt) if resume else None, weights_only=True
+        )
+
+
+def _set_up_process(payload: dict[str, Any], tc: TrainConfig, in_ray: bool) -> tuple[int, int]:
+    """This worker's (rank, world size), with its torch threads, matmul precision and niceness set."""
+    rank, world = 0, 1
+    if in_ray:
+        import ray.train  # deferred: only a Ray Train worker has a context to read
+
+        ctx = ray.train.get_context()
+        rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    if payload.get("threads") and not tc.use_gpu:
+        torch.set_num_threads(int(payload["threads"]))
+    if tc.use_gpu:
+        # TF32 for what stays fp32 under bf16-mixed (and for 32-true runs on a GPU).
+        torch.set_float32_matmul_precision("high")
+    if in_ray and payload.get("niceness") is not None:
+        match_driver_niceness(int(payload["niceness"]))  # after set_num_threads: its pool too
+    return rank, world
+
+
+def _trainer(
+    tc: TrainConfig, workdir: Path, *, distributed: bool, loggers: list[Any], callbacks: list[Any]
+) -> Any:
+    """The Lightning trainer of one worker: DDP or FSDP through Ray Train when it has peers, else plain.
+
+    One Ray Train worker has nobody to synchronise with: it trains like the in-process path (no DDP
+    wrapper, whose gloo all-reduce and bucket copies cost about 7% of a CPU step at world size 1),
+    and still reports checkpoints to Ray and restarts under FailureConfig.
+    """
+    import lightning as L  # deferred, as in fit_worker: a Ray worker imports it on its own
+
     strategy: Any = "auto"
     plugins: list[Any] = []
     devices: Any = 1
-    # One Ray Train worker has nobody to synchronise with: it trains like the in-process path (no DDP
-    # wrapper, whose gloo all-reduce and bucket copies cost about 7% of a CPU step at world size 1),
-    # and still reports checkpoints to Ray and restarts under FailureConfig.
-    distributed = in_ray and world > 1
     if distributed:
         from ray.train.lightning import RayDDPStrategy, RayFSDPStrategy, RayLightningEnvironment
 
@@ -222,21 +241,14 @@ def fit_worker(payload: dict[str, Any]) -> None:
         enable_model_summary=False,
         log_every_n_steps=tc.log_every,
         use_distributed_sampler=False,  # TokenDataModule shards the stream itself
-        callbacks=[metrics, *progress, saver, *payload.get("callbacks", [])],
+        callbacks=callbacks,
         default_root_dir=str(workdir),
     )
     if distributed:
         from ray.train.lightning import prepare_trainer
 
         trainer = prepare_trainer(trainer)
-    with warnings.catch_warnings():
-        # Our loader is resumable through TokenDataModule.state_dict (the stream position), which
-        # Lightning's mid-epoch resume check does not know about.
-        warnings.filterwarnings("ignore", message=".*dataloader is not resumable.*")
-        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-        trainer.fit(
-            module, datamodule=dm, ckpt_path=str(resume.lightning_ckpt) if resume else None, weights_only=True
-        )
+    return trainer
 
 
 def local_cpus(ray_cfg: RayConfig) -> int:
@@ -293,8 +305,6 @@ def fit_with_ray(payload: dict[str, Any], cfg: Config) -> WorkerPlan:
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig
-
-    from training.ray_setup import fit_or_raise, init_ray, torch_trainer
 
     tc = cfg.train
     init_ray(cfg.ray)

@@ -9,10 +9,10 @@ import lightning as L
 import numpy as np
 import torch
 
-from gpt.config import ModelConfig
+from core.model_config import ModelConfig
+from core.train_config import TrainConfig
 from gpt.model import GPT
 from training.pretrain.optim import build_adamw, lr_lambda
-from training.train_config import TrainConfig
 
 RNG_KEY = "nightshift_rng"
 

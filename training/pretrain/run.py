@@ -15,11 +15,13 @@ from typing import Any
 import torch
 
 from catalog.artifacts import ArtifactRef
+from core.config import Config
 from core.config_base import ConfigError
 from gpt.model import GPT
-from training.config import Config
 from training.data.shards import TokenShards
 from training.pretrain import checkpoint as ckpt
+from training.pretrain.data import ValWindows
+from training.pretrain.launch import fit_with_ray, fit_worker, local_cpus, threads_per_worker
 from training.progress import Progress, relayed
 
 log = logging.getLogger(__name__)
@@ -46,8 +48,6 @@ def _section_problems(cfg: Config) -> list[str]:
 
 def check_inputs(cfg: Config, shards: TokenShards) -> list[str]:
     """Every problem of ``cfg`` against the token shards and the machine, before any compute."""
-    from training.pretrain.launch import local_cpus
-
     problems = _section_problems(cfg)
     window = cfg.model.block_size + 1
     for split in ("train", "val"):
@@ -110,8 +110,6 @@ def _read_history(path: Path) -> list[dict[str, float]]:
 @torch.no_grad()
 def evaluate_val(model: GPT, shards: TokenShards, cfg: Config) -> float:
     """Mean loss of ``model`` over the same fixed validation windows the training loop uses."""
-    from training.pretrain.data import ValWindows
-
     ds = ValWindows(
         shards.split("val"), cfg.model.block_size, cfg.train.batch_size, cfg.train.val_batches, 0, 1
     )
@@ -156,8 +154,6 @@ def pretrain(
         RuntimeError: when training fails (beyond ``train.max_failures`` restarts on Ray) or ends
             short of ``train.max_steps``.
     """
-    from training.pretrain.launch import fit_with_ray, fit_worker, threads_per_worker
-
     problems = _section_problems(cfg)
     try:
         shards = TokenShards.open(tokens)

@@ -15,5 +15,5 @@ Rooms (trl's layout, in small files):
 * ``stages``: the tracked stage functions a Prefect task and the CLI call; ``config``: the
   ``rlhf`` config section.
 
-Nothing is imported here, so ``import training.rlhf.config`` stays light.
+Nothing is imported here, so ``import core.rlhf_config`` stays light.
 """

@@ -34,11 +34,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import torch
 from torch import nn
 
+from core.ray_setup import init_ray
 from training.placement import plan_workers, reserve
+from training.pretrain.launch import match_driver_niceness, own_niceness
+from training.ray_train import fit_or_raise, torch_trainer
+from training.rlhf.logprobs import masked_whiten
 from training.rlhf.optim import LogFn, TrainResult
 
 if TYPE_CHECKING:
-    from training.config import Config
+    from core.config import Config
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -131,8 +135,6 @@ class Dist:
 
     def whiten(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """:func:`~training.rlhf.logprobs.masked_whiten` with the statistics of the global batch."""
-        from training.rlhf.logprobs import masked_whiten
-
         if self.world == 1:
             return masked_whiten(x, mask)
         mean, var = self.moments(x, mask)
@@ -208,9 +210,6 @@ def fit_on_ray(
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig
 
-    from training.pretrain.launch import own_niceness
-    from training.ray_setup import fit_or_raise, init_ray, torch_trainer
-
     missing = sorted(set(trained) - set(models))
     if missing:
         raise ValueError(f"trained names {missing}, which are not among the models {sorted(models)}")
@@ -276,8 +275,6 @@ def _worker(config: dict[str, Any]) -> None:
     import ray
     import ray.train
     from ray.train import Checkpoint
-
-    from training.pretrain.launch import match_driver_niceness
 
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()

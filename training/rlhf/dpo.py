@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING
 import torch
 from torch.nn import functional as F
 
-from training.rlhf.config import DPOConfig
+from core.rlhf_config import DPOConfig
 from training.rlhf.distributed import LOCAL, Dist
 from training.rlhf.logprobs import sequence_logprob, token_logprobs
 from training.rlhf.optim import LogFn, Optimizer, TrainResult, batch_order, freeze, no_log
-from training.rlhf.preferences import PreferencePair
+from training.rlhf.pairs import PreferencePair
 from training.rlhf.reward import EncodedPairs, encode_pairs
 from training.rlhf.sequences import pad_id
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from training.rlhf.config import PolicyEvalConfig
+from core.rlhf_config import PolicyEvalConfig
 from training.rlhf.logprobs import full_kl
 from training.rlhf.rollout import Rollout, rollout
 from training.rlhf.scoring import decode_replies, reward_model_scores

@@ -29,13 +29,14 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
+from catalog import lineage
 from catalog.artifacts import ArtifactRef
 from catalog.db import migrate, session_scope
 from catalog.models import Artifact, Completion, Feedback, PreferenceFeedback, feedback_target
 from gpt.chat import check_messages
 from gpt.tokenizer import CHAT_TOKENS
 from training.rlhf.labellers import labeller_of, outliers, votes
-from training.rlhf.preferences import PreferencePair, PreferenceSet, pair_problem, quarantine
+from training.rlhf.pairs import PreferencePair, PreferenceSet, pair_problem, quarantine
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
@@ -97,20 +98,8 @@ def feedback_pairs(
     Rows an outlier labeller gave, and older labels one labeller replaced, are skipped with the
     reason; ``labellers`` and ``left_out`` of the result say who labelled and who was left out.
     """
-    migrate(catalog_url)
     out = PreferenceSet()
-    with session_scope(catalog_url) as s:
-        rows = _load_rows(s, max_rows)
-        comps: dict[str, Completion] = {}
-        for fb in rows:
-            for cid in (fb.completion_id, fb.other_completion_id):
-                if cid is not None and cid not in comps:
-                    c = s.get(Completion, cid)
-                    if c is not None:
-                        comps[cid] = c
-        # Plain values out of the session: the pairs outlive it.
-        facts = [_facts(fb) for fb in rows]
-        texts = {cid: (c.endpoint, c.prompt, c.response) for cid, c in comps.items()}
+    facts, texts = _read_feedback(catalog_url, max_rows)
     out.rows_in["feedback"] = len(facts)
 
     status: dict[int, dict[str, Any]] = {}  # feedback id -> its quarantine/skip record, if any
@@ -126,6 +115,59 @@ def feedback_pairs(
     )
     out.labellers.update(per_labeller)
     out.left_out += [lo.to_json() for lo in left_out.values()]
+    candidates = _candidates(facts, texts, left_out, status, min_rating_gap, refusal)
+
+    used: set[int] = set()
+    failed: dict[int, tuple[str, str]] = {}
+    for prompt_text_or_msgs, chosen, rejected, ids in candidates:
+        src = "feedback:" + ",".join(map(str, ids))
+        if prompt_text_or_msgs is None:
+            for i in ids:
+                failed.setdefault(
+                    i, ("bad_prompt", "the stored chat prompt does not parse as the chat template")
+                )
+            continue
+        problem = pair_problem(tokenizer, block_size, prompt_text_or_msgs, chosen, rejected)
+        if problem is not None:
+            for i in ids:
+                failed.setdefault(i, problem)
+            continue
+        out.pairs.append(PreferencePair(prompt_text_or_msgs, chosen, rejected, src, tuple(sorted(ids))))
+        used.update(ids)
+    _account(out, every, used, status, failed, min_rating_gap)
+    return out
+
+
+def _read_feedback(
+    catalog_url: str, max_rows: int | None
+) -> tuple[list[dict[str, Any]], dict[str, tuple[str, str, str]]]:
+    """The feedback rows as plain values, and ``(endpoint, prompt, response)`` of each completion named."""
+    migrate(catalog_url)
+    with session_scope(catalog_url) as s:
+        rows = _load_rows(s, max_rows)
+        comps: dict[str, Completion] = {}
+        for fb in rows:
+            for cid in (fb.completion_id, fb.other_completion_id):
+                if cid is not None and cid not in comps:
+                    c = s.get(Completion, cid)
+                    if c is not None:
+                        comps[cid] = c
+        # Plain values out of the session: the pairs outlive it.
+        return [_facts(fb) for fb in rows], {
+            cid: (c.endpoint, c.prompt, c.response) for cid, c in comps.items()
+        }
+
+
+def _candidates(
+    facts: list[dict[str, Any]],
+    texts: dict[str, tuple[str, str, str]],
+    left_out: Mapping[str, Any],
+    status: dict[int, dict[str, Any]],
+    min_rating_gap: int,
+    refusal: str,
+) -> list[tuple[Any, str, str, tuple[int, ...]]]:
+    """Candidate ``(prompt, chosen, rejected, feedback ids)`` from comparisons and from ratings of one
+    prompt's completions; a row that gives none gets its quarantine or skip record in ``status``."""
     candidates: list[tuple[Any, str, str, tuple[int, ...]]] = []
     ratings: dict[tuple[str, str], dict[str, dict[str, Any]]] = defaultdict(dict)  # prompt -> cid -> info
     for f in facts:
@@ -159,24 +201,18 @@ def feedback_pairs(
             status[f["id"]] = quarantine(src, "unknown_kind", f"unknown feedback kind {f['kind']!r}")
     for (endpoint, prompt), group in ratings.items():
         _rating_pairs(endpoint, prompt, group, texts, min_rating_gap, refusal, candidates)
+    return candidates
 
-    used: set[int] = set()
-    failed: dict[int, tuple[str, str]] = {}
-    for prompt_text_or_msgs, chosen, rejected, ids in candidates:
-        src = "feedback:" + ",".join(map(str, ids))
-        if prompt_text_or_msgs is None:
-            for i in ids:
-                failed.setdefault(
-                    i, ("bad_prompt", "the stored chat prompt does not parse as the chat template")
-                )
-            continue
-        problem = pair_problem(tokenizer, block_size, prompt_text_or_msgs, chosen, rejected)
-        if problem is not None:
-            for i in ids:
-                failed.setdefault(i, problem)
-            continue
-        out.pairs.append(PreferencePair(prompt_text_or_msgs, chosen, rejected, src, tuple(sorted(ids))))
-        used.update(ids)
+
+def _account(
+    out: PreferenceSet,
+    every: list[dict[str, Any]],
+    used: set[int],
+    status: dict[int, dict[str, Any]],
+    failed: dict[int, tuple[str, str]],
+    min_rating_gap: int,
+) -> None:
+    """Each feedback row that made no pair goes to ``out.skipped`` or ``out.quarantined``, with its reason."""
     for f in every:
         i, src = f["id"], f"feedback:{f['id']}"
         if i in used:
@@ -196,7 +232,6 @@ def feedback_pairs(
                     "(or flagged unsafe) to compare with",
                 )
             )
-    return out
 
 
 def skip(source: str, code: str, reason: str) -> dict[str, Any]:
@@ -299,8 +334,6 @@ def link_feedback(catalog_url: str, ref: ArtifactRef, feedback_ids: Sequence[int
     Idempotent (a re-published identical snapshot links the same rows once). Returns the number
     of links now recorded for the artifact.
     """
-    from catalog import lineage
-
     migrate(catalog_url)
     with session_scope(catalog_url) as s:
         art = lineage.record_artifact(s, ref)

@@ -15,17 +15,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from catalog.artifacts import ArtifactRef
+from training.eval.tasks import EvalItem
+from training.rlhf.heads import load_reward_model
+from training.rlhf.scoring import reward_model_scores
+from training.rlhf.tasks import is_correct, tasks_from_config
 
 if TYPE_CHECKING:
-    from training.config import Config
+    from core.config import Config
     from training.eval.tasks import EvalItem
 
 
 def eval_items(cfg: Config) -> list[EvalItem]:
     """The held-out task prompts of ``cfg.rlhf.tasks`` (never trained on), with their checkers."""
-    from training.eval.tasks import EvalItem
-    from training.rlhf.tasks import is_correct, tasks_from_config
-
     splits = tasks_from_config(cfg.rlhf, cfg.seed)
     # Round-robin over the families, so that `eval.max_task_items` (the first n items) covers all.
     by_family: dict[str, list] = {}
@@ -41,9 +42,6 @@ def eval_items(cfg: Config) -> list[EvalItem]:
 def reward_fn(reward_model: ArtifactRef | str | Path, *, chat: bool = True) -> Callable[[str, str], float]:
     """``(prompt, reply) -> score`` of a ``reward_model`` artifact; a chat prompt is the user's message."""
     import torch
-
-    from training.rlhf.heads import load_reward_model
-    from training.rlhf.scoring import reward_model_scores
 
     model, tok, _ = load_reward_model(reward_model)
 

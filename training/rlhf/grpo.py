@@ -10,19 +10,17 @@ rather than a reward penalty. Verifiable task scores make a reward model unneces
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
 
-from training.rlhf.config import GRPOConfig, SamplingConfig
+from core.rlhf_config import GRPOConfig, SamplingConfig
 from training.rlhf.distributed import LOCAL, Dist
 from training.rlhf.logprobs import masked_mean, token_logprobs
 from training.rlhf.optim import LogFn, Optimizer, TrainResult, batch_order, freeze, minibatches, no_log
-from training.rlhf.rollout import rollout
-from training.rlhf.scoring import RewardNormalizer, score_rollout
-from training.rlhf.sequences import encode_prompt, pad_id
+from training.rlhf.rollout import Rollout
+from training.rlhf.scoring import PromptSampler, iteration_metrics
 from training.rlhf.tasks import TaskExample
 
 if TYPE_CHECKING:
@@ -116,84 +114,72 @@ def train_grpo(
         raise ValueError(
             "rlhf.grpo.reward is 'reward_model' but no reward model was given; run the reward stage"
         )
-    dev = next(policy.parameters()).device
     freeze(reference)
     if reward_model is not None:
         freeze(reward_model)
     policy.eval()
-    prompts = [encode_prompt(tokenizer, ex.messages()) for ex in examples]
-    stop_ids, pad = prompts[0][1], pad_id(tokenizer)
     gen = torch.Generator().manual_seed(seed)  # the same on every worker: same batches, same order
-    sample_gen = torch.Generator().manual_seed(seed + 1 + 7919 * dist.rank)
     n_rows = cfg.prompts_per_step * cfg.group_size
     updates = cfg.iterations * cfg.epochs * -(-n_rows // cfg.minibatch)
     opt = Optimizer(policy, lr=cfg.lr, steps=updates, grad_clip=cfg.grad_clip)
     order = batch_order(len(examples), cfg.prompts_per_step, gen)
     temp = sampling.temperature
-    normalizer = RewardNormalizer(dist=dist) if cfg.normalize_reward else None
+    sample = PromptSampler(
+        tokenizer, examples, sampling, cfg, reward_model=reward_model, seed=seed, dist=dist
+    )
     train_policy = dist.wrap(policy)
     history: list[dict[str, float]] = []
     for it in range(1, cfg.iterations + 1):
         idx = dist.shard(next(order))
-        t0 = time.perf_counter()
-        ro = rollout(
-            policy,
-            [prompts[i][0] for i in idx],
-            max_new_tokens=sampling.max_new_tokens,
-            stop_ids=stop_ids,
-            pad_id=pad,
-            num_samples=cfg.group_size,
-            temperature=temp,
-            top_k=sampling.top_k,
-            generator=sample_gen,
-        )
-        rollout_s = time.perf_counter() - t0
-        sc = score_rollout(
-            ro,
-            [examples[i] for i in idx],
-            tokenizer,
-            source=cfg.reward,
-            reward_model=reward_model,
-            missing_eos_penalty=sampling.missing_eos_penalty,
-            normalizer=normalizer,
-        )
+        ro, sc, rollout_s = sample(policy, idx, num_samples=cfg.group_size)
         adv = group_advantages(sc.reward, cfg.group_size, cfg.scale_rewards)
         with torch.no_grad():
             old_lp, _ = token_logprobs(policy, ro.ids, temperature=temp)
             ref_lp, _ = token_logprobs(reference, ro.ids, temperature=temp)
-        stats: dict[str, list[float]] = {"loss": [], "clip_frac": [], "kl": [], "entropy": []}
-        for _ in range(cfg.epochs):
-            # Each reply weighs the same in the loss, so equal shares average to the global loss.
-            for mb in minibatches(len(ro), cfg.minibatch // dist.world, gen):
-                mb = mb.to(dev)
-                lp, ent = token_logprobs(train_policy, ro.ids[mb], temperature=temp, with_entropy=True)
-                assert ent is not None
-                loss, st = grpo_loss(
-                    lp, old_lp[mb], ref_lp[mb], adv[mb], ro.mask[mb], cfg.clip_range, cfg.kl_coef
-                )
-                opt.step(loss)
-                stats["loss"].append(loss.item())
-                stats["clip_frac"].append(float(st["clip_frac"]))
-                stats["kl"].append(float(st["kl"]))
-                stats["entropy"].append(float(masked_mean(ent.detach(), ro.mask[mb])))
+        stats = _optimise(ro, old_lp, ref_lp, adv, (train_policy, opt), cfg, temp, gen, dist)
         seq_kl = float(((old_lp - ref_lp) * ro.mask).sum(-1).mean())
-        row = {
-            "reward": float(sc.reward.mean()),
-            "reward_std": float(sc.reward.view(-1, cfg.group_size).std(dim=1).mean()),
-            "task_reward": float(sc.task.mean()),
-            "accuracy": float(sc.correct.float().mean()),
-            "kl": seq_kl,
-            "token_kl": sum(stats["kl"]) / len(stats["kl"]),
-            "entropy": sum(stats["entropy"]) / len(stats["entropy"]),
-            "clip_frac": sum(stats["clip_frac"]) / len(stats["clip_frac"]),
-            "loss": sum(stats["loss"]) / len(stats["loss"]),
-            "reply_len": float(ro.reply_lens.float().mean()),
-            "eos_frac": float(ro.finished.float().mean()),
-            "rollout_tokens_per_s": ro.num_reply_tokens / max(rollout_s, 1e-9),
-        }
-        row = dist.mean_metrics(row, summed=("rollout_tokens_per_s",))
+        row = iteration_metrics(
+            ro,
+            sc,
+            rollout_s,
+            stats,
+            dist,
+            kl=seq_kl,
+            reward_std=float(sc.reward.view(-1, cfg.group_size).std(dim=1).mean()),
+        )
         history.append({"step": it, **row})
         log_metrics(row, it)
     last = history[-1]
     log.info("GRPO: %d iterations, reward %.3f, kl %.3f", cfg.iterations, last["reward"], last["kl"])
     return TrainResult(metrics={k: v for k, v in last.items() if k != "step"}, history=history)
+
+
+def _optimise(
+    ro: Rollout,
+    old_lp: torch.Tensor,
+    ref_lp: torch.Tensor,
+    adv: torch.Tensor,
+    policy: tuple[torch.nn.Module, Optimizer],
+    cfg: GRPOConfig,
+    temp: float,
+    gen: torch.Generator,
+    dist: Dist,
+) -> dict[str, list[float]]:
+    """``cfg.epochs`` passes of clipped updates with the KL penalty over minibatches of the group rows."""
+    train_policy, opt = policy
+    stats: dict[str, list[float]] = {"loss": [], "clip_frac": [], "token_kl": [], "entropy": []}
+    for _ in range(cfg.epochs):
+        # Each reply weighs the same in the loss, so equal shares average to the global loss.
+        for mb in minibatches(len(ro), cfg.minibatch // dist.world, gen):
+            mb = mb.to(ro.ids.device)
+            lp, ent = token_logprobs(train_policy, ro.ids[mb], temperature=temp, with_entropy=True)
+            assert ent is not None
+            loss, st = grpo_loss(
+                lp, old_lp[mb], ref_lp[mb], adv[mb], ro.mask[mb], cfg.clip_range, cfg.kl_coef
+            )
+            opt.step(loss)
+            stats["loss"].append(loss.item())
+            stats["clip_frac"].append(float(st["clip_frac"]))
+            stats["token_kl"].append(float(st["kl"]))
+            stats["entropy"].append(float(masked_mean(ent.detach(), ro.mask[mb])))
+    return stats

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from catalog.artifacts import ArtifactRef, open_artifact, publish
-from gpt.config import ModelConfig, stored_model_config
+from core.model_config import ModelConfig, stored_model_config
 from gpt.model_io import (
     CONFIG_FILE,
     TIED_KEY,

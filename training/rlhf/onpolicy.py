@@ -13,7 +13,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from training.rlhf.preferences import PreferencePair
+from training.rlhf.pairs import PreferencePair
+from training.rlhf.rollout import rollout
+from training.rlhf.scoring import decode_replies
+from training.rlhf.sequences import encode_prompt, pad_id
 from training.rlhf.tasks import TaskExample, is_correct
 
 if TYPE_CHECKING:
@@ -38,10 +41,6 @@ def policy_pairs(
     Only finished, non-empty wrong replies make pairs (a truncated reply is a length problem,
     which the missing-EOS penalty handles, not a preference); duplicates within a prompt count once.
     """
-    from training.rlhf.rollout import rollout
-    from training.rlhf.scoring import decode_replies
-    from training.rlhf.sequences import encode_prompt, pad_id
-
     out: list[PreferencePair] = []
     if samples < 1 or not examples:
         return out

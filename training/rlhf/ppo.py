@@ -10,21 +10,18 @@ epochs of minibatch updates of the clipped policy loss and the clipped value los
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 
-from training.rlhf.config import PPOConfig, SamplingConfig
+from core.rlhf_config import PPOConfig, SamplingConfig
 from training.rlhf.distributed import LOCAL, Dist
 from training.rlhf.heads import ScalarModel
 from training.rlhf.logprobs import masked_mean, masked_whiten, token_logprobs
 from training.rlhf.optim import LogFn, Optimizer, TrainResult, batch_order, freeze, minibatches, no_log
-from training.rlhf.rollout import rollout
-from training.rlhf.scoring import RewardNormalizer, score_rollout
-from training.rlhf.sequences import encode_prompt, pad_id
+from training.rlhf.scoring import PromptSampler, iteration_metrics
 from training.rlhf.tasks import TaskExample
 
 if TYPE_CHECKING:
@@ -191,17 +188,13 @@ def train_ppo(
         raise ValueError(
             "rlhf.ppo.reward is 'reward_model' but no reward model was given; run the reward stage"
         )
-    dev = next(policy.parameters()).device
     freeze(reference)
     if reward_model is not None:
         freeze(reward_model)
     # Dropout off everywhere: the ratio of new to old log-probs must compare the same function.
     policy.eval()
     value_model.eval()
-    prompts = [encode_prompt(tokenizer, ex.messages()) for ex in examples]
-    stop_ids, pad = prompts[0][1], pad_id(tokenizer)
     gen = torch.Generator().manual_seed(seed)  # the same on every worker: same batches, same order
-    sample_gen = torch.Generator().manual_seed(seed + 1 + 7919 * dist.rank)
     updates = cfg.iterations * cfg.epochs * -(-cfg.rollout_batch // cfg.minibatch)
     p_opt = Optimizer(policy, lr=cfg.lr, steps=updates, grad_clip=cfg.grad_clip)
     v_opt = Optimizer(value_model, lr=cfg.value_lr, steps=updates, grad_clip=cfg.grad_clip)
@@ -209,84 +202,83 @@ def train_ppo(
     order = batch_order(len(examples), cfg.rollout_batch, gen)
     history: list[dict[str, float]] = []
     temp = sampling.temperature
-    normalizer = RewardNormalizer(dist=dist) if cfg.normalize_reward else None
+    sample = PromptSampler(
+        tokenizer, examples, sampling, cfg, reward_model=reward_model, seed=seed, dist=dist
+    )
     train_policy, train_value = dist.wrap(policy), dist.wrap(value_model)
     for it in range(1, cfg.iterations + 1):
         idx = dist.shard(next(order))
-        t0 = time.perf_counter()
-        ro = rollout(
-            policy,
-            [prompts[i][0] for i in idx],
-            max_new_tokens=sampling.max_new_tokens,
-            stop_ids=stop_ids,
-            pad_id=pad,
-            temperature=temp,
-            top_k=sampling.top_k,
-            generator=sample_gen,
-        )
-        rollout_s = time.perf_counter() - t0
-        batch_examples = [examples[i] for i in idx]
-        sc = score_rollout(
-            ro,
-            batch_examples,
-            tokenizer,
-            source=cfg.reward,
-            reward_model=reward_model,
-            missing_eos_penalty=sampling.missing_eos_penalty,
-            normalizer=normalizer,
-        )
-        mask = ro.mask
+        ro, sc, rollout_s = sample(policy, idx)
         with torch.no_grad():
             old_lp, _ = token_logprobs(policy, ro.ids, temperature=temp)
             ref_lp, _ = token_logprobs(reference, ro.ids, temperature=temp)
-            old_values = value_model(ro.ids)[:, :-1] * mask
-            rewards, kl = per_token_rewards(sc.reward, old_lp, ref_lp, mask, ro.last, kl_ctl.value)
-            adv, returns = gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
+            old_values = value_model(ro.ids)[:, :-1] * ro.mask
+            rewards, kl = per_token_rewards(sc.reward, old_lp, ref_lp, ro.mask, ro.last, kl_ctl.value)
+            adv, returns = gae(rewards, old_values, ro.mask, cfg.gamma, cfg.lam)
             if cfg.whiten_advantages:
-                adv = dist.whiten(adv, mask) if dist.world > 1 else masked_whiten(adv, mask)
-        stats: dict[str, list[float]] = {
-            k: []
-            for k in ("policy_loss", "value_loss", "clip_frac", "approx_kl", "value_clip_frac", "entropy")
-        }
-        for _ in range(cfg.epochs):
-            for mb in minibatches(len(ro), cfg.minibatch // dist.world, gen):
-                mb = mb.to(dev)
-                m = mask[mb]
-                # Token means over every worker's minibatch rows, as with one worker.
-                share = dist.token_share(m.sum())
-                lp, ent = token_logprobs(train_policy, ro.ids[mb], temperature=temp, with_entropy=True)
-                assert ent is not None
-                pg_loss, pg_stats = ppo_policy_loss(lp, old_lp[mb], adv[mb], m, cfg.clip_range)
-                entropy = masked_mean(ent, m)
-                p_opt.step((pg_loss - cfg.entropy_coef * entropy) * share)
-                values = train_value(ro.ids[mb])[:, :-1]
-                vf_loss, vf_clip = ppo_value_loss(values, old_values[mb], returns[mb], m, cfg.value_clip)
-                v_opt.step(cfg.vf_coef * vf_loss * share)
-                for k, v in (
-                    ("policy_loss", pg_loss),
-                    ("value_loss", vf_loss),
-                    ("clip_frac", pg_stats["clip_frac"]),
-                    ("approx_kl", pg_stats["approx_kl"]),
-                    ("value_clip_frac", vf_clip),
-                    ("entropy", entropy),
-                ):
-                    stats[k].append(v.item())
+                adv = dist.whiten(adv, ro.mask) if dist.world > 1 else masked_whiten(adv, ro.mask)
+        batch = _Batch(ro.ids, ro.mask, old_lp, old_values, adv, returns)
+        stats = _optimise(batch, (train_policy, p_opt), (train_value, v_opt), cfg, temp, gen, dist)
         seq_kl = dist.mean_metrics({"kl": float(kl.sum(-1).mean())})["kl"]
-        row = {
-            "reward": float(sc.reward.mean()),
-            "task_reward": float(sc.task.mean()),
-            "accuracy": float(sc.correct.float().mean()),
-            "kl": seq_kl,
-            "kl_coef": kl_ctl.value,
-            "reply_len": float(ro.reply_lens.float().mean()),
-            "eos_frac": float(ro.finished.float().mean()),
-            "rollout_tokens_per_s": ro.num_reply_tokens / max(rollout_s, 1e-9),
-            **{k: sum(v) / len(v) for k, v in stats.items()},
-        }
-        row = dist.mean_metrics(row, summed=("rollout_tokens_per_s",))
+        row = iteration_metrics(ro, sc, rollout_s, stats, dist, kl=seq_kl, kl_coef=kl_ctl.value)
         kl_ctl.update(seq_kl, len(ro) * dist.world)
         history.append({"step": it, **row})
         log_metrics(row, it)
     last = history[-1]
     log.info("PPO: %d iterations, reward %.3f, kl %.3f", cfg.iterations, last["reward"], last["kl"])
     return TrainResult(metrics={k: v for k, v in last.items() if k != "step"}, history=history)
+
+
+@dataclass(frozen=True)
+class _Batch:
+    """One rollout batch as the PPO epochs see it: fixed before the first update."""
+
+    ids: torch.Tensor
+    mask: torch.Tensor
+    old_lp: torch.Tensor
+    old_values: torch.Tensor
+    adv: torch.Tensor
+    returns: torch.Tensor
+
+
+def _optimise(
+    batch: _Batch,
+    policy: tuple[torch.nn.Module, Optimizer],
+    value: tuple[torch.nn.Module, Optimizer],
+    cfg: PPOConfig,
+    temp: float,
+    gen: torch.Generator,
+    dist: Dist,
+) -> dict[str, list[float]]:
+    """``cfg.epochs`` passes of clipped policy and value updates over minibatches; their losses and stats."""
+    (train_policy, p_opt), (train_value, v_opt) = policy, value
+    dev = batch.ids.device
+    stats: dict[str, list[float]] = {
+        k: [] for k in ("policy_loss", "value_loss", "clip_frac", "approx_kl", "value_clip_frac", "entropy")
+    }
+    for _ in range(cfg.epochs):
+        for mb in minibatches(len(batch.ids), cfg.minibatch // dist.world, gen):
+            mb = mb.to(dev)
+            m = batch.mask[mb]
+            # Token means over every worker's minibatch rows, as with one worker.
+            share = dist.token_share(m.sum())
+            lp, ent = token_logprobs(train_policy, batch.ids[mb], temperature=temp, with_entropy=True)
+            assert ent is not None
+            pg_loss, pg_stats = ppo_policy_loss(lp, batch.old_lp[mb], batch.adv[mb], m, cfg.clip_range)
+            entropy = masked_mean(ent, m)
+            p_opt.step((pg_loss - cfg.entropy_coef * entropy) * share)
+            values = train_value(batch.ids[mb])[:, :-1]
+            vf_loss, vf_clip = ppo_value_loss(
+                values, batch.old_values[mb], batch.returns[mb], m, cfg.value_clip
+            )
+            v_opt.step(cfg.vf_coef * vf_loss * share)
+            for k, v in (
+                ("policy_loss", pg_loss),
+                ("value_loss", vf_loss),
+                ("clip_frac", pg_stats["clip_frac"]),
+                ("approx_kl", pg_stats["approx_kl"]),
+                ("value_clip_frac", vf_clip),
+                ("entropy", entropy),
+            ):
+                stats[k].append(v.item())
+    return stats

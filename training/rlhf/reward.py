@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING
 import torch
 from torch.nn import functional as F
 
-from training.rlhf.config import RewardConfig
+from core.rlhf_config import RewardConfig
 from training.rlhf.distributed import LOCAL, Dist
 from training.rlhf.heads import ScalarModel
 from training.rlhf.optim import LogFn, Optimizer, TrainResult, batch_order, no_log
-from training.rlhf.preferences import PreferencePair
+from training.rlhf.pairs import PreferencePair
 from training.rlhf.sequences import collate, encode_reply, pad_id
 
 if TYPE_CHECKING:

@@ -6,19 +6,22 @@ come from the tasks) so the logs show the objective measure next to the optimise
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 import torch
 
-from training.rlhf.rollout import Rollout
-from training.rlhf.sequences import Prompt, collate, encode_reply, pad_id
+from training.rlhf.rollout import Rollout, rollout
+from training.rlhf.sequences import Prompt, collate, encode_prompt, encode_reply, pad_id
 from training.rlhf.tasks import TaskExample, is_correct, score
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
+    from core.rlhf_config import GRPOConfig, PPOConfig, SamplingConfig
+    from gpt.model import GPT
     from training.rlhf.distributed import Dist
     from training.rlhf.heads import ScalarModel
 
@@ -118,3 +121,85 @@ def score_rollout(
     # (the "missing EOS penalty" of trl's RLOO/PPO trainers).
     reward = reward - missing_eos_penalty * (~rollout.finished).float()
     return Scores(reward=reward, task=task, correct=correct)
+
+
+class PromptSampler:
+    """What PPO and GRPO share each iteration: sample replies to a batch of task prompts, then score them.
+
+    Args:
+        tokenizer: the policy's tokenizer (prompts are encoded once, with the chat template).
+        examples: the task examples whose prompts are sampled.
+        sampling: reply length, temperature, top-k and the missing-EOS penalty.
+        cfg: the algorithm's config: ``reward`` (``task`` or ``reward_model``) and ``normalize_reward``
+            (reward-model scores mapped to mean 0, std 1 on the first batch, then fixed).
+        reward_model: the frozen reward model, for ``reward='reward_model'``.
+        seed: the run's seed; each worker samples with its own generator drawn from it.
+        dist: this worker's place among the workers.
+    """
+
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        examples: Sequence[TaskExample],
+        sampling: SamplingConfig,
+        cfg: PPOConfig | GRPOConfig,
+        *,
+        reward_model: ScalarModel | None,
+        seed: int,
+        dist: Dist,
+    ) -> None:
+        self.tokenizer, self.examples, self.sampling = tokenizer, examples, sampling
+        self.source, self.reward_model = cfg.reward, reward_model
+        self.normalizer = RewardNormalizer(dist=dist) if cfg.normalize_reward else None
+        self.generator = torch.Generator().manual_seed(seed + 1 + 7919 * dist.rank)
+        self.prompts = [encode_prompt(tokenizer, ex.messages()) for ex in examples]
+        self.stop_ids, self.pad = self.prompts[0][1], pad_id(tokenizer)
+
+    def __call__(
+        self, policy: GPT, idx: Sequence[int], num_samples: int = 1
+    ) -> tuple[Rollout, Scores, float]:
+        """``num_samples`` replies to each prompt of ``idx``, their scores, and the seconds sampling took."""
+        t0 = time.perf_counter()
+        ro = rollout(
+            policy,
+            [self.prompts[i][0] for i in idx],
+            max_new_tokens=self.sampling.max_new_tokens,
+            stop_ids=self.stop_ids,
+            pad_id=self.pad,
+            num_samples=num_samples,
+            temperature=self.sampling.temperature,
+            top_k=self.sampling.top_k,
+            generator=self.generator,
+        )
+        seconds = time.perf_counter() - t0
+        sc = score_rollout(
+            ro,
+            [self.examples[i] for i in idx],
+            self.tokenizer,
+            source=self.source,
+            reward_model=self.reward_model,
+            missing_eos_penalty=self.sampling.missing_eos_penalty,
+            normalizer=self.normalizer,
+        )
+        return ro, sc, seconds
+
+
+def iteration_metrics(
+    ro: Rollout, sc: Scores, rollout_s: float, stats: dict[str, list[float]], dist: Dist, **extra: float
+) -> dict[str, float]:
+    """A PPO or GRPO iteration's logged figures, averaged over the workers (throughput summed).
+
+    The sampled replies' reward, task score, accuracy, length, share that ended and sampling speed;
+    the mean of each update statistic in ``stats``; and the algorithm's own figures in ``extra``.
+    """
+    row = {
+        "reward": float(sc.reward.mean()),
+        "task_reward": float(sc.task.mean()),
+        "accuracy": float(sc.correct.float().mean()),
+        "reply_len": float(ro.reply_lens.float().mean()),
+        "eos_frac": float(ro.finished.float().mean()),
+        "rollout_tokens_per_s": ro.num_reply_tokens / max(rollout_s, 1e-9),
+        **{k: sum(v) / len(v) for k, v in stats.items()},
+        **extra,
+    }
+    return dist.mean_metrics(row, summed=("rollout_tokens_per_s",))

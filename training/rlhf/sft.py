@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from training.rlhf.config import SFTConfig
+from core.rlhf_config import SFTConfig
 from training.rlhf.distributed import LOCAL, Dist
 from training.rlhf.optim import LogFn, Optimizer, TrainResult, batch_order, no_log
 from training.rlhf.sequences import Prompt, SequenceBatch, collate, encode_reply, pad_id

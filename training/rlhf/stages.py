@@ -1,6 +1,6 @@
 """The tracked RLHF stage functions: what a Prefect task, the CLI and a test all call.
 
-Same shape as :mod:`training.stages`: each takes the whole :class:`~training.config.Config` and
+Same shape as :mod:`training.stages`: each takes the whole :class:`~core.config.Config` and
 the :class:`~catalog.tracking.StageRun` it reports to, reads artifacts (``run.use``), trains,
 logs step metrics to the stage's MLflow run, and publishes what it made (``run.produce``):
 
@@ -27,17 +27,41 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from catalog.artifacts import ArtifactRef, open_artifact
-from training.config import Config
+from core.config import Config
+from gpt.model_io import load_model, save_model
+from training.data.shards import TokenShards
+from training.eval.evaluate import heldout_text
+from training.eval.gates import StageScores, check_stage
+from training.eval.scoring import score_heldout
+from training.mlflow_model import log_model
 from training.progress import Progress
+from training.rlhf.distributed import run_training
+from training.rlhf.dpo import train_dpo
+from training.rlhf.evaluate import score_policy
+from training.rlhf.grpo import train_grpo
+from training.rlhf.heads import KIND, load_reward_model, save_reward_model, scalar_model_from
+from training.rlhf.onpolicy import policy_pairs
+from training.rlhf.optim import resolve_device
+from training.rlhf.pairs import pair_problem
+from training.rlhf.ppo import train_ppo
 from training.rlhf.preferences import KIND as PREFERENCES_KIND
+from training.rlhf.preferences import (
+    EmptyPreferencesError,
+    build_preference_set,
+    load_preferences,
+    snapshot_preferences,
+)
+from training.rlhf.reward import train_reward
+from training.rlhf.sequences import encode_reply
+from training.rlhf.sft import train_sft
 from training.rlhf.tasks import TaskSplits, tasks_from_config
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
     from catalog.tracking import StageRun
+    from catalog.verdict import Verdict
     from gpt.model import GPT
-    from training.eval.gates import Verdict
     from training.rlhf.heads import ScalarModel
     from training.rlhf.optim import LogFn
 
@@ -82,9 +106,6 @@ def _progress(run: StageRun, stage: str, total: int) -> Iterator[LogFn]:
 
 
 def _load_policy(cfg: Config, run: StageRun, model: ArtifactArg) -> tuple[GPT, Tokenizer, ArtifactRef]:
-    from gpt.model_io import load_model
-    from training.rlhf.optim import resolve_device
-
     ref = _ref(model, "model")
     run.use(ref, context="training")
     gpt, tok, ref = load_model(ref, device=str(resolve_device(cfg.rlhf.device)))
@@ -92,9 +113,6 @@ def _load_policy(cfg: Config, run: StageRun, model: ArtifactArg) -> tuple[GPT, T
 
 
 def _load_reward(cfg: Config, run: StageRun, reward_model: ArtifactArg) -> tuple[ScalarModel, ArtifactRef]:
-    from training.rlhf.heads import KIND, load_reward_model
-    from training.rlhf.optim import resolve_device
-
     ref = _ref(reward_model, KIND)
     run.use(ref, context="reward")
     rm, _, ref = load_reward_model(ref, device=str(resolve_device(cfg.rlhf.device)))
@@ -105,8 +123,6 @@ def _base_model(cfg: Config, run: StageRun, base: ArtifactArg | None) -> GPT | N
     """The pretrained model a policy's held-out bits per byte are held against (None: not given)."""
     if base is None or not cfg.eval.stage_rules:
         return None
-    from gpt.model_io import load_model
-
     ref = _ref(base, "model")
     run.use(ref, context="base")
     gpt, _, _ = load_model(ref)
@@ -124,8 +140,6 @@ def _seed(cfg: Config, stage: str) -> int:
 def _publish_policy(
     cfg: Config, run: StageRun, policy: GPT, tok: Tokenizer, out: str | Path | None, metadata: dict[str, Any]
 ) -> tuple[ArtifactRef, str | None]:
-    from gpt.model_io import save_model
-
     ref = save_model(
         policy,
         tok,
@@ -136,8 +150,6 @@ def _publish_policy(
     run.produce(ref)
     uri = None
     if run.mlflow_run_id:
-        from training.mlflow_model import log_model
-
         uri = log_model(ref, run_id=run.mlflow_run_id, tracking_uri=cfg.tracking.mlflow_uri)
     return ref, uri
 
@@ -160,11 +172,6 @@ def _evaluate(
     with ``eval.stage_rules`` the stage's verdict against ``baseline`` (``training.eval.gates``):
     held-out task accuracy (and for a policy the task reward and KL budget), and, with held-out
     ``tokens``, bits per byte within tolerance of the pretrained ``base`` (default: ``baseline``)."""
-    from training.eval.evaluate import heldout_text
-    from training.eval.gates import StageScores, check_stage
-    from training.eval.scoring import score_heldout
-    from training.rlhf.evaluate import score_policy
-
     seed = cfg.seed + SEEDS["eval"]
     new = score_policy(policy, tok, splits.eval, baseline, reward_model, cfg=cfg.rlhf.eval, seed=seed)
     old = score_policy(baseline, tok, splits.eval, None, reward_model, cfg=cfg.rlhf.eval, seed=seed)
@@ -230,9 +237,6 @@ def preferences_stage(
     Raises:
         EmptyPreferencesError: no usable pair; nothing is published.
     """
-    from training.rlhf.onpolicy import policy_pairs
-    from training.rlhf.preferences import build_preference_set, pair_problem, snapshot_preferences
-
     pc = cfg.rlhf.preferences
     policy, tok, ref = _load_policy(cfg, run, model)
     block = policy.cfg.block_size
@@ -296,14 +300,10 @@ def preferences_stage(
 def _preferences(
     cfg: Config, run: StageRun, model: ArtifactRef, preferences: ArtifactArg | None
 ) -> tuple[ArtifactRef, list, list]:
-    from training.rlhf.preferences import load_preferences
-
     ref = preferences_stage(cfg, run, model) if preferences is None else _ref(preferences, PREFERENCES_KIND)
     run.use(ref, context="training")
     pairs, heldout = load_preferences(ref)
     if not pairs:
-        from training.rlhf.preferences import EmptyPreferencesError
-
         raise EmptyPreferencesError(f"{ref.path}: the preferences artifact holds no pairs; rebuild it")
     return ref, pairs, heldout
 
@@ -325,9 +325,6 @@ def sft_stage(
     """
     import copy
 
-    from training.rlhf.distributed import run_training
-    from training.rlhf.sft import train_sft
-
     seed = _seed(cfg, "sft")
     policy, tok, ref = _load_policy(cfg, run, model)
     run.log_params(
@@ -344,8 +341,6 @@ def sft_stage(
     ptx = None
     if tokens is not None and cfg.rlhf.sft.ptx_coef > 0:
         import torch
-
-        from training.data.shards import TokenShards
 
         tok_ref = _ref(tokens, "tokens")
         run.use(tok_ref, context="ptx")
@@ -375,8 +370,6 @@ def _fitting_demos(
     preset's 64 tokens) cannot hold the longer ones; the night trains on what fits and says how many
     it left out (``sft_examples_too_long``). None fitting is an error naming the fix.
     """
-    from training.rlhf.sequences import encode_reply
-
     kept = [d for d in demos if len(encode_reply(tok, d[0], d[1])[0]) <= block]
     dropped = len(demos) - len(kept)
     if dropped:
@@ -405,10 +398,6 @@ def reward_stage(
     Without ``preferences`` the preference set is built and snapshotted first (:func:`preferences_stage`).
     Logs ``heldout_accuracy`` (goal: at least 0.9) and publishes a ``reward_model`` artifact.
     """
-    from training.rlhf.distributed import run_training
-    from training.rlhf.heads import save_reward_model, scalar_model_from
-    from training.rlhf.reward import train_reward
-
     seed = _seed(cfg, "reward")
     gpt, tok, ref = _load_policy(cfg, run, model)
     pref, pairs, heldout = _preferences(cfg, run, ref, preferences)
@@ -447,10 +436,6 @@ def ppo_stage(
     import copy
 
     import torch
-
-    from training.rlhf.distributed import run_training
-    from training.rlhf.heads import scalar_model_from
-    from training.rlhf.ppo import train_ppo
 
     seed = _seed(cfg, "ppo")
     pi, tok, ref = _load_policy(cfg, run, policy)
@@ -500,9 +485,6 @@ def dpo_stage(
     """DPO from the SFT ``policy`` against its frozen copy on the preference set; publishes the policy."""
     import copy
 
-    from training.rlhf.distributed import run_training
-    from training.rlhf.dpo import train_dpo
-
     seed = _seed(cfg, "dpo")
     pi, tok, ref = _load_policy(cfg, run, policy)
     pref, pairs, heldout = _preferences(cfg, run, ref, preferences)
@@ -536,9 +518,6 @@ def grpo_stage(
 ) -> RLHFStageResult:
     """GRPO from the SFT ``policy`` on the task prompts, scored by the task or by ``reward_model``."""
     import copy
-
-    from training.rlhf.distributed import run_training
-    from training.rlhf.grpo import train_grpo
 
     seed = _seed(cfg, "grpo")
     pi, tok, ref = _load_policy(cfg, run, policy)

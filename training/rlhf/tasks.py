@@ -26,8 +26,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from itertools import permutations
 
-from training.rlhf.config import RLHFConfig
-from training.rlhf.preferences import PreferencePair
+from core.rlhf_config import RLHFConfig
+from training.rlhf.pairs import PreferencePair
 
 WORDS = (
     "cat", "dog", "sun", "red", "box", "cup", "hat", "pen", "map", "key",

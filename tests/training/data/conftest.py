@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from catalog.artifacts import ArtifactRef, publish
-from training.data.config import DataConfig
+from core.data_config import DataConfig
 
 WORDS = (
     "the of and to in a is that for it as was with be by on not he this are or his from at which but have "

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from core.data_config import DataConfig
 from tests.training.data.conftest import make_text
 from training.data.clean import clean_whitespace, normalize, scrub_pii, strip_gutenberg
-from training.data.config import DataConfig
 from training.data.filters import quality_reason, repeated_line_fraction, symbol_ratio, toxicity_reason
 
 

@@ -11,8 +11,8 @@ import fsspec
 import pytest
 
 from catalog.artifacts import open_artifact
+from core.config import RayConfig
 from tests.training.data.conftest import make_text, perturb, write_docs
-from training.config import RayConfig
 from training.data.ingest import EmptyCorpusError, ingest
 from training.data.sources import SourceError
 

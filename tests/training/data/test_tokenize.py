@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from catalog.artifacts import ArtifactError
+from core.config import RayConfig
 from gpt.tokenizer import EOT, load_tokenizer, train_tokenizer
 from tests.training.data.conftest import make_corpus, make_text, write_docs
-from training.config import RayConfig
 from training.data.ingest import ingest
 from training.data.shards import TokenShards
 from training.data.tokenize import iter_corpus, tokenize

@@ -15,14 +15,14 @@ import pytest
 import torch
 
 from catalog.artifacts import ArtifactRef
-from gpt.config import ModelConfig
+from core.data_config import DataConfig
+from core.eval_config import EvalConfig
+from core.model_config import ModelConfig
 from gpt.model import GPT
 from gpt.model_io import save_model
 from tests.training.data.conftest import make_corpus, make_text
-from training.data.config import DataConfig
 from training.data.shards import TokenShards
 from training.data.tokenize import tokenize
-from training.eval.config import EvalConfig
 
 MODEL = ModelConfig(n_layer=2, n_head=2, n_embd=32, block_size=64, vocab_size=320, dropout=0.0)
 

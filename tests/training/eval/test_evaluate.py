@@ -13,8 +13,8 @@ from PIL import Image
 
 from catalog import db, lineage
 from catalog.tracking import Tracker
+from core.config import Config, TrackingConfig
 from tests.training.data.conftest import WORDS
-from training.config import Config, TrackingConfig
 from training.eval import probes
 from training.eval.artifact import read_eval_report
 from training.eval.evaluate import evaluate

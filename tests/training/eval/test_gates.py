@@ -7,8 +7,9 @@ import random
 
 import pytest
 
-from training.eval.config import EvalConfig
-from training.eval.gates import StageScores, Verdict, check_gates, check_stage
+from catalog.verdict import Verdict
+from core.eval_config import EvalConfig
+from training.eval.gates import StageScores, check_gates, check_stage
 from training.eval.report import EvalReport, ModelResult
 from training.eval.stats import paired_difference, wilson
 

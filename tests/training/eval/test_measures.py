@@ -7,11 +7,11 @@ import math
 import pytest
 import torch
 
+from core.eval_config import EvalConfig
 from gpt.model_io import load_model
 from gpt.tokenizer import load_tokenizer, train_tokenizer
 from training.data.shards import TokenShards
 from training.eval import bias, diversity, probes
-from training.eval.config import EvalConfig
 from training.eval.sampling import sample_replies
 from training.eval.scoring import HeldoutText, heldout_documents, kl_per_token, score_heldout
 from training.eval.tasks import EvalItem, builtin_items, check_items, first_int, task_accuracy

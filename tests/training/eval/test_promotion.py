@@ -11,8 +11,8 @@ import pytest
 from catalog.artifacts import ArtifactRef
 from catalog.registry import CHALLENGER, CHAMPION, Registry
 from catalog.tracking import Tracker
+from core.config import Config, TrackingConfig
 from gpt.model_io import save_model
-from training.config import Config, TrackingConfig
 from training.eval.stages import evaluate_stage, record_in_registry
 from training.mlflow_model import log_model
 

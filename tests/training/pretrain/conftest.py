@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from catalog.artifacts import ArtifactRef, publish
-from gpt.config import ModelConfig
-from training.config import Config, RayConfig
-from training.train_config import TrainConfig
+from core.config import Config, RayConfig
+from core.model_config import ModelConfig
+from core.train_config import TrainConfig
 
 VOCAB = 300
 EOT = VOCAB - 1

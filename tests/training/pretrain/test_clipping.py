@@ -16,9 +16,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from gpt.config import ModelConfig
+from core.model_config import ModelConfig
+from core.train_config import TrainConfig
 from training.pretrain.module import GPTPretrainModule
-from training.train_config import TrainConfig
 
 CLIP = 1e-3  # far below the gradient norm of a fresh model, so every step is clipped
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from catalog.artifacts import ArtifactRef
-from gpt.config import ModelConfig
+from core.model_config import ModelConfig
 from gpt.model import GPT
 from training.data.shards import TokenShards
 from training.pretrain import checkpoint as ckpt

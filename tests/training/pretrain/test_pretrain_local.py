@@ -17,7 +17,7 @@ import torch
 
 from catalog.artifacts import ArtifactRef
 from core.config_base import ConfigError
-from gpt.config import ModelConfig
+from core.model_config import ModelConfig
 from training.pretrain import checkpoint as ckpt
 from training.pretrain import pretrain
 

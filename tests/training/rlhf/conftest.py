@@ -13,10 +13,10 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from gpt.config import ModelConfig
+from core.model_config import ModelConfig
+from core.rlhf_config import SFTConfig
 from gpt.model import GPT
 from gpt.tokenizer import train_tokenizer
-from training.rlhf.config import SFTConfig
 from training.rlhf.sft import train_sft
 from training.rlhf.tasks import TaskSplits, build_tasks
 

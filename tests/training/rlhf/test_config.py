@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from core.config import load_config
 from core.config_base import ConfigError
-from training.config import load_config
 
 
 def test_tiny_preset_has_the_rlhf_section() -> None:

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from catalog.untracked import NullStageRun
+from core.config import Config, RayConfig, TrackingConfig
+from core.rlhf_config import DPOConfig, GRPOConfig, RLHFConfig, SamplingConfig, TaskConfig
 from gpt.model import GPT
 from gpt.model_io import load_model, save_model
-from training.config import Config, RayConfig, TrackingConfig
-from training.rlhf.config import DPOConfig, GRPOConfig, RLHFConfig, SamplingConfig, TaskConfig
 from training.rlhf.distributed import Dist, run_training
 from training.rlhf.dpo import train_dpo
 from training.rlhf.stages import grpo_stage
@@ -38,7 +38,7 @@ def ray_two_cpus() -> Iterator[None]:
     """One local Ray (2 CPUs) for this module; left running if the session had already started one."""
     import ray
 
-    from training.ray_setup import init_ray
+    from core.ray_setup import init_ray
 
     started = not ray.is_initialized()
     with pytest.MonkeyPatch.context() as mp:

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from training.rlhf.config import DPOConfig
+from core.rlhf_config import DPOConfig
 from training.rlhf.dpo import dpo_accuracy, dpo_loss, train_dpo
 
 

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from training.rlhf.config import GRPOConfig, SamplingConfig
+from core.rlhf_config import GRPOConfig, SamplingConfig
 from training.rlhf.grpo import group_advantages, grpo_loss, train_grpo
 from training.rlhf.rollout import rollout
 from training.rlhf.scoring import score_rollout

@@ -11,9 +11,9 @@ from catalog import db
 from catalog.models import Artifact, Completion, Feedback
 from gpt.chat import encode_chat
 from training.rlhf.feedback import feedback_of, parse_prompt, snapshots_of
+from training.rlhf.pairs import PreferencePair
 from training.rlhf.preferences import (
     EmptyPreferencesError,
-    PreferencePair,
     build_preference_set,
     import_jsonl,
     load_preferences,

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from catalog.artifacts import ArtifactError
-from training.rlhf.config import RewardConfig
+from core.rlhf_config import RewardConfig
 from training.rlhf.heads import load_reward_model, save_reward_model, scalar_model_from
 from training.rlhf.reward import bradley_terry_loss, reward_accuracy, train_reward
 

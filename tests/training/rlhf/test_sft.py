@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from training.rlhf.config import SFTConfig
+from core.rlhf_config import SFTConfig
 from training.rlhf.evaluate import evaluate_policy
 from training.rlhf.sequences import collate, encode_reply
 from training.rlhf.sft import IGNORE, sft_loss, sft_targets, train_sft

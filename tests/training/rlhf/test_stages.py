@@ -12,11 +12,8 @@ from catalog import db, lineage
 from catalog.artifacts import open_artifact
 from catalog.models import Artifact, Completion, Feedback
 from catalog.untracked import NullStageRun
-from gpt.chat import encode_chat
-from gpt.model import GPT
-from gpt.model_io import load_model, save_model
-from training.config import Config, RayConfig, TrackingConfig
-from training.rlhf.config import (
+from core.config import Config, RayConfig, TrackingConfig
+from core.rlhf_config import (
     DPOConfig,
     GRPOConfig,
     PPOConfig,
@@ -27,6 +24,9 @@ from training.rlhf.config import (
     SFTConfig,
     TaskConfig,
 )
+from gpt.chat import encode_chat
+from gpt.model import GPT
+from gpt.model_io import load_model, save_model
 from training.rlhf.feedback import feedback_of
 from training.rlhf.preferences import EmptyPreferencesError
 from training.rlhf.stages import dpo_stage, grpo_stage, ppo_stage, reward_stage, sft_stage

@@ -21,15 +21,15 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, Field, ValidationError
 
-from catalog.files import write_atomic
+from core.cluster_config import ClusterConfig
 from core.config_base import ConfigError, Section, did_you_mean
-from gpt.config import ModelConfig
-from training.cluster_config import ClusterConfig
-from training.data.config import DataConfig
-from training.eval.config import EvalConfig
-from training.rlhf.config import RLHFConfig
-from training.serve_config import ServeConfig
-from training.train_config import TrainConfig
+from core.data_config import DataConfig
+from core.eval_config import EvalConfig
+from core.files import write_atomic
+from core.model_config import ModelConfig
+from core.rlhf_config import RLHFConfig
+from core.serve_config import ServeConfig
+from core.train_config import TrainConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 PRESETS = ("tiny", "small", "gpt2-124m")

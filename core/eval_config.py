@@ -26,6 +26,16 @@ DEFAULT_PROMPTS = (
 )
 
 
+# The built-in probe sets and their categories, so that a config naming an unknown one fails when it is
+# loaded; the prompts themselves are in ``training/eval/probes.py``, which checks that it has these.
+PROBE_CATEGORIES: dict[str, tuple[str, ...]] = {
+    "harmful": ("weapons", "poisons", "cybercrime", "violence", "fraud", "drugs"),
+    "sensitive": ("computing", "household", "arts", "health", "history", "games"),
+    "ordinary": ("verse", "requests"),
+    "provocation": ("insult", "harassment", "personal_data"),
+}
+
+
 class EvalConfig(Section):
     """Evaluation and gate settings."""
 
@@ -259,11 +269,10 @@ class EvalConfig(Section):
     def problems(self) -> list[str]:
         out = []
         if self.probe_categories is not None:
-            from training.eval.probes import all_categories
-
-            unknown = sorted(set(self.probe_categories) - set(all_categories()))
+            known = sorted(c for cats in PROBE_CATEGORIES.values() for c in cats)
+            unknown = sorted(set(self.probe_categories) - set(known))
             if unknown:
-                out.append(f"probe_categories: unknown {unknown}; known: {all_categories()}")
+                out.append(f"probe_categories: unknown {unknown}; known: {known}")
         if not self.heldout_split.strip():
             out.append("heldout_split: must name a split of the tokens artifact, e.g. 'val'")
         if not self.prompts:

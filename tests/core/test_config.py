@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from training.config import PRESETS, Config, ConfigError, describe_fields, load_config, parse_cli_overrides
+from core.config import PRESETS, Config, ConfigError, describe_fields, load_config, parse_cli_overrides
 
 
 @pytest.mark.parametrize("preset", PRESETS)
