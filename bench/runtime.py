@@ -42,6 +42,7 @@ def _modules(tree: Path) -> dict:
         from gpt.tokenizer import train_tokenizer
     elif (tree / "gpt" / "model.py").exists():  # the model's config still in gpt/
         from gpt.config import ModelConfig
+
         from gpt.model import GPT
         from gpt.tokenizer import train_tokenizer
     else:  # the layout before the model runtime moved into gpt/

@@ -25,6 +25,9 @@ from sqlalchemy import Engine, create_engine, event, make_url, text
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import StaticPool
 
+# Alembic is imported inside the functions that use it, not here: it takes a second or more to
+# import, and not every user of this module needs it.
+
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 # Our own version table, so the catalog can share a Postgres database with MLflow or Prefect,
 # both of which use Alembic's default ``alembic_version``.

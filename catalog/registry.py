@@ -26,14 +26,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import yaml
+
 from catalog.artifacts import INDEX
 
 # Re-exported: the names and value types of the conventions live in registry_types.
 from catalog.registry_types import (  # noqa: F401
-    _MODEL_ID,
     ATTACH_DIR,
     CHALLENGER,
     CHAMPION,
+    LOGGED_MODEL_URI,
     MAX_DESCRIPTION,
     MAX_HISTORY,
     MODEL_NAME,
@@ -52,8 +54,11 @@ from catalog.registry_types import (  # noqa: F401
     TAG_ROLLED_BACK_BY,
     ModelVersionInfo,
     RegistryError,
-    _now,
+    utc_timestamp,
 )
+
+# MLflow is imported inside the functions that use it, not here: it takes a second or more to
+# import, and not every user of this module needs it.
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -100,7 +105,7 @@ class Registry:
             except Exception:  # the run may have been deleted; the version is still valid
                 log.warning("run %s of %s v%s is gone; no metrics", mv.run_id, self.name, mv.version)
         # The REST API does not return model_id; the source URI holds it.
-        m = _MODEL_ID.match(mv.source or "")
+        m = LOGGED_MODEL_URI.match(mv.source or "")
         return ModelVersionInfo(
             name=mv.name,
             version=str(mv.version),
@@ -205,7 +210,7 @@ class Registry:
         Raises:
             RegistryError: ``model_uri`` is not a logged model's URI.
         """
-        m = _MODEL_ID.match(model_uri)
+        m = LOGGED_MODEL_URI.match(model_uri)
         if m is None:
             raise RegistryError(
                 f"model_uri {model_uri!r} is not a logged model URI; "
@@ -246,7 +251,6 @@ class Registry:
     def _mlmodel_artifact(self, model_id: str) -> dict[str, Any] | None:
         """The ``model`` entry of the pyfunc flavour's artifacts in the logged model's ``MLmodel``."""
         import mlflow.artifacts
-        import yaml
 
         location = self.client.get_logged_model(model_id).artifact_location
         with tempfile.TemporaryDirectory(prefix="nightshift-registry-") as tmp:
@@ -282,7 +286,7 @@ class Registry:
         if current is not None and current.version == target.version:
             log.info("%s v%s is already champion", self.name, target.version)
             return target
-        now = _now()
+        now = utc_timestamp()
         tags = {
             TAG_PREVIOUS: current.version if current else "",
             TAG_PROMOTED_BY: who,
@@ -324,7 +328,7 @@ class Registry:
                 "Promote another version by hand instead"
             )
         target = self.get(previous)
-        now = _now()
+        now = utc_timestamp()
         self.client.set_model_version_tag(self.name, current.version, TAG_ROLLED_BACK_BY, who)
         self.client.set_model_version_tag(self.name, current.version, TAG_ROLLED_BACK_AT, now)
         self.client.set_registered_model_alias(self.name, CHAMPION, target.version)

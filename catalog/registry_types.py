@@ -26,14 +26,15 @@ TAG_HISTORY = "nightshift.champion_history"  # on the registered model: JSON lis
 ATTACH_DIR = "nightshift"  # folder of the logged model's artifacts that holds our Markdown
 MAX_DESCRIPTION = 4500  # MLflow stores descriptions in a 5000-character column
 MAX_HISTORY = 100
-_MODEL_ID = re.compile(r"^models:/(m-[0-9a-f]+)$")
+LOGGED_MODEL_URI = re.compile(r"^models:/(m-[0-9a-f]+)$")
 
 
 class RegistryError(ValueError):
     """A registry request that cannot be carried out; the message says what to do instead."""
 
 
-def _now() -> str:
+def utc_timestamp() -> str:
+    """Now, as the registry tags record it: ``2026-12-07T15:36:39Z``."""
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 

@@ -43,6 +43,9 @@ from catalog.artifacts import INDEX
 from catalog.db import migrate, session_scope
 from catalog.models import Artifact, Deployment, LineageEdge, Run, utcnow
 
+# MLflow is imported inside the functions that use it, not here: it takes a second or more to
+# import, and not every user of this module needs it.
+
 log = logging.getLogger(__name__)
 
 # Pretraining writes this into its checkpoint directory: the tokens it trains on (the stage's input).

@@ -19,6 +19,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+# fsspec is imported inside the functions that use it, not here: it takes a second or more to
+# import, and not every user of this module needs it.
+
 # Schemes that name a local path, not an object store.
 _LOCAL_SCHEMES = ("", "file", "local")
 

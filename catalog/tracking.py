@@ -42,6 +42,9 @@ from catalog.db import migrate, session_scope
 from catalog.models import Run
 from catalog.redact import redact, redact_text
 
+# MLflow and SQLAlchemy are imported inside the functions that use them, not here: each takes a
+# second or more to import, and not every user of this module needs them.
+
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 

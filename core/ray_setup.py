@@ -13,6 +13,9 @@ from pathlib import Path
 from core.config import RayConfig
 from core.serve_config import proxy_env
 
+# Ray is imported inside the functions that use it, not here: it takes a second or more to
+# import, and not every user of this module needs it.
+
 log = logging.getLogger(__name__)
 
 # A local Ray's shared-memory object store: enough for streaming ingestion, small enough to share

@@ -27,6 +27,9 @@ from catalog.models import Completion, Feedback, feedback_target, utcnow
 from dashboard.queries import clear_caches
 from dashboard.settings import Settings
 
+# SQLAlchemy and Prefect are imported inside the functions that use them, not here: each takes a
+# second or more to import, and not every user of this module needs them.
+
 Choice = Literal["a", "b", "a_unsafe", "b_unsafe"]
 CHOICES: dict[str, str] = {
     "a": "A is better",

@@ -27,6 +27,9 @@ import yaml
 from catalog.db import migrate, session_scope
 from catalog.models import Artifact, Completion, Deployment, Feedback, LineageEdge, Run
 
+# MLflow is imported inside the functions that use it, not here: it takes a second or more to
+# import, and not every user of this module needs it.
+
 REGISTERED = "nightshift-gpt"
 EXPERIMENT = "nightshift-demo"
 STAGES = ("ingest", "tokenize", "pretrain", "sft", "reward", "dpo", "evaluate")

@@ -7,13 +7,19 @@ Results are frozen records cached for a short while, like the catalog reads.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+import tempfile
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import streamlit as st
 
 from dashboard import queries
+
+# MLflow and httpx are imported inside the functions that use them, not here: each takes a
+# second or more to import, and not every user of this module needs them.
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -147,8 +153,6 @@ def _logged_model_id(source: str) -> str | None:
 
 def with_catalog_models(versions: list[VersionInfo], catalog_url: str) -> list[VersionInfo]:
     """Fill in missing model hashes from the catalog: the model artifact the version's run wrote."""
-    from dataclasses import replace
-
     missing = tuple(v.run_id for v in versions if v.artifact_sha256 is None and v.run_id)
     if not missing:
         return versions
@@ -211,8 +215,6 @@ def attachment(uri: str, model_id: str | None, file_name: str) -> str | None:
 
     ``catalog.registry`` stores gate verdicts and model cards there; None when there is none.
     """
-    import tempfile
-    from pathlib import Path
 
     import mlflow.artifacts
     from mlflow.exceptions import MlflowException
@@ -233,8 +235,6 @@ def attachment(uri: str, model_id: str | None, file_name: str) -> str | None:
 @st.cache_data(ttl=15, show_spinner=False)
 def champion_history(uri: str, name: str) -> list[dict[str, str]]:
     """Every move of ``champion`` the registry recorded (``nightshift.champion_history``), newest first."""
-    import json
-
     from mlflow.exceptions import MlflowException
 
     try:

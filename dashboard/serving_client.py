@@ -8,6 +8,7 @@ Errors come back as :class:`ServingError` with a message fit for the page.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -15,6 +16,9 @@ from typing import TYPE_CHECKING, Any
 import streamlit as st
 
 from dashboard import queries
+
+# httpx and the openai client are imported inside the functions that use them, not here: each
+# takes a second or more to import, and not every user of this module needs them.
 
 if TYPE_CHECKING:
     from openai import OpenAI
@@ -84,8 +88,6 @@ def context_length(catalog_url: str, model_sha256: str | None) -> int | None:
     None when the model is unknown to the catalog or its artifact is not on this machine; the
     server then still refuses prompt + max_tokens beyond the context with a clear 400.
     """
-    import json
-
     if not model_sha256 or queries.catalog_problem(catalog_url):
         return None
     found = queries.artifacts_by_sha(catalog_url, "model", (model_sha256,)).get(model_sha256)

@@ -15,10 +15,16 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from safetensors.torch import load_file
+from tokenizers import Tokenizer
+
 from catalog.artifacts import ArtifactRef, replace_dir
 from core.model_config import ModelConfig
 from gpt.model_io import ModelArtifactError, build_model, check_vocab, load_model, save_model, weights_to_save
 from gpt.tokenizer import EOT, TOKENIZER_FILE, load_tokenizer
+
+# torch and transformers are imported inside the functions that use them, not here: each takes a
+# second or more to import, and not every user of this module needs them.
 
 if TYPE_CHECKING:
     import torch
@@ -199,8 +205,6 @@ def _read_hf_config(hf_dir: Path) -> ModelConfig:
 
 
 def _read_hf_weights(hf_dir: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
     single, index = hf_dir / "model.safetensors", hf_dir / "model.safetensors.index.json"
     if single.is_file():
         return load_file(str(single))
@@ -217,8 +221,6 @@ def _read_hf_weights(hf_dir: Path) -> dict[str, torch.Tensor]:
 
 
 def _read_hf_tokenizer(path: Path) -> Any:
-    from tokenizers import Tokenizer
-
     raw = json.loads(path.read_text())
     post = raw.get("post_processor") or {}
     if (

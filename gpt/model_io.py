@@ -12,10 +12,16 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from safetensors.torch import load_file, save_file
+from tokenizers import Tokenizer
+
 from catalog.artifacts import ArtifactRef, open_artifact, publish
 from core.model_config import ModelConfig, stored_model_config
 from gpt.model import GPT
 from gpt.tokenizer import EOT, TOKENIZER_FILE, load_tokenizer
+
+# torch is imported inside the functions that use it, not here: it takes a second or more to
+# import, and not every user of this module needs it.
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -35,8 +41,6 @@ class ModelArtifactError(ValueError):
 
 def as_tokenizer(tokenizer_path_or_obj: Any) -> Tokenizer:
     """A ``tokenizers.Tokenizer`` from itself, a tokenizer artifact, a directory or a ``tokenizer.json``."""
-    from tokenizers import Tokenizer
-
     if isinstance(tokenizer_path_or_obj, Tokenizer):
         return tokenizer_path_or_obj
     return load_tokenizer(tokenizer_path_or_obj)
@@ -123,8 +127,6 @@ def save_model(
     Raises:
         ModelArtifactError: the tokenizer does not fit the model's vocabulary.
     """
-    from safetensors.torch import save_file
-
     tok = as_tokenizer(tokenizer_path_or_obj)
     check_vocab(model.cfg, tok, "save_model")
     weights = weights_to_save(model)
@@ -157,8 +159,6 @@ def load_model(
         catalog.artifacts.ArtifactError: not a model artifact, or a file is missing or changed.
         ModelArtifactError: config, tokenizer and weights do not fit together.
     """
-    from safetensors.torch import load_file
-
     cfg, tok, ref = open_model(path_or_ref, verify=verify)
     weights = load_file(str(ref.path / WEIGHTS_FILE), device="cpu")
     model = build_model(cfg, weights, device=device, where=str(ref.path))

@@ -10,6 +10,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
 from catalog.artifacts import ArtifactRef, open_artifact
 
 if TYPE_CHECKING:
@@ -38,8 +40,6 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int = 
         vocab_size: vocabulary size including the 256 byte symbols and the special token.
         min_frequency: minimum count of a pair to be merged.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -56,8 +56,6 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, min_frequency: int = 
 
 def load_tokenizer(path_or_artifact: str | Path | ArtifactRef) -> Tokenizer:
     """Load a tokenizer from a ``tokenizer`` artifact (verified), a directory or a ``tokenizer.json`` file."""
-    from tokenizers import Tokenizer
-
     if isinstance(path_or_artifact, ArtifactRef):
         path = path_or_artifact.path / TOKENIZER_FILE
     else:

@@ -26,6 +26,10 @@ from pathlib import Path
 from core.config import Config
 from nightshift.services import Service, StackError
 
+# SQLAlchemy, psycopg (the Postgres backend only), boto3 and botocore are imported inside the
+# functions that use them, not here: each takes a second or more to import, and not every user
+# of this module needs them.
+
 DATABASES = ("prefect", "mlflow", "catalog")
 # Server settings our own services must not inherit from the shell that runs `nightshift up`.
 INHERITED_SETTINGS = (

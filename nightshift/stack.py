@@ -9,6 +9,7 @@ Once the servers are healthy, ``up`` applies ``prefect.yaml`` and writes ``$NIGH
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
@@ -21,6 +22,8 @@ import tomllib
 from datetime import datetime
 from pathlib import Path
 from urllib.parse import quote
+
+import toml
 
 from core.config import LOOPBACK_HOSTS, Config, nightshift_home
 from core.serve_config import proxy_env
@@ -148,8 +151,6 @@ def _auth_env(cfg: Config, home: Path) -> dict[str, str]:
 
 
 def _basic(user_and_password: str) -> dict[str, str]:
-    import base64
-
     return {"Authorization": "Basic " + base64.b64encode(user_and_password.encode()).decode()}
 
 
@@ -442,8 +443,6 @@ def _activate_profile(cfg: Config, home: Path) -> None:
 
 
 def _restore_profile(home: Path) -> None:
-    import toml
-
     record = home / "stack" / "profile.json"
     if not record.is_file():
         return

@@ -5,6 +5,8 @@ Shared by the command modules (``cli``, ``cli_rlhf``, ``cli_serve``), so none of
 
 from __future__ import annotations
 
+import urllib.request
+
 from catalog.untracked import NullStageRun
 
 
@@ -27,7 +29,6 @@ def tracked_stage(cfg, name: str, track: bool):
 def require_mlflow(uri: str) -> None:
     if not uri.startswith(("http://", "https://")):
         return
-    import urllib.request
 
     try:
         urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=5).read()

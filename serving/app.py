@@ -26,6 +26,7 @@ import threading
 import time
 from typing import Any
 
+import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from ray import serve
@@ -107,8 +108,6 @@ class Handoff:
 @serve.ingress(api)
 class NightshiftServer(StreamingMixin):
     def __init__(self, args: dict[str, Any]):
-        import torch
-
         bind_to_node_address()  # before Serve starts this replica's gRPC server (on [::] otherwise)
         a = ServeArgs(**args)
         self.cfg = a.serve

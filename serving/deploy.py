@@ -29,6 +29,9 @@ from serving.app import build_app
 from serving.loader import fetch
 from serving.options import http_options
 
+# Ray and httpx are imported inside the functions that use them, not here: each takes a second
+# or more to import, and not every user of this module needs them.
+
 if TYPE_CHECKING:
     from catalog.artifacts import ArtifactRef
     from core.config import Config

@@ -37,6 +37,9 @@ from typing import Any
 from gpt.model_io import load_model
 from serving.engine import Delta, Engine, Generates, QueueFull, SamplingParams, check_request
 
+# torch is imported inside the functions that use it, not here: it takes a second or more to
+# import, and not every user of this module needs it.
+
 log = logging.getLogger(__name__)
 
 

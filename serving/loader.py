@@ -17,6 +17,9 @@ from typing import TYPE_CHECKING, Any
 from core.config import nightshift_home
 from gpt.model_io import load_model, open_model
 
+# MLflow is imported inside the functions that use it, not here: it takes a second or more to
+# import, and not every user of this module needs it.
+
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 

@@ -30,6 +30,9 @@ from typing import Any
 
 from core.serve_config import DEFAULT_HEADER_TIMEOUT_S, HEADER_TIMEOUT_ENV
 
+# uvicorn is imported inside the functions that use it, not here: it takes a second or more to
+# import, and not every user of this module needs it.
+
 log = logging.getLogger(__name__)
 
 _TIMER = "_nightshift_header_timer"

@@ -13,6 +13,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+# Ray is imported inside the functions that use it, not here: it takes a second or more to
+# import, and not every user of this module needs it.
+
 log = logging.getLogger(__name__)
 
 _WILDCARD = "[::]:"

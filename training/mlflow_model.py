@@ -17,10 +17,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import mlflow.pyfunc
+from mlflow import MlflowClient
+from mlflow.entities import LoggedModelOutput, LoggedModelStatus
+from mlflow.exceptions import MlflowException
+from mlflow.models import Model, ModelSignature
+from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
 from catalog.tracking import TAG_ARTIFACT
 from gpt.generate import generate_text
 from gpt.model_io import load_model
+
+# pandas is imported inside the functions that use it, not here: it takes a second or more to
+# import, and not every user of this module needs it.
 
 if TYPE_CHECKING:
     from mlflow.models import ModelSignature
@@ -104,8 +112,6 @@ class NightshiftGPT(mlflow.pyfunc.PythonModel):
 
 def signature() -> ModelSignature:
     """Input: a ``prompt`` string column; output: one string per row; params with their defaults."""
-    from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
     types = {int: "long", float: "double"}
     params = ParamSchema([ParamSpec(k, types[type(v)], v) for k, v in PARAM_DEFAULTS.items()])
@@ -157,10 +163,6 @@ def log_model(
     Returns:
         The model URI, ``models:/<model_id>``; ``mlflow.pyfunc.load_model`` takes it.
     """
-    from mlflow import MlflowClient
-    from mlflow.entities import LoggedModelOutput, LoggedModelStatus
-    from mlflow.exceptions import MlflowException
-    from mlflow.models import Model
 
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     run = client.get_run(run_id)

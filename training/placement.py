@@ -32,6 +32,9 @@ from typing import Any
 
 from core.config import RayConfig
 
+# Ray is imported inside the functions that use it, not here: it takes a second or more to
+# import, and not every user of this module needs it.
+
 log = logging.getLogger(__name__)
 
 # Ray keeps resource amounts to 1e-4; shares are rounded down to this so that N of them always fit.

@@ -10,6 +10,9 @@ from typing import Any
 from core.config import RayConfig
 from training.placement import PlacementError, explain_start_failure, train_start_deadline
 
+# Ray is imported inside the functions that use it, not here: it takes a second or more to
+# import, and not every user of this module needs it.
+
 # Ray Train parts that have nothing to do on one machine, turned off by their own variables. Every
 # Python process Ray keeps alive wakes 100 times a second (the core worker's signal check), and on
 # 2 CPUs each one takes about 0.5% of a core from training (bench/train_throughput.py):

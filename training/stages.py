@@ -14,6 +14,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from catalog.artifacts import ArtifactRef, open_artifact
 from catalog.retention import CHECKPOINT_INPUTS
 from catalog.tracking import StageRun
@@ -123,8 +125,6 @@ class PretrainStageResult:
 def unigram_entropy(tokens: ArtifactRef | str | Path, split: str = "train") -> float:
     """Entropy (nats/token) of the unigram distribution of a split: the loss of a model that
     ignores context, the bar a trained model's validation loss must clear."""
-    import numpy as np
-
     shards = TokenShards.open(tokens)
     counts = np.zeros(shards.vocab_size, dtype=np.int64)
     for part in shards.split(split):

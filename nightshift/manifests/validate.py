@@ -38,6 +38,9 @@ from core.config import load_config
 from core.config_base import ConfigError
 from nightshift.manifests import REPO_ROOT, kube_schema, render
 
+# Ray and Prefect are imported inside the functions that use them, not here: each takes a second
+# or more to import, and not every user of this module needs them.
+
 
 def _schema_errors(doc: Any, schema: dict[str, Any], what: str) -> list[str]:
     validator = jsonschema.validators.validator_for(schema)(schema)

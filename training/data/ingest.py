@@ -37,6 +37,9 @@ from training.data.transform import OUT_FIELDS, PII_TYPES, read_rows
 from training.placement import WorkerPlan, plan_workers, reserve
 from training.progress import Progress
 
+# Ray is imported inside the functions that use it, not here: it takes a second or more to
+# import, and not every user of this module needs it.
+
 log = logging.getLogger(__name__)
 
 FORMAT = "nightshift.corpus/1"

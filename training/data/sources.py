@@ -30,6 +30,9 @@ from typing import IO, Any
 
 from core.data_config import DataConfig
 
+# fsspec and pyarrow are imported inside the functions that use them, not here: each takes a
+# second or more to import, and not every user of this module needs them.
+
 log = logging.getLogger(__name__)
 
 RECORD_FIELDS = ("kind", "source", "item", "text", "reason", "sha256", "nbytes")

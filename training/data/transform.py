@@ -14,6 +14,8 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+import xxhash
+
 from core.data_config import DataConfig
 from training.data.clean import clean_whitespace, normalize, scrub_pii, strip_gutenberg
 from training.data.dedup import lower_words, minhash_signature, text_hash
@@ -29,8 +31,6 @@ OUT_FIELDS = (
 
 def doc_id(item: str, thash: bytes) -> str:
     """A document's id: a hash of where it came from and of its cleaned text."""
-    import xxhash
-
     return xxhash.xxh3_64_hexdigest(item.encode("utf-8", "surrogatepass") + b"\0" + thash)
 
 

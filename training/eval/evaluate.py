@@ -46,6 +46,9 @@ from training.eval.scoring import (
 from training.eval.tasks import TaskItem, builtin_items, task_accuracy
 from training.progress import Progress
 
+# torch is imported inside the functions that use it, not here: it takes a second or more to
+# import, and not every user of this module needs it.
+
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 

@@ -20,6 +20,9 @@ from catalog.models import Artifact
 from catalog.verdict import METRICS, fmt, label
 from training.eval.report import EvalReport
 
+# SQLAlchemy is imported inside the functions that use it, not here: it takes a second or more
+# to import, and not every user of this module needs it.
+
 if TYPE_CHECKING:
     from catalog.lineage import Lineage
     from catalog.registry import ModelVersionInfo

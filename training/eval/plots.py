@@ -14,6 +14,9 @@ from typing import TYPE_CHECKING, Any
 from catalog.verdict import METRICS, fmt, label
 from training.eval.report import HEADLINE, EvalReport
 
+# matplotlib is imported inside the functions that use it, not here: it takes a second or more
+# to import, and not every user of this module needs it.
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure

@@ -17,6 +17,9 @@ import numpy as np
 
 from gpt.tokenizer import EOT
 
+# torch is imported inside the functions that use it, not here: it takes a second or more to
+# import, and not every user of this module needs it.
+
 if TYPE_CHECKING:
     import torch
     from tokenizers import Tokenizer

@@ -20,9 +20,13 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.strategies import FSDPStrategy
 
 from training.pretrain import checkpoint as ckpt
 from training.pretrain.module import GPTPretrainModule
+
+# Ray is imported inside the functions that use it, not here: it takes a second or more to
+# import, and not every user of this module needs it.
 
 log = logging.getLogger(__name__)
 
@@ -180,8 +184,6 @@ class ProgressReport(_StepHook):
 @torch.no_grad()
 def validate(trainer: L.Trainer, pl_module: GPTPretrainModule) -> float:
     """Mean loss over the fixed validation windows of every rank (a collective call)."""
-    from lightning.pytorch.strategies import FSDPStrategy
-
     # FSDP must run its wrapper to gather the sharded weights; under DDP the bare module avoids
     # the wrapper's buffer broadcast.
     model = trainer.strategy.model if isinstance(trainer.strategy, FSDPStrategy) else pl_module

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from catalog.artifacts import file_sha256, fsync_path, replace_dir
 
@@ -180,8 +181,6 @@ def clean_staging(root: Path) -> None:
 
 def save_weights(state_dict: dict[str, torch.Tensor], path: Path) -> None:
     """Write a model state dict as safetensors, dropping tied duplicates (the LM head is ``wte``)."""
-    from safetensors.torch import save_file
-
     seen: dict[tuple[int, int], str] = {}
     out: dict[str, torch.Tensor] = {}
     for name, t in state_dict.items():
@@ -195,8 +194,6 @@ def save_weights(state_dict: dict[str, torch.Tensor], path: Path) -> None:
 
 def load_weights(model: torch.nn.Module, path: Path) -> None:
     """Load safetensors weights written by :func:`save_weights` into ``model`` (ties restored)."""
-    from safetensors.torch import load_file
-
     state = load_file(str(path))
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = {"lm_head.weight"}

@@ -28,6 +28,9 @@ from training.pretrain.flops import measure_matmul_peak
 from training.pretrain.module import GPTPretrainModule
 from training.ray_train import fit_or_raise, torch_trainer
 
+# Lightning and Ray are imported inside the functions that use them, not here: each takes a
+# second or more to import, and not every user of this module needs them.
+
 log = logging.getLogger(__name__)
 
 

@@ -8,6 +8,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.strategies import FSDPStrategy
 
 from core.model_config import ModelConfig
 from core.train_config import TrainConfig
@@ -103,7 +104,6 @@ class GPTPretrainModule(L.LightningModule):
         """
         if not gradient_clip_val:
             return
-        from lightning.pytorch.strategies import FSDPStrategy
 
         strategy = self.trainer.strategy
         if isinstance(strategy, FSDPStrategy):

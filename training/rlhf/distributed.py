@@ -32,7 +32,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
+import torch.distributed as tdist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from core.ray_setup import init_ray
 from training.placement import plan_workers, reserve
@@ -40,6 +42,9 @@ from training.pretrain.launch import match_driver_niceness, own_niceness
 from training.ray_train import fit_or_raise, torch_trainer
 from training.rlhf.logprobs import masked_whiten
 from training.rlhf.optim import LogFn, TrainResult
+
+# Ray is imported inside the functions that use it, not here: it takes a second or more to
+# import, and not every user of this module needs it.
 
 if TYPE_CHECKING:
     from core.config import Config
@@ -90,7 +95,6 @@ class Dist:
         """
         if self.world == 1:
             return model
-        from torch.nn.parallel import DistributedDataParallel
 
         ids = [self.device.index] if self.device.type == "cuda" else None
         return DistributedDataParallel(model, device_ids=ids)
@@ -99,7 +103,6 @@ class Dist:
         """``x`` summed over the workers (a new tensor on :attr:`device`; ``x`` itself with one)."""
         if self.world == 1:
             return x
-        import torch.distributed as tdist
 
         out = x.detach().to(self.device, copy=True)
         tdist.all_reduce(out)

@@ -20,6 +20,9 @@ from training.rlhf.heads import load_reward_model
 from training.rlhf.scoring import reward_model_scores
 from training.rlhf.tasks import is_correct, tasks_from_config
 
+# torch is imported inside the functions that use it, not here: it takes a second or more to
+# import, and not every user of this module needs it.
+
 if TYPE_CHECKING:
     from core.config import Config
     from training.eval.tasks import EvalItem

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from catalog.artifacts import ArtifactRef, open_artifact, publish
@@ -115,8 +116,6 @@ def save_reward_model(
         dest: publish at exactly this path.
         metadata: run facts for the index (accuracy, steps); not part of the hash.
     """
-    from safetensors.torch import save_file
-
     tok = as_tokenizer(tokenizer_path_or_obj)
     check_vocab(model.cfg, tok, "save_reward_model")
     weights = weights_to_save(model.gpt)
@@ -141,8 +140,6 @@ def load_reward_model(
         catalog.artifacts.ArtifactError: not a reward model artifact, or a file is missing or changed.
         ModelArtifactError: config, tokenizer and weights do not fit together.
     """
-    from safetensors.torch import load_file
-
     path = path_or_ref.path if isinstance(path_or_ref, ArtifactRef) else Path(path_or_ref)
     ref = open_artifact(path, kind=KIND, verify=verify)
     raw = json.loads((ref.path / CONFIG_FILE).read_text())

@@ -21,6 +21,9 @@ from gpt.chat import encode_chat, encode_turn
 from gpt.generate import encode_prompt as encode_text_prompt
 from gpt.tokenizer import EOT
 
+# torch is imported inside the functions that use it, not here: it takes a second or more to
+# import, and not every user of this module needs it.
+
 if TYPE_CHECKING:
     import torch
     from tokenizers import Tokenizer

@@ -19,6 +19,7 @@ fails: an empty preference set raises before any model is written.
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -55,6 +56,9 @@ from training.rlhf.reward import train_reward
 from training.rlhf.sequences import encode_reply
 from training.rlhf.sft import train_sft
 from training.rlhf.tasks import TaskSplits, tasks_from_config
+
+# torch is imported inside the functions that use it, not here: it takes a second or more to
+# import, and not every user of this module needs it.
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -323,8 +327,6 @@ def sft_stage(
 
     With ``rlhf.sft.ptx_coef > 0`` and a ``tokens`` artifact, pretraining windows are mixed in.
     """
-    import copy
-
     seed = _seed(cfg, "sft")
     policy, tok, ref = _load_policy(cfg, run, model)
     run.log_params(
@@ -433,8 +435,6 @@ def ppo_stage(
     out: str | Path | None = None,
 ) -> RLHFStageResult:
     """PPO from the SFT ``policy`` against its frozen copy, scored by ``reward_model``."""
-    import copy
-
     import torch
 
     seed = _seed(cfg, "ppo")
@@ -483,8 +483,6 @@ def dpo_stage(
     out: str | Path | None = None,
 ) -> RLHFStageResult:
     """DPO from the SFT ``policy`` against its frozen copy on the preference set; publishes the policy."""
-    import copy
-
     seed = _seed(cfg, "dpo")
     pi, tok, ref = _load_policy(cfg, run, policy)
     pref, pairs, heldout = _preferences(cfg, run, ref, preferences)
@@ -517,8 +515,6 @@ def grpo_stage(
     out: str | Path | None = None,
 ) -> RLHFStageResult:
     """GRPO from the SFT ``policy`` on the task prompts, scored by the task or by ``reward_model``."""
-    import copy
-
     seed = _seed(cfg, "grpo")
     pi, tok, ref = _load_policy(cfg, run, policy)
     rm, rm_ref = _load_reward(cfg, run, reward_model) if reward_model is not None else (None, None)
