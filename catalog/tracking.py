@@ -36,14 +36,16 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy import select
+
 from catalog import lineage
 from catalog.artifacts import INDEX, ArtifactRef
 from catalog.db import migrate, session_scope
 from catalog.models import Run
 from catalog.redact import redact, redact_text
 
-# MLflow and SQLAlchemy are imported inside the functions that use them, not here: each takes a
-# second or more to import, and not every user of this module needs them.
+# MLflow is imported inside the functions that use it, not here: it takes a second or more to
+# import, and not every user of this module needs it.
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -281,8 +283,6 @@ class PipelineRun(_TrackedRun):
         For a run that cannot unwind normally: the flow's watchdog ends a stuck night with it before
         the process exits (catalog 'failed' with the reason, MLflow KILLED). Best effort, like a failure.
         """
-        from sqlalchemy import select
-
         query = select(Run.id, Run.mlflow_run_id).where(
             Run.parent_id == self.catalog_run_id, Run.status == "running"
         )
@@ -296,8 +296,6 @@ class PipelineRun(_TrackedRun):
 
         Looked up in the catalog, so it also finds stages opened in other threads or processes.
         """
-        from sqlalchemy import select
-
         query = (
             select(Run.mlflow_run_id)
             .where(Run.parent_id == self.catalog_run_id, Run.stage == name)

@@ -22,13 +22,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from sqlalchemy import select
+
 from catalog.db import session_scope
 from catalog.models import Completion, Feedback, feedback_target, utcnow
 from dashboard.queries import clear_caches
 from dashboard.settings import Settings
 
-# SQLAlchemy and Prefect are imported inside the functions that use them, not here: each takes a
-# second or more to import, and not every user of this module needs them.
+# Prefect is imported inside the functions that use it, not here: it takes a second or more to
+# import, and not every user of this module needs it.
 
 Choice = Literal["a", "b", "a_unsafe", "b_unsafe"]
 CHOICES: dict[str, str] = {
@@ -111,8 +113,6 @@ def record_label(
         ReadOnlyError: In read-only mode.
         ActionError: Unknown choice, the same completion twice, or a completion not in the catalog.
     """
-    from sqlalchemy import select
-
     ensure_writable(settings)
     if choice not in CHOICES:
         raise ActionError(f"unknown label {choice!r}; expected one of {', '.join(CHOICES)}")

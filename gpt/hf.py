@@ -15,6 +15,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
 from safetensors.torch import load_file
 from tokenizers import Tokenizer
 
@@ -23,8 +24,8 @@ from core.model_config import ModelConfig
 from gpt.model_io import ModelArtifactError, build_model, check_vocab, load_model, save_model, weights_to_save
 from gpt.tokenizer import EOT, TOKENIZER_FILE, load_tokenizer
 
-# torch and transformers are imported inside the functions that use them, not here: each takes a
-# second or more to import, and not every user of this module needs them.
+# transformers is imported inside the functions that use it, not here: it takes a second or more
+# to import, and not every user of this module needs it.
 
 if TYPE_CHECKING:
     import torch
@@ -48,8 +49,6 @@ def _is_conv1d(key: str) -> bool:
 
 def to_hf_state_dict(model_sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
     """Our state dict (without ``lm_head.weight``) as ``GPT2LMHeadModel`` keys and layouts."""
-    import torch
-
     out = {k: (v.t().contiguous() if _is_conv1d(k) else v) for k, v in model_sd.items()}
     if not cfg.bias:
         # GPT-2 has no bias-free variant; zero biases compute exactly the same function.
@@ -74,8 +73,6 @@ def from_hf_state_dict(
     hf_sd: dict[str, torch.Tensor], cfg: ModelConfig, where: str
 ) -> dict[str, torch.Tensor]:
     """A ``GPT2LMHeadModel`` (or bare ``GPT2Model``) state dict as ours, ready for :func:`build_model`."""
-    import torch
-
     out: dict[str, torch.Tensor] = {}
     head = None
     for k, v in hf_sd.items():

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 
@@ -19,9 +20,6 @@ from catalog.artifacts import ArtifactRef, open_artifact, publish
 from core.model_config import ModelConfig, stored_model_config
 from gpt.model import GPT
 from gpt.tokenizer import EOT, TOKENIZER_FILE, load_tokenizer
-
-# torch is imported inside the functions that use it, not here: it takes a second or more to
-# import, and not every user of this module needs it.
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -84,8 +82,6 @@ def weights_to_save(model: GPT) -> dict[str, Any]:
 
 def build_model(cfg: ModelConfig, weights: dict[str, Any], *, device: str = "cpu", where: str) -> GPT:
     """A GPT with exactly ``weights`` (strict: no missing or extra key, no shape mismatch), head re-tied."""
-    import torch
-
     # Build on the meta device and assign the loaded tensors: no random init of weights we replace.
     with torch.device("meta"):
         model = GPT(cfg)

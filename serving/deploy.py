@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ray import serve
+from ray.serve.schema import ApplicationStatus, DeploymentStatus
 from sqlalchemy import select
 
 from catalog.artifacts import ArtifactRef, open_artifact
@@ -29,8 +31,8 @@ from serving.app import build_app
 from serving.loader import fetch
 from serving.options import http_options
 
-# Ray and httpx are imported inside the functions that use them, not here: each takes a second
-# or more to import, and not every user of this module needs them.
+# httpx is imported inside the functions that use it, not here: it takes a second or more to
+# import, and not every user of this module needs it.
 
 if TYPE_CHECKING:
     from catalog.artifacts import ArtifactRef
@@ -62,8 +64,6 @@ def endpoint_url(cfg: Config) -> str:
 
 
 def _start_serve(cfg: Config) -> None:
-    from ray import serve
-
     # Read by the proxy when a local Ray starts here (a running Ray keeps what it started with).
     os.environ.setdefault(HEADER_TIMEOUT_ENV, f"{cfg.serve.header_timeout_s:g}")
     init_ray(cfg.ray)
@@ -97,8 +97,6 @@ def _wait_for(url: str, sha256: str, timeout: float) -> None:
 
 def _app_settled(name: str) -> bool:
     """Serve reports the application RUNNING with every deployment HEALTHY (no rollout under way)."""
-    from ray import serve
-    from ray.serve.schema import ApplicationStatus, DeploymentStatus
 
     app = serve.status().applications.get(name)
     if app is None or app.status != ApplicationStatus.RUNNING:
@@ -117,8 +115,6 @@ def _roll_out(
     ``ROLLOUT_STALL_S`` and Serve reports nothing under way, the update is sent again; a rollout
     that is under way (replicas starting) is never interrupted.
     """
-    from ray import serve
-
     deadline = time.monotonic() + timeout
     name, prefix = cfg.serve.app_name, cfg.serve.route_prefix
     serve.run(build_app(args), name=name, route_prefix=prefix)

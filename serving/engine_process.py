@@ -34,11 +34,10 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from gpt.model_io import load_model
 from serving.engine import Delta, Engine, Generates, QueueFull, SamplingParams, check_request
-
-# torch is imported inside the functions that use it, not here: it takes a second or more to
-# import, and not every user of this module needs it.
 
 log = logging.getLogger(__name__)
 
@@ -246,8 +245,6 @@ class EngineProcess(Generates):
 
 
 def _child(fd: int, model_dir: str, threads: int, max_batch: int) -> None:
-    import torch
-
     torch.set_num_threads(threads)
     conn = Connection(fd)
     try:

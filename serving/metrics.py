@@ -18,10 +18,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import psutil
 from ray.serve import metrics
-
-# psutil is imported inside the functions that use it, not here: it takes a second or more to
-# import, and not every user of this module needs it.
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +28,6 @@ _LATENCY = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30]
 
 def process_figures(pid: int | None = None) -> dict[str, float]:
     """Resident memory (bytes), CPU seconds and start time (Unix s) of process ``pid`` (default: this)."""
-    import psutil
-
     p = psutil.Process(pid)
     with p.oneshot():
         cpu = p.cpu_times()

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import mlflow.pyfunc
+import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import LoggedModelOutput, LoggedModelStatus
 from mlflow.exceptions import MlflowException
@@ -26,9 +27,6 @@ from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 from catalog.tracking import TAG_ARTIFACT
 from gpt.generate import generate_text
 from gpt.model_io import load_model
-
-# pandas is imported inside the functions that use it, not here: it takes a second or more to
-# import, and not every user of this module needs it.
 
 if TYPE_CHECKING:
     from mlflow.models import ModelSignature
@@ -51,8 +49,6 @@ _REQUIREMENTS = ("torch", "tokenizers", "safetensors", "pydantic", "numpy")
 
 def _prompts(model_input: Any) -> list[str]:
     """Prompts from a DataFrame with a ``prompt`` column, a list of strings, a dict or one string."""
-    import pandas as pd
-
     if isinstance(model_input, pd.DataFrame):
         if "prompt" not in model_input.columns:
             raise ValueError(f"input DataFrame needs a 'prompt' column, got {list(model_input.columns)}")

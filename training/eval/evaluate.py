@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from catalog.artifacts import ArtifactRef
 from core.data_config import DataConfig
 from core.eval_config import EvalConfig
@@ -46,9 +48,6 @@ from training.eval.scoring import (
 from training.eval.tasks import TaskItem, builtin_items, task_accuracy
 from training.progress import Progress
 
-# torch is imported inside the functions that use it, not here: it takes a second or more to
-# import, and not every user of this module needs it.
-
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
@@ -74,7 +73,6 @@ def resolve_device(device: str) -> str:
     """``auto`` → ``cuda`` when available, else ``cpu``; anything else unchanged."""
     if device != "auto":
         return device
-    import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -171,8 +169,6 @@ def evaluate(
 @contextmanager
 def _torch_threads(n: int | None) -> Iterator[None]:
     """Set torch's intra-op threads for the block (process-wide, as torch has no other kind)."""
-    import torch
-
     before = torch.get_num_threads()
     if n is not None:
         torch.set_num_threads(n)

@@ -13,15 +13,14 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy import select
+
 from catalog.artifacts import ArtifactRef, open_artifact
 from catalog.db import session_scope
 from catalog.lineage import upstream_graph
 from catalog.models import Artifact
 from catalog.verdict import METRICS, fmt, label
 from training.eval.report import EvalReport
-
-# SQLAlchemy is imported inside the functions that use it, not here: it takes a second or more
-# to import, and not every user of this module needs it.
 
 if TYPE_CHECKING:
     from catalog.lineage import Lineage
@@ -62,8 +61,6 @@ def _model_section(ref: ArtifactRef) -> list[str]:
 
 
 def _lineage(catalog_url: str, sha256: str) -> Lineage | None:
-    from sqlalchemy import select
-
     with session_scope(catalog_url) as s:
         row = s.scalars(select(Artifact).where(Artifact.kind == "model", Artifact.sha256 == sha256)).first()
         if row is None:

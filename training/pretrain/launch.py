@@ -14,7 +14,9 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
+from lightning.pytorch.loggers import MLFlowLogger
 
 from core.config import Config, RayConfig
 from core.ray_setup import init_ray
@@ -28,8 +30,8 @@ from training.pretrain.flops import measure_matmul_peak
 from training.pretrain.module import GPTPretrainModule
 from training.ray_train import fit_or_raise, torch_trainer
 
-# Lightning and Ray are imported inside the functions that use them, not here: each takes a
-# second or more to import, and not every user of this module needs them.
+# Ray is imported inside the functions that use it, not here: it takes a second or more to
+# import, and not every user of this module needs it.
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +41,6 @@ class _AttachedMLFlowLogger:
 
     @staticmethod
     def make(run_id: str, tracking_uri: str | None) -> Any:
-        from lightning.pytorch.loggers import MLFlowLogger
-
         class AttachedMLFlowLogger(MLFlowLogger):
             # The caller owns the run (it logs the model and closes it); Lightning's finalize would
             # mark it FINISHED as soon as fit returns.
@@ -118,8 +118,6 @@ def fit_worker(payload: dict[str, Any]) -> None:
             ``ray`` (whether this is a Ray Train worker) and ``niceness`` (the driver's, which a Ray
             worker takes on).
     """
-    import lightning as L
-
     cfg = Config.model_validate(payload["cfg"])
     tc = cfg.train
     in_ray = bool(payload.get("ray"))

@@ -14,14 +14,13 @@ from itertools import zip_longest
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import torch
+
 from catalog.artifacts import ArtifactRef
 from training.eval.tasks import EvalItem
 from training.rlhf.heads import load_reward_model
 from training.rlhf.scoring import reward_model_scores
 from training.rlhf.tasks import is_correct, tasks_from_config
-
-# torch is imported inside the functions that use it, not here: it takes a second or more to
-# import, and not every user of this module needs it.
 
 if TYPE_CHECKING:
     from core.config import Config
@@ -44,8 +43,6 @@ def eval_items(cfg: Config) -> list[EvalItem]:
 
 def reward_fn(reward_model: ArtifactRef | str | Path, *, chat: bool = True) -> Callable[[str, str], float]:
     """``(prompt, reply) -> score`` of a ``reward_model`` artifact; a chat prompt is the user's message."""
-    import torch
-
     model, tok, _ = load_reward_model(reward_model)
 
     def score(prompt: str, reply: str) -> float:

@@ -17,12 +17,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import torch
+
 from gpt.chat import encode_chat, encode_turn
 from gpt.generate import encode_prompt as encode_text_prompt
 from gpt.tokenizer import EOT
-
-# torch is imported inside the functions that use it, not here: it takes a second or more to
-# import, and not every user of this module needs it.
 
 if TYPE_CHECKING:
     import torch
@@ -75,8 +74,6 @@ def collate(
     Raises:
         ValueError: a row with no reply token (``start`` at or past its end, or at 0).
     """
-    import torch
-
     bad = [i for i, (s, st) in enumerate(zip(seqs, starts, strict=True)) if not 0 < st < len(s)]
     if bad:
         raise ValueError(

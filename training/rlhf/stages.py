@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from catalog.artifacts import ArtifactRef, open_artifact
 from core.config import Config
 from gpt.model_io import load_model, save_model
@@ -56,9 +58,6 @@ from training.rlhf.reward import train_reward
 from training.rlhf.sequences import encode_reply
 from training.rlhf.sft import train_sft
 from training.rlhf.tasks import TaskSplits, tasks_from_config
-
-# torch is imported inside the functions that use it, not here: it takes a second or more to
-# import, and not every user of this module needs it.
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -134,8 +133,6 @@ def _base_model(cfg: Config, run: StageRun, base: ArtifactArg | None) -> GPT | N
 
 
 def _seed(cfg: Config, stage: str) -> int:
-    import torch
-
     seed = cfg.seed + SEEDS[stage]
     torch.manual_seed(seed)
     return seed
@@ -435,8 +432,6 @@ def ppo_stage(
     out: str | Path | None = None,
 ) -> RLHFStageResult:
     """PPO from the SFT ``policy`` against its frozen copy, scored by ``reward_model``."""
-    import torch
-
     seed = _seed(cfg, "ppo")
     pi, tok, ref = _load_policy(cfg, run, policy)
     rm, rm_ref = _load_reward(cfg, run, reward_model)
