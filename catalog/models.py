@@ -1,13 +1,14 @@
 """The catalog's tables as SQLAlchemy 2 typed ORM classes.
 
-Eight tables: ``artifacts`` (content-addressed outputs, identity = (kind, sha256); a row outlives
+Nine tables: ``artifacts`` (content-addressed outputs, identity = (kind, sha256); a row outlives
 its files when gc removes them, marked ``deleted_at``/``deleted_by``), ``runs`` (one
 row per pipeline run and per stage, a stage pointing at its pipeline through ``parent_id``),
 ``lineage_edges`` (run → artifact it read / wrote), ``deployments``, ``completions`` (every
 served request, with the id of the API key that received it), ``feedback`` (human ratings and
 preferences on completions, one per labeller and target), ``preference_feedback`` (which feedback
-rows a ``preferences`` snapshot was built from) and ``api_keys`` (named API keys with a role; only
-their sha256 digests are stored).
+rows a ``preferences`` snapshot was built from), ``api_keys`` (named API keys with a role; only
+their sha256 digests are stored) and ``stage_memos`` (which stage run already produced the result of
+a stage identity, so a night re-run reuses it: :mod:`catalog.memo`).
 
 Portable by construction: only generic types (``JSON``, ``String``, ``DateTime``), string
 columns with CHECK constraints instead of native enums (nothing dialect-specific to create or
@@ -323,3 +324,23 @@ class ApiKey(Base):
 
     def __repr__(self) -> str:
         return f"ApiKey(id={self.id!r}, name={self.name!r}, role={self.role!r})"
+
+
+class StageMemo(Base):
+    """A stage identity (its inputs' hashes, config slice and code version) and the run that produced
+    its result: a later night with the same identity reuses the result instead of running the stage."""
+
+    __tablename__ = "stage_memos"
+    __table_args__ = (Index(None, "stage", "created_at"),)
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    stage: Mapped[str] = mapped_column(String(64))
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"))
+    mlflow_run_id: Mapped[str | None] = mapped_column(String(64))
+    # The artifacts the result names (sha256 by role), verified before reuse, and what else it holds.
+    artifacts: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    result: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    def __repr__(self) -> str:
+        return f"StageMemo(stage={self.stage!r}, key={self.key[:12]!r}, run_id={self.run_id!r})"

@@ -243,8 +243,13 @@ class StackConfig(Section):
         return out
 
 
+# The stages whose results a night reuses (training/stage_cache.py); deploy always runs.
+CACHED_STAGES = ("ingest", "tokenize", "pretrain", "sft", "reward", "ppo", "dpo", "grpo", "evaluate")
+
+
 class NightConfig(Section):
-    """How long a night's stages may run before the night counts as stuck (flows/watchdog.py)."""
+    """How long a night's stages may run before the night counts as stuck (flows/watchdog.py), and
+    which stages may reuse a cached result (training/stage_cache.py)."""
 
     stage_limit_s: float = Field(
         6 * 3600.0,
@@ -258,14 +263,36 @@ class NightConfig(Section):
         "(stages: ingest, tokenize, pretrain, sft, reward, ppo, dpo, grpo, evaluate, deploy).",
     )
 
+    cache: bool = Field(
+        True,
+        description="Reuse a stage's result when an earlier run of the same identity (input hashes, the "
+        "config it reads, the code version) published it and it still verifies; a re-run night resumes "
+        "at the stage that failed. false (the pretrain flow's no_cache parameter) runs every stage.",
+    )
+    rerun: list[str] = Field(
+        default_factory=list,
+        description="Stages that run even when a cached result exists, e.g. [pretrain] (stages: "
+        "ingest, tokenize, pretrain, sft, reward, ppo, dpo, grpo, evaluate).",
+    )
+
     def limit(self, stage: str) -> float:
         """The limit of ``stage`` in seconds."""
         return float(self.stage_limits.get(stage, self.stage_limit_s))
 
+    def cached(self, stage: str) -> bool:
+        """Whether ``stage`` may reuse a cached result."""
+        return self.cache and stage not in self.rerun
+
     def problems(self) -> list[str]:
-        return [
+        out = [
             f"stage_limits.{k}: {v} must be above 0 seconds" for k, v in self.stage_limits.items() if v <= 0
         ]
+        out += [
+            f"rerun: unknown stage {s!r}; stages that cache: {', '.join(CACHED_STAGES)}"
+            for s in self.rerun
+            if s not in CACHED_STAGES
+        ]
+        return out
 
 
 class GCConfig(Section):
@@ -326,7 +353,9 @@ class Config(Section):
     cluster: ClusterConfig = Field(
         default_factory=ClusterConfig, description="The GPU cluster `nightshift infra render` targets."
     )
-    night: NightConfig = Field(default_factory=NightConfig, description="Limits of a night's stages.")
+    night: NightConfig = Field(
+        default_factory=NightConfig, description="Limits of a night's stages, and stage caching."
+    )
     gc: GCConfig = Field(default_factory=GCConfig, description="Retention: what gc keeps.")
 
     def problems(self) -> list[str]:

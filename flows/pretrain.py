@@ -47,18 +47,26 @@ if TYPE_CHECKING:
 
 
 @flow(name="pretrain", log_prints=True)
-def pretrain(preset: str = "small", overrides: dict[str, Any] | None = None) -> dict[str, str] | State:
+def pretrain(
+    preset: str = "small", overrides: dict[str, Any] | None = None, no_cache: bool = False
+) -> dict[str, str] | State:
     """Run the whole chain on a preset.
+
+    A stage whose identity (input hashes, config slice, code version) already published a result
+    that verifies is not run again (:mod:`training.stage_cache`): a night re-run after a failure
+    resumes at the stage that failed.
 
     Args:
         preset: a config preset (``tiny``, ``small``, ``gpt2-124m``) or a path to a YAML file.
-        overrides: dotted config overrides, e.g. ``{"data.vocab_size": 4096}``.
+        overrides: dotted config overrides, e.g. ``{"data.vocab_size": 4096}`` or
+            ``{"night.rerun": ["pretrain"]}`` (that stage runs even when cached).
+        no_cache: run every stage, reusing nothing (``night.cache: false``).
 
     Returns:
         The content hashes of the artifacts the run produced, by kind, and the registry version;
         a ``GateFailed`` state when the candidate was not promoted.
     """
-    cfg = flow_config(preset, overrides)
+    cfg = flow_config(preset, {**(overrides or {}), **({"night.cache": False} if no_cache else {})})
     who = prefect_flow_run_url(cfg) or "pretrain/nightly"
     with pipeline_run(cfg, "pretrain") as pipeline:
         corpus = ingest_task(cfg, pipeline)

@@ -1,8 +1,9 @@
 """Prefect tasks: thin wrappers over the tracked stage functions in :mod:`training.stages`.
 
 Retries are declared here; each retry opens a fresh MLflow child run (the failed attempt stays
-visible as FAILED). Each stage is timed by the night's watchdog (``flows/watchdog.py``). Inputs
-are config objects and tracker handles, not data, so caching by inputs is off.
+visible as FAILED). Each stage is timed by the night's watchdog (``flows/watchdog.py``). Prefect's
+caching by inputs is off (inputs are config objects and tracker handles, not data): a stage is
+reused by its identity instead, through the catalog's stage memos (:mod:`training.stage_cache`).
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from catalog.artifacts import ArtifactRef
 from catalog.tracking import PipelineRun
 from core.config import Config
 from flows.watchdog import watched_stage
-from release.promotion import GateResult, evaluate_and_gate, reject_at_stage
+from release.promotion import GateResult, cached_gate, evaluate_and_gate, reject_at_stage, tokenizer_source
 from serving.deploy import DeployResult, deploy_stage
+from training import stage_cache as cache
 from training import stages
 from training.data.ingest import IngestResult
 from training.data.tokenize import TokenizeResult
@@ -27,20 +29,20 @@ from training.rlhf.stages import RLHFStageResult
 @task(name="ingest", retries=2, retry_delay_seconds=5, cache_policy=NONE)
 def ingest_task(cfg: Config, pipeline: PipelineRun, sources: list[str] | None = None) -> IngestResult:
     with watched_stage(cfg, pipeline, "ingest") as run:
-        return stages.ingest_stage(cfg, run, sources=sources)
+        return cache.ingest(cfg, run, sources=sources)
 
 
 @task(name="tokenize", retries=2, retry_delay_seconds=5, cache_policy=NONE)
 def tokenize_task(cfg: Config, pipeline: PipelineRun, corpus: IngestResult) -> TokenizeResult:
     with watched_stage(cfg, pipeline, "tokenize") as run:
-        return stages.tokenize_stage(cfg, run, corpus.artifact)
+        return cache.tokenize(cfg, run, corpus.artifact, tokenizer_source(cfg))
 
 
 @task(name="pretrain", retries=1, retry_delay_seconds=5, cache_policy=NONE)
 def pretrain_task(cfg: Config, pipeline: PipelineRun, tokens: TokenizeResult) -> stages.PretrainStageResult:
     # A retry resumes from the newest good checkpoint of the same inputs and config.
     with watched_stage(cfg, pipeline, "pretrain") as run:
-        return stages.pretrain_stage(cfg, run, tokens.tokens, tokens.tokenizer)
+        return cache.pretrain(cfg, run, tokens.tokens, tokens.tokenizer)
 
 
 @task(name="sft", retries=1, retry_delay_seconds=5, cache_policy=NONE)
@@ -49,14 +51,16 @@ def sft_task(
 ) -> RLHFStageResult:
     # The tokens feed `rlhf.sft.ptx_coef` (pretraining windows mixed in against forgetting).
     with watched_stage(cfg, pipeline, "sft") as run:
-        return rlhf.sft_stage(cfg, run, model, tokens=tokens)
+        key = cache.sft_key(cfg, model, tokens)
+        return cache.rlhf_stage(cfg, run, "sft", key, lambda: rlhf.sft_stage(cfg, run, model, tokens=tokens))
 
 
 @task(name="reward", retries=1, retry_delay_seconds=5, cache_policy=NONE)
 def reward_task(cfg: Config, pipeline: PipelineRun, policy: ArtifactRef) -> RLHFStageResult:
     # Builds this run's preference snapshot (tasks, the policy's own mistakes, JSONL, feedback).
     with watched_stage(cfg, pipeline, "reward") as run:
-        return rlhf.reward_stage(cfg, run, policy)
+        key = cache.reward_key(cfg, policy)
+        return cache.rlhf_stage(cfg, run, "reward", key, lambda: rlhf.reward_stage(cfg, run, policy))
 
 
 @task(name="rl", retries=1, retry_delay_seconds=5, cache_policy=NONE)
@@ -71,11 +75,15 @@ def policy_task(
     # tokens and base: the stage rule that holds the policy's held-out bits per byte to the base's.
     algo = cfg.rlhf.algorithm
     with watched_stage(cfg, pipeline, algo) as run:
-        if algo == "ppo":
-            return rlhf.ppo_stage(cfg, run, sft, reward.model, tokens=tokens, base=base)
-        if algo == "dpo":
-            return rlhf.dpo_stage(cfg, run, sft, preferences=reward.preferences, tokens=tokens, base=base)
-        return rlhf.grpo_stage(cfg, run, sft, reward_model=reward.model, tokens=tokens, base=base)
+
+        def build() -> RLHFStageResult:
+            if algo == "ppo":
+                return rlhf.ppo_stage(cfg, run, sft, reward.model, tokens=tokens, base=base)
+            if algo == "dpo":
+                return rlhf.dpo_stage(cfg, run, sft, preferences=reward.preferences, tokens=tokens, base=base)
+            return rlhf.grpo_stage(cfg, run, sft, reward_model=reward.model, tokens=tokens, base=base)
+
+        return cache.rlhf_stage(cfg, run, algo, cache.policy_key(cfg, sft, reward, tokens, base), build)
 
 
 @task(name="stage-gate", retries=1, retry_delay_seconds=5, cache_policy=NONE)
@@ -98,18 +106,24 @@ def evaluate_task(
 ) -> GateResult:
     # Registering the same logged model again returns its version, so a retry adds nothing.
     with watched_stage(cfg, pipeline, "evaluate") as run:
-        tasks = eval_items(cfg) if cfg.rlhf.enabled else None
-        score = reward_fn(reward_model, chat=cfg.eval.prompt_format == "chat") if reward_model else None
-        return evaluate_and_gate(
-            cfg,
-            run,
-            candidate,
-            candidate_uri,
-            tokens=tokens,
-            tasks=tasks,
-            reward_fn=score,
-            reference=reference,
-            who=who,
+
+        def build() -> GateResult:
+            tasks = eval_items(cfg) if cfg.rlhf.enabled else None
+            score = reward_fn(reward_model, chat=cfg.eval.prompt_format == "chat") if reward_model else None
+            return evaluate_and_gate(
+                cfg,
+                run,
+                candidate,
+                candidate_uri,
+                tokens=tokens,
+                tasks=tasks,
+                reward_fn=score,
+                reference=reference,
+                who=who,
+            )
+
+        return cached_gate(
+            cfg, run, cache.evaluate_key(cfg, candidate, tokens, reward_model, reference), build
         )
 
 

@@ -23,7 +23,8 @@ import yaml
 from catalog.redact import install_log_redaction
 from core.config import Config, describe_fields, load_config, parse_cli_overrides
 from core.files import write_atomic
-from nightshift.cli_help import CliError, VerbParser, is_expected, missing_extra, package_version
+from core.version import package_version
+from nightshift.cli_help import CliError, VerbParser, is_expected, missing_extra
 from nightshift.tracked import tracked_stage
 
 # httpx and Prefect are imported inside the functions that use them, not here: each takes a

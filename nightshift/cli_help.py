@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import re
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from core.config import describe_fields, load_config
@@ -133,13 +132,6 @@ def is_expected(err: BaseException) -> bool:
 
 class CliError(Exception):
     """An error of the command line's own (a missing flag, a failed download): printed as one line."""
-
-
-def package_version() -> str:
-    try:
-        return version("nightshift")
-    except PackageNotFoundError:  # a checkout run without `make setup`
-        return "unknown (not installed; run `make setup`)"
 
 
 def _selector_regex(selector: str) -> re.Pattern[str]:

@@ -21,6 +21,7 @@ out, which comes back here. Rollouts themselves are ``serving.deploy``'s.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from catalog.artifacts import ArtifactRef, open_artifact
 from catalog.db import session_scope
 from catalog.lineage import open_recorded
+from catalog.memo import Memo
 from catalog.models import Artifact
 from catalog.registry import Registry, RegistryError
 from catalog.verdict import Verdict
@@ -42,6 +44,7 @@ from serving.deploy import (
     endpoint_url,
 )
 from training.eval.stages import evaluate_stage, record_in_registry
+from training.stage_cache import cached
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -139,6 +142,56 @@ def evaluate_and_gate(
     return GateResult(
         report_ref, verdict, version, promoted, champ.version if champ else None, cfg.serve.registered_model
     )
+
+
+def tokenizer_source(cfg: Config) -> ArtifactRef | None:
+    """The champion's ``model`` artifact when tonight reuses its tokenizer (``data.tokenizer: reuse``
+    and a champion exists); None when the night trains its own."""
+    if cfg.data.tokenizer != "reuse":
+        return None
+    champ, path = champion_artifact(cfg, registry_for(cfg))
+    if champ is None or path is None:
+        log.info("tokenize: no champion yet, so tonight trains the tokenizer (data.tokenizer: reuse)")
+        return None
+    return open_artifact(path, kind="model")
+
+
+def cached_gate(cfg: Config, run: Any, key: str, build: Callable[[], GateResult]) -> GateResult:
+    """The evaluate stage through the stage cache (:mod:`training.stage_cache`), keyed by ``key``.
+
+    A cached verdict holds only while the registry is where that decision left it: the champion is
+    the candidate it promoted, or still the champion it was measured against. A night that failed at
+    ``deploy`` re-runs with its verdict instead of measuring the candidate against itself; once
+    another champion has taken over, the candidate is evaluated again.
+    """
+
+    def decode(m: Memo) -> GateResult | None:
+        r = m.result
+        champ = registry_for(cfg).champion()
+        now = champ.version if champ else None
+        if (r["promoted"] and now != r["version"]) or (not r["promoted"] and now != r["champion_before"]):
+            log.info(
+                "evaluate: the champion moved since the cached verdict (v%s then, v%s now); evaluating again",
+                r["version"] if r["promoted"] else r["champion_before"],
+                now,
+            )
+            return None
+        verdict = Verdict.from_dict(r["verdict"])
+        return GateResult(
+            m.refs.get("report"), verdict, r["version"], r["promoted"], r["champion_before"], r["model_name"]
+        )
+
+    def encode(g: GateResult) -> tuple[dict[str, ArtifactRef | None], dict[str, Any]]:
+        rest = {
+            "verdict": g.verdict.to_dict(),
+            "version": g.version,
+            "promoted": g.promoted,
+            "champion_before": g.champion_before,
+            "model_name": g.model_name,
+        }
+        return {"report": g.report}, rest
+
+    return cached(cfg, run, "evaluate", key, build, encode, decode)
 
 
 def reject_at_stage(cfg: Config, candidate_uri: str | None, verdict: Verdict) -> GateResult:

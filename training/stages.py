@@ -23,7 +23,7 @@ from core.config import Config, nightshift_home
 from core.files import write_atomic
 from gpt.generate import generate_text
 from gpt.model_io import save_model
-from gpt.tokenizer import load_tokenizer
+from gpt.tokenizer import TOKENIZER_FILE, load_tokenizer
 from training.data.ingest import IngestResult, ingest
 from training.data.shards import TokenShards
 from training.data.tokenize import TokenizeResult, tokenize
@@ -95,19 +95,43 @@ def ingest_stage(
 
 
 def tokenize_stage(
-    cfg: Config, run: StageRun, corpus: ArtifactRef | str | Path, *, out: str | Path | None = None
+    cfg: Config,
+    run: StageRun,
+    corpus: ArtifactRef | str | Path,
+    *,
+    out: str | Path | None = None,
+    champion: ArtifactRef | None = None,
 ) -> TokenizeResult:
-    """Train the BPE tokenizer on a corpus and write train/val token shards; track both artifacts."""
+    """Train the BPE tokenizer on a corpus and write train/val token shards; track both artifacts.
+
+    With ``champion`` (its ``model`` artifact, under ``data.tokenizer: reuse``) the corpus is encoded
+    with the champion's tokenizer instead, so tonight's model shares its vocabulary; the lineage
+    records that the stage read the champion.
+    """
     corpus_ref = corpus if isinstance(corpus, ArtifactRef) else open_artifact(corpus, kind="corpus")
     run.use(corpus_ref, context="training")
-    run.log_params({"data": cfg.data.model_dump(mode="json"), "seed": cfg.seed})
+    if champion is not None:
+        run.use(champion, context="tokenizer")
+    source = f"champion model {champion.sha256[:16]}" if champion is not None else "trained on the corpus"
+    run.log_params({"data": cfg.data.model_dump(mode="json"), "seed": cfg.seed, "tokenizer_source": source})
     result = tokenize(
         cfg.data,
         corpus_ref,
         artifact_root=None if out is not None else cfg.tracking.artifact_root,
         out=out,
         seed=cfg.seed,
+        tokenizer_file=champion.path / TOKENIZER_FILE if champion is not None else None,
     )
+    if champion is not None:
+        vocab = result.tokenizer.metadata.get("vocab_size")
+        log.info("tokenize: reused the tokenizer %s of the champion", result.tokenizer.sha256[:16])
+        if vocab != cfg.data.vocab_size:
+            log.warning(
+                "tokenize: the champion's tokenizer has %s tokens, data.vocab_size asks for %d; kept the "
+                "champion's (set data.tokenizer: retrain to train a new one, and pretrain from scratch)",
+                vocab,
+                cfg.data.vocab_size,
+            )
     run.log_metrics(numeric_leaves(result.stats))
     run.produce(result.tokenizer)
     run.produce(result.tokens, log_files=False)

@@ -137,3 +137,68 @@ def test_a_worse_candidate_is_rejected_and_a_better_one_served(
     health = httpx.get(url, timeout=10)
     assert health.headers["x-nightshift-model"] == f"model:{new['model']}"
     assert health.headers["x-nightshift-model-version"] == new["version"]
+
+
+def test_a_night_that_failed_at_deploy_resumes_there(
+    tmp_path, mlflow_server, prefect_server, serve_port, monkeypatch
+):
+    """A night fails at deploy (injected); run again, it reuses every stage before deploy from the
+    catalog's stage memos (no retraining, no second verdict) and serves the model it promoted."""
+    import flows.tasks
+    from catalog.registry import Registry
+
+    src = write_corpus(tmp_path / "src")
+    overrides = {
+        "data.sources": [str(src)],
+        "tracking.mlflow_uri": mlflow_server,
+        "tracking.experiment": "resume-test",
+        "tracking.catalog_url": f"sqlite:///{tmp_path / 'catalog.db'}",
+        "tracking.artifact_root": str(tmp_path / "artifacts"),
+        "ray.num_cpus": 2,
+        "serve.port": serve_port,
+        "serve.auth": "none",
+        "serve.app_name": "resume-test",
+        "serve.route_prefix": "/resume-test",
+        "serve.registered_model": "resume-test-gpt",
+    }
+    real_deploy = flows.tasks.deploy_stage
+
+    def broken_deploy(*args, **kwargs):
+        raise RuntimeError("injected: the Serve rollout failed")
+
+    monkeypatch.setattr(flows.tasks, "deploy_stage", broken_deploy)
+    failed = pretrain(preset="tiny", overrides=overrides, return_state=True)
+    assert failed.is_failed() and "injected" in failed.message, failed
+    monkeypatch.setattr(flows.tasks, "deploy_stage", real_deploy)
+    registry = Registry(mlflow_server, name="resume-test-gpt")
+    version = registry.champion().version  # evaluate promoted it before deploy failed
+
+    again = pretrain(preset="tiny", overrides=overrides, return_state=True)
+    assert again.is_completed(), again.message
+    out = again.result()
+    assert out["version"] == version == registry.champion().version
+    client = MlflowClient(mlflow_server)
+    exp = client.get_experiment_by_name("resume-test")
+    runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
+    first_id, second_id = (str(s.state_details.flow_run_id) for s in (failed, again))
+
+    def stages(flow_run_id):
+        return {
+            r.data.tags["nightshift.stage"]: r
+            for r in runs
+            if r.data.tags.get("mlflow.parentRunId") and _flow_run_of(client, r) == flow_run_id
+        }
+
+    first, second = stages(first_id), stages(second_id)
+    for name in ("ingest", "tokenize", "pretrain", "evaluate"):
+        assert second[name].data.tags.get("nightshift.cached_from") == first[name].info.run_id, name
+        assert second[name].data.metrics["cached"] == 1.0
+    assert "nightshift.cached_from" not in second["deploy"].data.tags
+    health = httpx.get(f"http://127.0.0.1:{serve_port}/resume-test/health", timeout=10)
+    assert health.headers["x-nightshift-model"] == f"model:{out['model']}"
+
+
+def _flow_run_of(client, run):
+    """The Prefect flow run of a stage's MLflow run (tagged on its parent)."""
+    parent = client.get_run(run.data.tags["mlflow.parentRunId"])
+    return parent.data.tags.get("nightshift.prefect_flow_run_id")

@@ -13,6 +13,16 @@ _DROP_HELP = {
     "symbol_ratio": "too many non-alphanumeric characters",
     "repeated_lines": "too much text in repeated lines",
     "toxicity": "too many blocklist hits per 1,000 words",
+    "mean_word_length": "mean word length outside [min_mean_word_length, max_mean_word_length] (Gopher)",
+    "symbol_word_ratio": "too many '#' and ellipses per word (Gopher)",
+    "bullet_lines": "too many lines starting with a bullet (Gopher)",
+    "ellipsis_lines": "too many lines ending with an ellipsis (Gopher)",
+    "alpha_words": "too few words containing a letter (Gopher)",
+    "stop_words": "too few English stop words (the, be, to, of, and, that, have, with) (Gopher)",
+    "duplicate_lines": "too many lines repeating an earlier line (Gopher)",
+    "duplicate_paragraphs": "too many paragraphs (or too much of their text) repeating earlier ones (Gopher)",
+    "top_ngram": "one word 2-, 3- or 4-gram covers too much of the text (Gopher)",
+    "duplicate_ngrams": "too much text in repeated word 5- to 10-grams (Gopher)",
 }
 
 
@@ -86,7 +96,9 @@ def datacard(manifest: dict[str, Any]) -> str:
         f"- Project Gutenberg headers/licences stripped: {m['gutenberg_stripped']} kept documents "
         f"({'on' if cfg['strip_gutenberg'] else 'off'}).",
         f"- Quality: min_chars={cfg['min_chars']}, max_symbol_ratio={cfg['max_symbol_ratio']}, "
-        f"max_repeated_line_fraction={cfg['max_repeated_line_fraction']}.",
+        f"max_repeated_line_fraction={cfg['max_repeated_line_fraction']}; Gopher rules "
+        f"{'on' if cfg.get('quality_rules', True) else 'off'} (`nightshift config --fields data` lists "
+        "their thresholds).",
         f"- Toxicity: blocklist `{cfg['toxicity_blocklist'] or 'built-in'}`, "
         f"> {cfg['toxicity_max_hits_per_1k_words']} hits per 1,000 words dropped "
         f"({'on' if cfg['toxicity_filter'] else 'off'}). A blocklist is a blunt instrument: it misses "

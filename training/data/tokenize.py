@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ import xxhash
 
 from catalog.artifacts import ArtifactRef, open_artifact, publish
 from core.data_config import DataConfig
-from gpt.tokenizer import EOT, TOKENIZER_FILE, train_tokenizer
+from gpt.tokenizer import EOT, TOKENIZER_FILE, load_tokenizer, train_tokenizer
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -120,8 +121,9 @@ def tokenize(
     artifact_root: str | Path | None = None,
     out: str | Path | None = None,
     seed: int = 1337,
+    tokenizer_file: Path | None = None,
 ) -> TokenizeResult:
-    """Train a tokenizer on a corpus and write its train/val token shards.
+    """Train a tokenizer on a corpus (or take ``tokenizer_file``) and write its train/val token shards.
 
     Args:
         cfg: data config (``vocab_size``, ``min_frequency``, ``tokenizer_train_bytes``,
@@ -131,6 +133,8 @@ def tokenize(
         out: publish the tokenizer at ``out/tokenizer`` and the tokens at ``out/tokens``.
         seed: recorded in ``meta.json``; the split itself is by hash of the document id, so a
             document stays in its split when the corpus grows.
+        tokenizer_file: a ``tokenizer.json`` to encode with instead of training one (the champion's,
+            under ``data.tokenizer: reuse``); published byte for byte, so its hash stays the same.
 
     Raises:
         catalog.artifacts.ArtifactError: the corpus does not verify (names the file).
@@ -146,14 +150,21 @@ def tokenize(
     is_val = split_documents(ids, cfg.val_fraction)
     del ids
 
-    tok = train_tokenizer(
-        _training_texts(ref, is_val, cfg.tokenizer_train_bytes), cfg.vocab_size, cfg.min_frequency
-    )
+    if tokenizer_file is None:
+        tok = train_tokenizer(
+            _training_texts(ref, is_val, cfg.tokenizer_train_bytes), cfg.vocab_size, cfg.min_frequency
+        )
+    else:
+        tok = load_tokenizer(tokenizer_file)
     t_train = time.perf_counter()
     tok_dest = {"dest": Path(out) / "tokenizer"} if out is not None else {"root": artifact_root}
     with publish("tokenizer", **tok_dest) as st:
-        tok.save(str(st.path / TOKENIZER_FILE))
-        st.metadata.update({"vocab_size": tok.get_vocab_size(), "corpus_sha256": ref.sha256})
+        if tokenizer_file is None:
+            tok.save(str(st.path / TOKENIZER_FILE))
+            st.metadata.update({"vocab_size": tok.get_vocab_size(), "corpus_sha256": ref.sha256})
+        else:
+            shutil.copyfile(tokenizer_file, st.path / TOKENIZER_FILE)
+            st.metadata.update({"vocab_size": tok.get_vocab_size(), "reused": True})
     assert st.ref is not None
     tok_ref = st.ref
 

@@ -122,7 +122,9 @@ def test_cleaning_dedup_and_filters(tmp_path, data_cfg, ray_local):
         "07.txt": "short",
         "08.txt": "}{#@!%^&*" * 30,
         "09.txt": "\n".join(["same line again and again"] * 30),
-        "10.txt": "you idiot, shut up, loser. " * 20,
+        # Insults in otherwise ordinary text (one phrase said 20 times would fail Gopher's rules first).
+        "10.txt": make_text(310, 120)
+        + " You idiot, shut up. Nobody wants you here, loser. I hate you, moron.",
     }
     write_docs(tmp_path / "c", docs)
     res = ingest(data_cfg, sources=[str(tmp_path / "c")], out=tmp_path / "out", ray=RAY)
