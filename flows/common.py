@@ -17,6 +17,7 @@ from catalog.redact import install_log_redaction, secrets_in
 from catalog.tracking import PipelineRun, Tracker, night_label
 from core.config import Config, load_config
 from core.config_base import ConfigError
+from core.ray_setup import init_ray
 from flows.watchdog import NightWatch
 from release.promotion import GateResult
 from training.rlhf.stages import RLHFStageResult
@@ -87,6 +88,11 @@ def pipeline_run(cfg: Config, name: str) -> Iterator[PipelineRun]:
     """The flow's tracked pipeline run (MLflow parent run + catalog run, named after the night), its
     stages watched against ``night.stage_limits`` (:class:`flows.watchdog.NightWatch`)."""
     run_id = flow_run_id()
+    # Ray starts here, in the flow's main thread, through init_ray, which puts Prefect's SIGTERM
+    # handler back after ray.init replaces it with sys.exit. Left to the first stage that needs it, a
+    # library call could start Ray implicitly first: when ingest was reused from the stage cache,
+    # Ray's handler stayed, and a night cancelled in pretraining ended Crashed, not Cancelled.
+    init_ray(cfg.ray)
     with (
         tracker_for(cfg).pipeline(
             name,
