@@ -14,6 +14,9 @@ Prefect server (so a failure can be injected into its deploy task), night after 
 Goals (issue 20): nights 2-4 ingest + tokenize ≤ 35% of night 1's at the same delta size; the re-run
 ≤ 10% of the full night; the champion's bits per byte fall from night 1 to night 4.
 
+Each night continues the champion (``train.init: champion``, the default); ``--init scratch`` trains
+every night from random weights, the baseline for what the warm start buys.
+
 ``python bench/nights.py`` (the demo's preset, RLHF off: about an hour on 2 cores; ``--rlhf`` adds
 SFT, the reward model and DPO to each night); ``python bench/nights.py --preset tiny`` (a wiring
 check in about 8 min: the tiny model's nights are mostly the Serve rollout, and it learns little);
@@ -61,12 +64,14 @@ def split_plays(archive: Path, root: Path) -> tuple[list[Path], list[str]]:
     return quarters, heldout
 
 
-def stage_seconds(catalog_url: str, flow_run_id: str) -> dict[str, float]:
-    """Seconds of each stage of a flow run (the latest attempt of a retried one), from the catalog."""
+def stage_runs(catalog_url: str, flow_run_id: str) -> tuple[dict[str, float], dict[str, str]]:
+    """Seconds of each stage of a flow run (the latest attempt of a retried one) and each stage's
+    MLflow run id, from the catalog."""
     from catalog.db import session_scope
     from catalog.models import Run
 
-    out: dict[str, float] = {}
+    secs: dict[str, float] = {}
+    ids: dict[str, str] = {}
     with session_scope(catalog_url) as s:
         rows = (
             s.query(Run)
@@ -76,8 +81,21 @@ def stage_seconds(catalog_url: str, flow_run_id: str) -> dict[str, float]:
         )
         for r in rows:
             if r.ended_at is not None:
-                out[r.stage] = (r.ended_at - r.started_at).total_seconds()
-    return out
+                secs[r.stage] = (r.ended_at - r.started_at).total_seconds()
+            if r.mlflow_run_id:
+                ids[r.stage] = r.mlflow_run_id
+    return secs, ids
+
+
+def pretrain_parent(cfg: Any, mlflow_run_id: str | None) -> str:
+    """The parent model the night's pretraining started from (``scratch`` or a sha256 prefix)."""
+    from mlflow import MlflowClient
+
+    if mlflow_run_id is None:
+        return "-"
+    params = MlflowClient(cfg.tracking.mlflow_uri).get_run(mlflow_run_id).data.params
+    parent = params.get("parent_model", "-")
+    return parent if parent in ("scratch", "-") else parent[:12]
 
 
 def champion_bpb(cfg: Any, heldout: list[str]) -> float | None:
@@ -99,6 +117,12 @@ def main() -> None:
     ap.add_argument("--preset", default="small", choices=["tiny", "small"])
     ap.add_argument("--rlhf", action="store_true", help="run SFT, the reward model and DPO each night")
     ap.add_argument("--steps", type=int, default=None, help="train.max_steps (default: the preset's)")
+    ap.add_argument(
+        "--init",
+        default="champion",
+        choices=["champion", "scratch"],
+        help="train.init: each night continues the champion (the default) or trains from scratch",
+    )
     ap.add_argument("--home", help="NIGHTSHIFT_HOME for the throwaway stack (default: a temp dir)")
     ap.add_argument("--json", help="write the figures here")
     args = ap.parse_args()
@@ -133,6 +157,7 @@ def night_overrides(args: argparse.Namespace, cfg: Any, sources: list[Path], see
         "serve.port": cfg.serve.port,
         "seed": seed,
         "rlhf.enabled": bool(args.rlhf),
+        "train.init": args.init,
         "eval.prompt_format": "chat" if args.rlhf else cfg.eval.prompt_format,
     }
     if args.steps:
@@ -150,12 +175,13 @@ def run_nights(args: argparse.Namespace, cfg: Any, quarters: list[Path], heldout
         t0 = time.perf_counter()
         state = pretrain(preset=args.preset, overrides=over, return_state=True)
         took = time.perf_counter() - t0
-        secs = stage_seconds(cfg.tracking.catalog_url, str(state.state_details.flow_run_id))
+        secs, ids = stage_runs(cfg.tracking.catalog_url, str(state.state_details.flow_run_id))
         row = {
             "night": label,
             "state": state.name,
             "seconds": round(took, 1),
             "stages": {k: round(v, 1) for k, v in secs.items()},
+            "parent": pretrain_parent(cfg, ids.get("pretrain")),
             "bpb": champion_bpb(cfg, heldout),
         }
         rows.append(row)
@@ -190,7 +216,7 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     print()
     print(
         f"{'night':<17} {'state':<10} {'took s':>7} {'ingest':>7} {'tokenize':>8} {'vs n1':>6} "
-        f"{'pretrain':>8} {'bpb':>6}"
+        f"{'pretrain':>8} {'parent':>12} {'bpb':>6}"
     )
     for r in rows:
         st = r["stages"]
@@ -198,7 +224,7 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
         print(
             f"{r['night']:<17} {r['state']:<10} {r['seconds']:>7.1f} {st.get('ingest', 0):>7.1f} "
             f"{st.get('tokenize', 0):>8.1f} {it(r) / max(it(first), 1e-9):>6.2f} "
-            f"{st.get('pretrain', 0):>8.1f} {bpb:>6}"
+            f"{st.get('pretrain', 0):>8.1f} {r['parent']:>12} {bpb:>6}"
         )
     failed, rerun = rows[4], rows[5]
     before = {k: v for k, v in rerun["stages"].items() if k != "deploy"}

@@ -117,7 +117,7 @@ def forget(catalog_url: str, key: str) -> None:
             s.delete(row)
 
 
-def memos(catalog_url: str, stage: str | None = None) -> list[StageMemo]:
+def list_memos(catalog_url: str, stage: str | None = None) -> list[StageMemo]:
     """Every memo (of ``stage``), newest first."""
     migrate(catalog_url)
     query = select(StageMemo).order_by(StageMemo.created_at.desc())

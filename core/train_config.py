@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from core.config_base import Section
+
+INIT_CHOICES = ("scratch", "champion")
+REGISTRY_URI = "models:/"
 
 
 class TrainConfig(Section):
@@ -30,6 +33,23 @@ class TrainConfig(Section):
     beta1: float = Field(0.9, gt=0, lt=1, description="AdamW beta1.")
     beta2: float = Field(0.95, gt=0, lt=1, description="AdamW beta2.")
     grad_clip: float = Field(1.0, ge=0, description="Gradient norm clip; 0 disables.")
+    # --- where training starts ---
+    init: str = Field(
+        "champion",
+        description="Where pretraining starts: 'champion' (the serving model's weights, continued on "
+        "tonight's tokens; a night without a champion starts from scratch), 'scratch' (random weights), "
+        "or one model: a model artifact directory, 'models:/<name>/<version>' or "
+        "'models:/<name>@<alias>'. A warm start needs the same model shape and tokenizer (data.tokenizer: "
+        "reuse) and runs the warmup and cosine schedule again from step 0.",
+    )
+    replay: float = Field(
+        0.25,
+        ge=0,
+        lt=1,
+        description="Under a warm start, the share of each batch drawn from the tokens the parent model "
+        "trained on, against forgetting them; skipped when tonight's tokens already hold every source "
+        "the parent saw, or when the parent's tokens are gone. 0: tonight's tokens only.",
+    )
     # --- evaluation, logging and checkpoints ---
     val_every: int = Field(50, ge=1, description="Optimizer steps between validation passes.")
     val_batches: int = Field(
@@ -79,6 +99,28 @@ class TrainConfig(Section):
         default_factory=lambda: ["", "The"],
         description="Prompts the stage samples from after training (logged; '' starts a new document).",
     )
+
+    @field_validator("init")
+    @classmethod
+    def _init_form(cls, v: str) -> str:
+        v = v.strip()
+        if not v:
+            raise ValueError(
+                "is empty; use 'champion', 'scratch', a model artifact directory or models:/<name>/<version>"
+            )
+        if v.startswith(REGISTRY_URI):
+            rest = v[len(REGISTRY_URI) :]
+            name, sep, ver = rest.partition("@") if "@" in rest else rest.partition("/")
+            if not name or not sep or not ver or "/" in ver:
+                raise ValueError(
+                    f"{v!r} is not a registry model URI; "
+                    "write models:/<name>/<version> or models:/<name>@<alias>"
+                )
+        return v
+
+    def warm_start(self) -> bool:
+        """Whether training may start from a parent model (``init`` other than ``scratch``)."""
+        return self.init != "scratch"
 
     def resolved_precision(self) -> str:
         """The Lightning precision string: ``auto`` becomes bf16-mixed on GPU and 32-true on CPU."""

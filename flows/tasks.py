@@ -15,7 +15,15 @@ from catalog.artifacts import ArtifactRef
 from catalog.tracking import PipelineRun
 from core.config import Config
 from flows.watchdog import watched_stage
-from release.promotion import GateResult, cached_gate, evaluate_and_gate, reject_at_stage, tokenizer_source
+from release.promotion import (
+    GateResult,
+    cached_gate,
+    evaluate_and_gate,
+    parent_model,
+    reject_at_stage,
+    replay_tokens,
+    tokenizer_source,
+)
 from serving.deploy import DeployResult, deploy_stage
 from training import stage_cache as cache
 from training import stages
@@ -42,7 +50,10 @@ def tokenize_task(cfg: Config, pipeline: PipelineRun, corpus: IngestResult) -> T
 def pretrain_task(cfg: Config, pipeline: PipelineRun, tokens: TokenizeResult) -> stages.PretrainStageResult:
     # A retry resumes from the newest good checkpoint of the same inputs and config.
     with watched_stage(cfg, pipeline, "pretrain") as run:
-        return cache.pretrain(cfg, run, tokens.tokens, tokens.tokenizer)
+        # train.init: the champion (default), scratch or a named model; the same for a re-run night.
+        parent = cache.parent_of_night(cfg, run, tokens.tokens, tokens.tokenizer, lambda: parent_model(cfg))
+        replay = replay_tokens(cfg, parent, tokens.tokens)
+        return cache.pretrain(cfg, run, tokens.tokens, tokens.tokenizer, parent, replay)
 
 
 @task(name="sft", retries=1, retry_delay_seconds=5, cache_policy=NONE)

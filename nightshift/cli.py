@@ -97,11 +97,28 @@ def cmd_tokenize(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
 def cmd_pretrain(args: argparse.Namespace, extra: Sequence[str]) -> int:
     # Deferred: loads torch, which `nightshift --help` and the other commands do without.
+    from catalog.artifacts import open_artifact
+    from release.promotion import parent_model, replay_tokens
     from training.stages import pretrain_stage
 
     cfg = _config(args, extra)
+    # train.init as in a night; without tracking there is no registry to find the champion in.
+    parent, replay = None, None
+    if args.track or cfg.train.init != "champion":
+        parent = parent_model(cfg)
+    if parent is not None and args.track:
+        replay = replay_tokens(cfg, parent, open_artifact(args.tokens, kind="tokens"))
     with tracked_stage(cfg, "pretrain", args.track) as run:
-        result = pretrain_stage(cfg, run, args.tokens, args.tokenizer, out=args.out, workdir=args.workdir)
+        result = pretrain_stage(
+            cfg,
+            run,
+            args.tokens,
+            args.tokenizer,
+            out=args.out,
+            workdir=args.workdir,
+            parent=parent,
+            replay=replay,
+        )
     print(
         json.dumps(
             {

@@ -20,6 +20,7 @@ out, which comes back here. Rollouts themselves are ``serving.deploy``'s.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +35,8 @@ from catalog.models import Artifact
 from catalog.registry import Registry, RegistryError
 from catalog.verdict import Verdict
 from core.config import nightshift_home
+from core.config_base import ConfigError
+from core.train_config import REGISTRY_URI
 from serving.deploy import (
     DeployError,
     DeployResult,
@@ -319,17 +322,92 @@ def base_model(cfg: Config, version: str | None, model_dir: str | None) -> Artif
     return open_artifact(version_artifact(registry, info.version), kind="model")
 
 
-def tokens_of(cfg: Config, model: ArtifactRef) -> ArtifactRef | None:
-    """The ``tokens`` artifact a model was trained on, for held-out perplexity; None when unknown or gone."""
-    sha = model.metadata.get("tokens")
+def parent_model(cfg: Config) -> ArtifactRef | None:
+    """The ``model`` artifact tonight's pretraining continues from (``train.init``), or None for scratch.
+
+    ``champion`` is the serving version (None, so scratch, before the first promotion); a registry
+    URI is resolved in the config's MLflow; anything else is a model artifact directory.
+
+    Raises:
+        ConfigError: naming ``train.init`` when the model it names does not exist or does not verify.
+    """
+    init = cfg.train.init
+    if init == "scratch":
+        return None
+    if init == "champion":
+        champ, path = champion_artifact(cfg, registry_for(cfg))
+        if champ is None or path is None:
+            log.info("pretrain: no champion yet, so tonight trains from scratch (train.init: champion)")
+            return None
+        log.info("pretrain: continues from the champion, version %s (train.init: champion)", champ.version)
+        return open_artifact(path, kind="model")
+    try:
+        if init.startswith(REGISTRY_URI):
+            rest = init[len(REGISTRY_URI) :]
+            name, by_alias, alias = rest.partition("@")
+            registry = Registry(cfg.tracking.mlflow_uri, name=name if by_alias else rest.split("/")[0])
+            info = registry.alias(alias) if by_alias else registry.get(rest.split("/", 1)[1])
+            if info is None:
+                raise RegistryError(f"{registry.name} has no alias {alias!r}")
+            return open_artifact(version_artifact(registry, info.version), kind="model")
+        return open_artifact(init, kind="model")
+    except Exception as e:  # a missing version, directory or a damaged artifact: one clear problem
+        raise ConfigError(
+            [f"train.init: {init!r} names no usable model ({e}); use 'champion', 'scratch', a model "
+             "artifact directory or models:/<name>/<version>"],
+            source="pretrain inputs",
+        ) from e  # fmt: skip
+
+
+def recorded(cfg: Config, kind: str, sha: object) -> ArtifactRef | None:
+    """The catalog's ``kind`` artifact of hash ``sha``, opened and checked; None when the catalog does
+    not know it or it is gone (moved, pruned or damaged)."""
     if not isinstance(sha, str):
         return None
     with session_scope(cfg.tracking.catalog_url) as s:
-        row = s.query(Artifact).filter_by(kind="tokens", sha256=sha).first()
+        row = s.query(Artifact).filter_by(kind=kind, sha256=sha).first()
         try:
             return open_recorded(row) if row else None
-        except Exception:  # moved, pruned or damaged: evaluate without held-out perplexity
-            log.warning(
-                "the tokens %s of model %s are gone; evaluating without them", sha[:16], model.sha256[:16]
-            )
+        except Exception:  # moved, pruned or damaged
+            log.warning("the %s artifact %s is gone", kind, sha[:16])
             return None
+
+
+def corpus_sources(cfg: Config, tokens: ArtifactRef) -> set[str] | None:
+    """The sha256s of the source items behind a ``tokens`` artifact (from its corpus's manifest),
+    or None when the corpus is unknown or gone."""
+    corpus = recorded(cfg, "corpus", tokens.metadata.get("corpus_sha256"))
+    if corpus is None:
+        return None
+    manifest = json.loads((corpus.path / "manifest.json").read_text())
+    return {src["sha256"] for src in manifest.get("sources", [])}
+
+
+def replay_tokens(cfg: Config, parent: ArtifactRef | None, tokens: ArtifactRef) -> ArtifactRef | None:
+    """The parent model's training tokens to mix into tonight's batches (``train.replay``), or None.
+
+    None when there is no parent or no replay share, when the parent's tokens are gone, or when
+    tonight's tokens already come from every source item the parent's did: replaying them would
+    only weigh the old text twice.
+    """
+    if parent is None or cfg.train.replay == 0:
+        return None
+    old = tokens_of(cfg, parent)
+    if old is None:
+        log.warning("pretrain: the tokens model %s trained on are gone; no replay", parent.sha256[:16])
+        return None
+    if old.sha256 == tokens.sha256:
+        return None
+    before, now = corpus_sources(cfg, old), corpus_sources(cfg, tokens)
+    if before is not None and now is not None and before <= now:
+        log.info(
+            "pretrain: tonight's tokens hold all %d source items of the parent's; no replay", len(before)
+        )
+        return None
+    return old
+
+
+def tokens_of(cfg: Config, model: ArtifactRef) -> ArtifactRef | None:
+    """The ``tokens`` artifact a model was trained on (held-out perplexity, replay); None when unknown
+    or gone."""
+    return recorded(cfg, "tokens", model.metadata.get("tokens"))

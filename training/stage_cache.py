@@ -34,7 +34,7 @@ from catalog.db import migrate, session_scope
 from catalog.models import Feedback
 from catalog.tracking import TAG_PREFIX, StageRun
 from catalog.verdict import Verdict
-from core.config import Config
+from core.config import Config, nightshift_home
 from core.version import package_version
 from gpt.tokenizer import TOKENIZER_FILE
 from training import stages
@@ -51,6 +51,7 @@ SALT: dict[str, int] = {
     "ingest": 1,
     "tokenize": 1,
     "pretrain": 1,
+    "parent": 1,
     "sft": 1,
     "reward": 1,
     "ppo": 1,
@@ -138,13 +139,27 @@ def tokenize_key(cfg: Config, corpus: ArtifactRef, champion: ArtifactRef | None 
     )
 
 
-def pretrain_key(cfg: Config, tokens: ArtifactRef, tokenizer: ArtifactRef) -> str:
+def pretrain_key(
+    cfg: Config,
+    tokens: ArtifactRef,
+    tokenizer: ArtifactRef,
+    parent: ArtifactRef | None = None,
+    replay: ArtifactRef | None = None,
+) -> str:
     config = {
         "model": cfg.model.model_dump(mode="json"),
         "train": cfg.train.model_dump(mode="json"),
         "seed": cfg.seed,
     }
-    return stage_key("pretrain", {"tokens": tokens.sha256, "tokenizer": tokenizer.sha256}, config)
+    inputs = {
+        "tokens": tokens.sha256,
+        "tokenizer": tokenizer.sha256,
+        # The model it starts from and the tokens it replays, not the train.init spelling: a new
+        # champion is a new pretraining.
+        "parent": parent.sha256 if parent is not None else None,
+        "replay": replay.sha256 if replay is not None else None,
+    }
+    return stage_key("pretrain", inputs, config)
 
 
 def _rlhf_config(cfg: Config) -> dict[str, Any]:
@@ -337,16 +352,75 @@ def tokenize(
     )
 
 
+def parent_of_night(
+    cfg: Config,
+    run: StageRun,
+    tokens: ArtifactRef,
+    tokenizer: ArtifactRef,
+    resolve: Callable[[], ArtifactRef | None],
+) -> ArtifactRef | None:
+    """The model tonight's pretraining starts from (``resolve()``: ``train.init``), chosen once per night.
+
+    The choice is memoised under the identity of the pretraining it starts (tokens, tokenizer, model
+    and train config, seed), so the same night run again continues from the same parent even after
+    its own candidate became the champion: a night that failed at ``deploy`` then finds its
+    pretraining in the cache instead of training again from its own result. A night with other data,
+    config or seed chooses again. Forcing pretrain (``night.cache: false``, ``night.rerun``) chooses
+    again too; a remembered parent that no longer verifies is forgotten and chosen again.
+    """
+    config = {
+        "model": cfg.model.model_dump(mode="json"),
+        "train": cfg.train.model_dump(mode="json"),
+        "seed": cfg.seed,
+    }
+    key = stage_key("parent", {"tokens": tokens.sha256, "tokenizer": tokenizer.sha256}, config)
+    url = cfg.tracking.catalog_url
+    if cfg.night.cached("pretrain"):
+        memo = memos.recall(url, key)
+        if memo is not None:
+            parent = memo.refs.get("parent")
+            log.info(
+                "pretrain: this night chose its parent before (run %s): %s",
+                memo.mlflow_run_id or memo.run_id,
+                parent.sha256[:16] if parent is not None else "scratch",
+            )
+            return parent
+    parent = resolve()
+    memos.remember(
+        url,
+        key,
+        "parent",
+        run_id=run.catalog_run_id,
+        mlflow_run_id=run.mlflow_run_id,
+        refs={"parent": parent},
+        result={"init": cfg.train.init},
+    )
+    return parent
+
+
 def pretrain(
-    cfg: Config, run: StageRun, tokens: ArtifactRef, tokenizer: ArtifactRef
+    cfg: Config,
+    run: StageRun,
+    tokens: ArtifactRef,
+    tokenizer: ArtifactRef,
+    parent: ArtifactRef | None = None,
+    replay: ArtifactRef | None = None,
 ) -> stages.PretrainStageResult:
-    """:func:`training.stages.pretrain_stage`, reused for the same tokens, model and train config."""
+    """:func:`training.stages.pretrain_stage`, reused for the same tokens, parent, model and train config.
+
+    Its checkpoints live under ``runs/pretrain-<key>``: one identity for the memo and the work in
+    progress, so a retried or re-run night resumes the same training.
+    """
+    key = pretrain_key(cfg, tokens, tokenizer, parent, replay)
+    workdir = nightshift_home() / "runs" / f"pretrain-{key[:16]}"
     return cached(
         cfg,
         run,
         "pretrain",
-        pretrain_key(cfg, tokens, tokenizer),
-        lambda: stages.pretrain_stage(cfg, run, tokens, tokenizer),
+        key,
+        lambda: stages.pretrain_stage(
+            cfg, run, tokens, tokenizer, workdir=workdir, parent=parent, replay=replay
+        ),
         lambda r: (
             {"model": r.model},
             {"metrics": r.metrics, "samples": r.samples, "model_uri": r.model_uri},

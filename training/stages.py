@@ -16,13 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
-from catalog.artifacts import ArtifactRef, open_artifact
+from catalog.artifacts import ArtifactRef, file_sha256, open_artifact
 from catalog.retention import CHECKPOINT_INPUTS
 from catalog.tracking import StageRun
 from core.config import Config, nightshift_home
+from core.config_base import ConfigError
 from core.files import write_atomic
 from gpt.generate import generate_text
-from gpt.model_io import save_model
+from gpt.model_io import WEIGHTS_FILE, open_model, save_model
 from gpt.tokenizer import TOKENIZER_FILE, load_tokenizer
 from training.data.ingest import IngestResult, ingest
 from training.data.shards import TokenShards
@@ -157,6 +158,31 @@ def unigram_entropy(tokens: ArtifactRef | str | Path, split: str = "train") -> f
     return float(-(p * np.log(p)).sum())
 
 
+def check_parent(cfg: Config, parent: ArtifactRef, tokenizer: ArtifactRef) -> None:
+    """Raise unless ``parent`` can be continued with tonight's model shape and tokenizer.
+
+    The tokenizers are compared by the hash of their ``tokenizer.json``: the same vocabulary and
+    merges, byte for byte, as ``data.tokenizer: reuse`` copies them.
+    """
+    problems = []
+    shape, _, _ = open_model(parent, verify=False)  # open_artifact verified it when it was resolved
+    theirs, ours = shape.model_dump(exclude={"dropout"}), cfg.model.model_dump(exclude={"dropout"})
+    if theirs != ours:
+        diff = {k: (theirs[k], ours[k]) for k in ours if theirs.get(k) != ours[k]}
+        problems.append(
+            f"model: tonight's shape differs from the parent model {parent.sha256[:16]} (parent, tonight: "
+            f"{diff}); set train.init: scratch to train the new shape, or restore the parent's"
+        )
+    a, b = file_sha256(parent.path / TOKENIZER_FILE), file_sha256(tokenizer.path / TOKENIZER_FILE)
+    if a != b:
+        problems.append(
+            f"data.tokenizer: the parent model {parent.sha256[:16]} uses tokenizer {a}, tonight's tokens "
+            f"were made with tokenizer {b}; set data.tokenizer: reuse (the champion's) or train.init: scratch"
+        )
+    if problems:
+        raise ConfigError(problems, source=f"train.init {cfg.train.init!r}")
+
+
 def pretrain_stage(
     cfg: Config,
     run: StageRun,
@@ -165,17 +191,38 @@ def pretrain_stage(
     *,
     out: str | Path | None = None,
     workdir: str | Path | None = None,
+    parent: ArtifactRef | None = None,
+    replay: ArtifactRef | None = None,
 ) -> PretrainStageResult:
     """Pretrain the GPT on token shards; publish the ``model`` artifact and log it as an MLflow model.
 
     Checkpoints live in ``workdir`` (default: ``$NIGHTSHIFT_HOME/runs/pretrain-<inputs+config hash>``),
     so a retried task or a re-run of the same config resumes from the newest good checkpoint.
+
+    With ``parent`` (a ``model`` artifact, ``train.init``) training starts from its weights instead
+    of random ones, and the lineage records it; ``replay`` (the parent's tokens) supplies
+    ``train.replay`` of every batch.
+
+    Raises:
+        ConfigError: the parent's shape or tokenizer differs from tonight's (both named).
     """
     tokens_ref = tokens if isinstance(tokens, ArtifactRef) else open_artifact(tokens, kind="tokens")
     tok_ref = tokenizer if isinstance(tokenizer, ArtifactRef) else open_artifact(tokenizer, kind="tokenizer")
+    if parent is not None:
+        check_parent(cfg, parent, tok_ref)
     run.use(tokens_ref, context="training")
     run.use(tok_ref, context="training")
+    if parent is not None:
+        run.use(parent, context="parent")
+    if replay is not None:
+        run.use(replay, context="replay")
     run.log_params({"model": cfg.model.model_dump(mode="json"), "train": cfg.train.model_dump(mode="json")})
+    run.log_params(
+        {
+            "parent_model": parent.sha256 if parent is not None else "scratch",
+            "replay_tokens": replay.sha256 if replay is not None else "none",
+        }
+    )
     if workdir is None:
         key = hashlib.sha256(
             json.dumps(
@@ -184,6 +231,8 @@ def pretrain_stage(
                     cfg.model.model_dump(mode="json"),
                     cfg.train.model_dump(mode="json"),
                     cfg.seed,
+                    parent.sha256 if parent is not None else None,
+                    replay.sha256 if replay is not None else None,
                 ],
                 sort_keys=True,
             ).encode()
@@ -199,6 +248,8 @@ def pretrain_stage(
         workdir=workdir,
         mlflow_run_id=run.mlflow_run_id,
         tracking_uri=cfg.tracking.mlflow_uri if run.mlflow_run_id else None,
+        init_weights=parent.path / WEIGHTS_FILE if parent is not None else None,
+        replay=replay,
     )
     metrics = {**result.metrics, "unigram_entropy": entropy}
     run.log_metrics({"unigram_entropy": entropy})
@@ -225,7 +276,12 @@ def pretrain_stage(
         tok_ref.path / "tokenizer.json",
         root=cfg.tracking.artifact_root if out is None else None,
         dest=out,
-        metadata={"metrics": metrics, "tokens": tokens_ref.sha256, "tokenizer": tok_ref.sha256},
+        metadata={
+            "metrics": metrics,
+            "tokens": tokens_ref.sha256,
+            "tokenizer": tok_ref.sha256,
+            "parent": parent.sha256 if parent is not None else None,
+        },
     )
     run.produce(ref)
     model_uri = None

@@ -112,6 +112,9 @@ def test_a_worse_candidate_is_rejected_and_a_better_one_served(
         "serve.app_name": "gate-test",
         "serve.route_prefix": "/gate-test",
         "serve.registered_model": "gate-test-gpt",
+        # Each night trains its own model (a warm start would continue the champion, as in
+        # tests/nightshift/test_nights.py), so a short night is a weaker candidate.
+        "train.init": "scratch",
     }
     url = f"http://127.0.0.1:{serve_port}/gate-test/health"
     registry = Registry(mlflow_server, name="gate-test-gpt")

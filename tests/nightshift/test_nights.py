@@ -269,6 +269,27 @@ def _pretrain_params(cfg: Config, env: dict[str, str], flow_run_id: str) -> dict
     return MlflowClient(env["MLFLOW_TRACKING_URI"]).get_run(mlflow_id).data.params
 
 
+def _pretrain_reads(cfg: Config, flow_run_id: str, kind: str) -> set[str]:
+    """The sha256s of the ``kind`` artifacts the night's pretrain stage read (catalog lineage)."""
+    from catalog.db import session_scope
+    from catalog.models import Artifact, LineageEdge, Run
+
+    with session_scope(cfg.tracking.catalog_url) as s:
+        rows = (
+            s.query(Artifact.sha256)
+            .join(LineageEdge, LineageEdge.artifact_id == Artifact.id)
+            .join(Run, Run.id == LineageEdge.run_id)
+            .filter(
+                Run.prefect_flow_run_id == flow_run_id,
+                Run.stage == "pretrain",
+                LineageEdge.direction == "read",
+                Artifact.kind == kind,
+            )
+            .all()
+        )
+    return {sha for (sha,) in rows}
+
+
 def _dashboard_overview(cfg: Config, env: dict[str, str], tmp: Path) -> Any:
     import streamlit as st
     from streamlit.testing.v1 import AppTest
@@ -348,6 +369,11 @@ def test_three_nights_with_the_champion_served(
         assert float(placed["placement.cpus_per_worker"]) == pytest.approx(1.0 if i == 0 else 0.75)
         if i:
             assert "0.5 CPU by the Serve replica" in placed["placement.note"]
+        # train.init: champion (the default): the first night starts from scratch, later ones from
+        # the champion, named in the stage's params.
+        assert (placed["parent_model"] == "scratch") == (i == 0), placed["parent_model"]
+        if i:  # and the lineage: the stage read the parent model
+            assert placed["parent_model"] in _pretrain_reads(cfg, night, "model")
     errors = [outcome for _, outcome in load.results if outcome != "ok"]
     assert not errors, errors[:5]
     for night in nights[1:]:  # answered while each later night was training

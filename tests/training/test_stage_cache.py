@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from catalog.memo import memos
+from catalog.memo import list_memos
 from core.config import Config, load_config
 from flows.common import tracker_for
 from tests.flows.conftest import write_corpus
@@ -74,7 +74,7 @@ def test_a_second_night_reuses_ingest_and_tokenize_and_says_where_from(cfg: Conf
     assert client.get_run(ingest_2).data.metrics["documents_kept"] == corpus.manifest["documents_kept"]
     # The reused artifacts are inputs of the cached stage run: the night's lineage stays whole.
     assert client.get_run(tokenize_2).inputs.dataset_inputs
-    assert {m.stage for m in memos(cfg.tracking.catalog_url)} == {"ingest", "tokenize"}
+    assert {m.stage for m in list_memos(cfg.tracking.catalog_url)} == {"ingest", "tokenize"}
 
 
 def test_changed_source_content_and_changed_config_miss(cfg: Config) -> None:
@@ -118,8 +118,10 @@ def test_a_damaged_cached_artifact_is_rebuilt_and_named(
     )
     # The same content again, repaired at its address, and the memo now names the run that rebuilt it.
     assert rebuilt.tokens.sha256 == tokens.tokens.sha256
-    assert memos(cfg.tracking.catalog_url, "tokenize")[0].mlflow_run_id == tokenize_id
-    assert cache.memos.recall(cfg.tracking.catalog_url, memos(cfg.tracking.catalog_url, "tokenize")[0].key)
+    assert list_memos(cfg.tracking.catalog_url, "tokenize")[0].mlflow_run_id == tokenize_id
+    assert cache.memos.recall(
+        cfg.tracking.catalog_url, list_memos(cfg.tracking.catalog_url, "tokenize")[0].key
+    )
 
 
 def test_no_cache_and_rerun_force_a_stage(cfg: Config) -> None:
@@ -149,6 +151,10 @@ def test_each_stage_identity_reads_its_own_config_slice(tmp_path: Path) -> None:
     assert cache.pretrain_key(with_(eval={"batch_size": 3}), tokens, tok) == base  # gates: not read
     assert cache.pretrain_key(cfg, ArtifactRef("tokens", tmp_path, "d" * 64), tok) != base
     assert cache.pretrain_key(cfg.model_copy(update={"seed": 2}), tokens, tok) != base
+    # A warm start's parent and replayed tokens are inputs: a new champion is a new pretraining.
+    parent = ArtifactRef("model", tmp_path, "e" * 64)
+    warm = cache.pretrain_key(cfg, tokens, tok, parent)
+    assert warm != base and cache.pretrain_key(cfg, tokens, tok, parent, tokens) != warm
     assert cache.evaluate_key(with_(eval={"batch_size": 3}), model, tokens, None, None) != cache.evaluate_key(
         cfg, model, tokens, None, None
     )
@@ -207,3 +213,29 @@ def test_reuse_keeps_the_champions_tokenizer_on_a_new_corpus(cfg: Config, tmp_pa
     assert MlflowClient(cfg.tracking.mlflow_uri).get_run(run.mlflow_run_id).data.params[
         "tokenizer_source"
     ] == ("trained on the corpus")
+
+
+def test_a_night_keeps_the_parent_it_chose_when_run_again(cfg: Config, tmp_path: Path) -> None:
+    """The warm-start parent is chosen once per night identity: a re-run continues from the same
+    model even after the night's own candidate became the champion."""
+    from catalog.artifacts import publish
+
+    _, tokens, *_ = _night(cfg)
+
+    def model(name: str):
+        with publish("model", root=tmp_path / name) as st:
+            (st.path / "model.safetensors").write_bytes(name.encode())
+        return st.ref
+
+    first, later = model("first"), model("later")
+
+    def choose(c: Config, champion) -> object:
+        with tracker_for(c).pipeline("pretrain", config={}) as pipe, pipe.stage("pretrain") as run:
+            return cache.parent_of_night(c, run, tokens.tokens, tokens.tokenizer, lambda: champion)
+
+    assert choose(cfg, first).sha256 == first.sha256
+    assert choose(cfg, later).sha256 == first.sha256  # the same night again: the same parent
+    assert choose(cfg.model_copy(update={"seed": cfg.seed + 1}), later).sha256 == later.sha256
+    forced = cfg.model_copy(update={"night": cfg.night.model_copy(update={"rerun": ["pretrain"]})})
+    assert choose(forced, None) is None  # forcing pretrain chooses again (here: scratch)
+    assert choose(cfg, later) is None  # and that choice is the night's now

@@ -41,20 +41,53 @@ def _xy(split: TokenSplit, starts: np.ndarray, window: int) -> tuple[torch.Tenso
     return t[:, :-1].contiguous(), t[:, 1:].contiguous()  # inputs and next-token targets, (B, T) each
 
 
+def replay_rows(global_batch: int, share: float) -> int:
+    """How many windows of each global micro-batch come from the replay split (at least one when
+    the share is positive, never the whole batch)."""
+    if share <= 0 or global_batch < 2:
+        return 0
+    return min(global_batch - 1, max(1, round(share * global_batch)))
+
+
 class TrainWindows(Dataset):
-    """Map-style dataset whose item ``i`` is this rank's share of global micro-batch ``i``."""
+    """Map-style dataset whose item ``i`` is this rank's share of global micro-batch ``i``.
+
+    With a ``replay`` split, the first :func:`replay_rows` windows of every global micro-batch are
+    drawn from it (a second counter-based stream, so resuming stays exact) and the rest from
+    ``split``; the rows are then interleaved by a fixed permutation so every rank gets its share
+    of both.
+    """
 
     def __init__(
-        self, split: TokenSplit, block_size: int, global_batch: int, rank: int, world: int, seed: int
+        self,
+        split: TokenSplit,
+        block_size: int,
+        global_batch: int,
+        rank: int,
+        world: int,
+        seed: int,
+        replay: TokenSplit | None = None,
+        replay_share: float = 0.0,
     ):
         self.split, self.window, self.seed = split, block_size + 1, seed
         self.global_batch, self.local = global_batch, global_batch // world
         self.lo = rank * self.local
         self.n_tokens = len(split)
+        self.replay = replay
+        self.n_replay = replay_rows(global_batch, replay_share) if replay is not None else 0
+        self.order = np.random.default_rng((seed, 2**31)).permutation(global_batch)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         starts = train_starts(self.seed, index, self.n_tokens, self.window, self.global_batch)
-        return _xy(self.split, starts[self.lo : self.lo + self.local], self.window)
+        if not self.n_replay:
+            return _xy(self.split, starts[self.lo : self.lo + self.local], self.window)
+        assert self.replay is not None
+        old = train_starts(self.seed + 1, index, len(self.replay), self.window, self.n_replay)
+        rows = [self.replay.window(int(s), self.window) for s in old]
+        rows += [self.split.window(int(s), self.window) for s in starts[self.n_replay :]]
+        mine = self.order[self.lo : self.lo + self.local]
+        t = torch.from_numpy(np.stack([rows[i] for i in mine]).astype(np.int64))
+        return t[:, :-1].contiguous(), t[:, 1:].contiguous()
 
 
 class ValWindows(Dataset):
@@ -108,6 +141,8 @@ class TokenDataModule(L.LightningDataModule):
         seed: seed of the train window stream.
         rank: this worker's global rank.
         world: number of workers.
+        replay: a train split of older tokens (a warm start's parent data) mixed into each batch.
+        replay_share: the share of each global batch drawn from ``replay``.
     """
 
     def __init__(
@@ -124,8 +159,11 @@ class TokenDataModule(L.LightningDataModule):
         rank: int = 0,
         world: int = 1,
         pin_memory: bool = False,
+        replay: TokenSplit | None = None,
+        replay_share: float = 0.0,
     ):
         super().__init__()
+        self.replay, self.replay_share = replay, replay_share
         self.train_split, self.val_split = train, val
         self.block_size, self.batch_size, self.grad_accum = block_size, batch_size, grad_accum
         self.max_steps, self.val_batches, self.seed = max_steps, val_batches, seed
@@ -133,8 +171,17 @@ class TokenDataModule(L.LightningDataModule):
         self.position = 0  # micro-batches of the train stream consumed before this fit
 
     @classmethod
-    def for_run(cls, shards: TokenShards, cfg: Config, *, rank: int = 0, world: int = 1) -> TokenDataModule:
-        """The data of a pretraining run: ``cfg.train``'s batches of ``cfg.model.block_size`` windows."""
+    def for_run(
+        cls,
+        shards: TokenShards,
+        cfg: Config,
+        *,
+        rank: int = 0,
+        world: int = 1,
+        replay: TokenShards | None = None,
+    ) -> TokenDataModule:
+        """The data of a pretraining run: ``cfg.train``'s batches of ``cfg.model.block_size`` windows,
+        ``train.replay`` of them from ``replay``'s train split when given."""
         tc = cfg.train
         return cls(
             shards.split("train"),
@@ -148,11 +195,20 @@ class TokenDataModule(L.LightningDataModule):
             rank=rank,
             world=world,
             pin_memory=tc.use_gpu,
+            replay=replay.split("train") if replay is not None else None,
+            replay_share=tc.replay if replay is not None else 0.0,
         )
 
     def train_dataloader(self) -> DataLoader:
         ds = TrainWindows(
-            self.train_split, self.block_size, self.batch_size, self.rank, self.world, self.seed
+            self.train_split,
+            self.block_size,
+            self.batch_size,
+            self.rank,
+            self.world,
+            self.seed,
+            replay=self.replay,
+            replay_share=self.replay_share,
         )
         sampler = ResumableSampler(self.position, self.max_steps * self.grad_accum)
         # batch_size=None: each item already is a batch. In-process loading: a window copy out of a

@@ -115,8 +115,9 @@ def fit_worker(payload: dict[str, Any]) -> None:
         payload: ``cfg`` (``Config.model_dump``), ``tokens`` and ``workdir`` (paths), ``threads``,
             ``mlflow_run_id``, ``tracking_uri``, ``peak_flops``, ``callbacks`` (extra Lightning
             callbacks), ``progress`` (``sink(step, figures)``, called on rank 0 after each step),
-            ``ray`` (whether this is a Ray Train worker) and ``niceness`` (the driver's, which a Ray
-            worker takes on).
+            ``ray`` (whether this is a Ray Train worker), ``niceness`` (the driver's, which a Ray
+            worker takes on), ``init_weights`` (a warm start's ``model.safetensors``) and ``replay``
+            (a ``tokens`` artifact mixed into the batches by ``train.replay``).
     """
     cfg = Config.model_validate(payload["cfg"])
     tc = cfg.train
@@ -131,13 +132,19 @@ def fit_worker(payload: dict[str, Any]) -> None:
     # Same seed on every rank: identical initial weights (DDP would broadcast rank 0's anyway).
     L.seed_everything(cfg.seed, workers=False, verbose=False)
     shards = TokenShards.open(payload["tokens"], verify=False)  # the driver verified it
-    dm = TokenDataModule.for_run(shards, cfg, rank=rank, world=world)
+    replay = TokenShards.open(payload["replay"], verify=False) if payload.get("replay") else None
+    dm = TokenDataModule.for_run(shards, cfg, rank=rank, world=world, replay=replay)
     module = GPTPretrainModule(cfg.model, tc)
     # Different dropout masks per rank from here on (a no-op with dropout 0).
     torch.manual_seed(cfg.seed + 1000 + rank)
     resume = ckpt.latest_good(_resume_candidates(root, in_ray), max_step=tc.max_steps)
     if resume is not None:
         log.info("rank %d resumes from %s (step %d)", rank, resume.path, resume.step)
+    elif payload.get("init_weights"):
+        # A warm start: the parent's weights, a fresh optimizer and the schedule from step 0 (its
+        # warmup re-warms the learning rate). Every rank loads the same file.
+        ckpt.load_weights(module.model, Path(payload["init_weights"]))
+        log.info("rank %d starts from the weights of %s", rank, payload["init_weights"])
 
     tokens_per_step = tc.batch_size * tc.grad_accum * cfg.model.block_size
     metrics = StepMetrics(

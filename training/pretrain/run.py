@@ -80,6 +80,19 @@ def check_inputs(cfg: Config, shards: TokenShards) -> list[str]:
     return problems
 
 
+def replay_problems(cfg: Config, shards: TokenShards, replay: TokenShards) -> list[str]:
+    """Problems of mixing ``replay``'s train split into batches of ``shards``."""
+    out = []
+    if replay.vocab_size != shards.vocab_size:
+        out.append(
+            f"replay tokens: {replay.ref.path} has a vocabulary of {replay.vocab_size}, tonight's tokens "
+            f"{shards.vocab_size}; they were made with different tokenizers (set train.replay: 0)"
+        )
+    if len(replay.split("train")) < cfg.model.block_size + 1:
+        out.append(f"replay tokens: the train split of {replay.ref.path} is shorter than one window")
+    return out
+
+
 def _prepare_workdir(workdir: Path, resume: bool) -> None:
     root = workdir / "checkpoints"
     if not resume and (ckpt.list_steps(root) or (workdir / "history.jsonl").exists()):
@@ -127,6 +140,8 @@ def pretrain(
     resume: bool = True,
     peak_flops: float | None = None,
     callbacks: Sequence[Any] = (),
+    init_weights: str | Path | None = None,
+    replay: str | Path | ArtifactRef | None = None,
 ) -> PretrainResult:
     """Pretrain a GPT on a ``tokens`` artifact; one process or Ray Train workers by ``train.num_workers``.
 
@@ -143,6 +158,10 @@ def pretrain(
         peak_flops: peak FLOP/s of one worker's device for MFU (default: ``train.peak_flops``, else
             measured with a matmul at start).
         callbacks: extra Lightning callbacks (picklable: they travel to Ray workers).
+        init_weights: a ``model.safetensors`` of the same shape to start from (a warm start) instead of
+            random weights; a resumed run starts from its checkpoint instead.
+        replay: a ``tokens`` artifact of the same vocabulary whose train split supplies
+            ``train.replay`` of every batch (the parent model's data, against forgetting it).
 
     Returns:
         The trained model on CPU in eval mode, final metrics, the logged history and the final
@@ -160,6 +179,16 @@ def pretrain(
     except Exception as e:  # a missing or corrupt artifact is one more problem to list
         raise ConfigError([*problems, f"tokens: {e}"], source="pretrain inputs") from e
     problems = check_inputs(cfg, shards)
+    replay_shards = None
+    if replay is not None and cfg.train.replay > 0:
+        try:
+            replay_shards = TokenShards.open(replay)
+        except Exception as e:
+            problems.append(f"replay tokens: {e}")
+        else:
+            problems += replay_problems(cfg, shards, replay_shards)
+    if init_weights is not None and not Path(init_weights).is_file():
+        problems.append(f"train.init: the parent's weights {init_weights} are missing")
     if problems:
         raise ConfigError(problems, source="pretrain inputs")
 
@@ -176,6 +205,8 @@ def pretrain(
         "tracking_uri": tracking_uri,
         "peak_flops": peak_flops,
         "callbacks": list(callbacks),
+        "init_weights": str(init_weights) if init_weights is not None else None,
+        "replay": str(replay_shards.ref.path) if replay_shards is not None else None,
     }
     t0 = time.perf_counter()
     log.info(

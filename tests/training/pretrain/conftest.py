@@ -18,18 +18,20 @@ EOT = VOCAB - 1
 
 
 def write_tokens(
-    root: Path, train_tokens: int = 20_000, val_tokens: int = 2_000, seed: int = 0
+    root: Path, train_tokens: int = 20_000, val_tokens: int = 2_000, seed: int = 0, fill: int | None = None
 ) -> ArtifactRef:
     """Publish a ``tokens`` artifact (the layout of ``training.data.tokenize``) of a learnable stream.
 
     The stream is a sequence of 24 fixed "words" of 3-6 token ids in random order, each followed
     by a separator: within a word every next token is determined, so the loss can drop far below
-    ln(vocab).
+    ln(vocab). ``fill``: every token is that id instead (to tell the artifact's windows apart).
     """
     rng = np.random.default_rng(seed)
     words = [rng.integers(0, VOCAB - 1, size=int(rng.integers(3, 7))) for _ in range(24)]
 
     def stream(n: int) -> np.ndarray:
+        if fill is not None:
+            return np.full(n, fill, dtype=np.uint16)
         out: list[int] = []
         while len(out) < n:
             out.extend(words[int(rng.integers(len(words)))].tolist())
