@@ -93,8 +93,10 @@ def pretrain_parent(cfg: Any, mlflow_run_id: str | None) -> str:
 
     if mlflow_run_id is None:
         return "-"
-    params = MlflowClient(cfg.tracking.mlflow_uri).get_run(mlflow_run_id).data.params
-    parent = params.get("parent_model", "-")
+    run = MlflowClient(cfg.tracking.mlflow_uri).get_run(mlflow_run_id).data
+    if "nightshift.cached_from" in run.tags:
+        return "(cached)"
+    parent = run.params.get("parent_model", "-")
     return parent if parent in ("scratch", "-") else parent[:12]
 
 
@@ -146,9 +148,14 @@ def main() -> None:
         cfg = load_config(args.preset, stack_over)  # now with the stack's MLflow and catalog
         quarters, heldout = split_plays(fetch_demo_data(home), home / "plays")
         rows = run_nights(args, cfg, quarters, heldout)
+        report(rows, args)  # before the stack goes: this process is a driver of its Ray
     finally:
+        import ray
+
+        # Leave Ray before its head stops: a driver still connected when the head goes is ended by
+        # Ray's core worker (and nothing after this line would run).
+        ray.shutdown()
         stack.down(cfg)
-    report(rows, args)
 
 
 def night_overrides(args: argparse.Namespace, cfg: Any, sources: list[Path], seed: int) -> dict[str, Any]:
@@ -158,8 +165,19 @@ def night_overrides(args: argparse.Namespace, cfg: Any, sources: list[Path], see
         "seed": seed,
         "rlhf.enabled": bool(args.rlhf),
         "train.init": args.init,
-        "eval.prompt_format": "chat" if args.rlhf else cfg.eval.prompt_format,
     }
+    if not args.rlhf:
+        # The candidate is the pretrained model: it continues text, and the floors the preset sets for
+        # its RLHF'd chat policy (task accuracy, refusals) do not apply; perplexity and the
+        # no-regression rules against the champion still gate it.
+        over.update(
+            {
+                "eval.prompt_format": "text",
+                "eval.min_task_accuracy": None,
+                "eval.min_harmful_refusal_rate": None,
+                "eval.max_over_refusal_rate": None,
+            }
+        )
     if args.steps:
         over["train.max_steps"] = args.steps
     return over
