@@ -8,8 +8,24 @@ from pydantic import Field, field_validator
 
 from core.config_base import Section
 
-INIT_CHOICES = ("scratch", "champion")
 REGISTRY_URI = "models:/"
+
+
+def registry_model(uri: str) -> tuple[str, str, bool]:
+    """``models:/<name>/<version>`` → (name, version, False); ``models:/<name>@<alias>`` → (name, alias,
+    True).
+
+    Raises:
+        ValueError: ``uri`` is not one of those two forms.
+    """
+    rest = uri[len(REGISTRY_URI) :] if uri.startswith(REGISTRY_URI) else ""
+    by_alias = "@" in rest
+    name, _, ref = rest.partition("@") if by_alias else rest.partition("/")
+    if not name or not ref or "/" in ref:
+        raise ValueError(
+            f"{uri!r} is not a registry model URI; write models:/<name>/<version> or models:/<name>@<alias>"
+        )
+    return name, ref, by_alias
 
 
 class TrainConfig(Section):
@@ -109,18 +125,8 @@ class TrainConfig(Section):
                 "is empty; use 'champion', 'scratch', a model artifact directory or models:/<name>/<version>"
             )
         if v.startswith(REGISTRY_URI):
-            rest = v[len(REGISTRY_URI) :]
-            name, sep, ver = rest.partition("@") if "@" in rest else rest.partition("/")
-            if not name or not sep or not ver or "/" in ver:
-                raise ValueError(
-                    f"{v!r} is not a registry model URI; "
-                    "write models:/<name>/<version> or models:/<name>@<alias>"
-                )
+            registry_model(v)
         return v
-
-    def warm_start(self) -> bool:
-        """Whether training may start from a parent model (``init`` other than ``scratch``)."""
-        return self.init != "scratch"
 
     def resolved_precision(self) -> str:
         """The Lightning precision string: ``auto`` becomes bf16-mixed on GPU and 32-true on CPU."""

@@ -36,7 +36,7 @@ from catalog.registry import Registry, RegistryError
 from catalog.verdict import Verdict
 from core.config import nightshift_home
 from core.config_base import ConfigError
-from core.train_config import REGISTRY_URI
+from core.train_config import REGISTRY_URI, registry_model
 from serving.deploy import (
     DeployError,
     DeployResult,
@@ -343,12 +343,11 @@ def parent_model(cfg: Config) -> ArtifactRef | None:
         return open_artifact(path, kind="model")
     try:
         if init.startswith(REGISTRY_URI):
-            rest = init[len(REGISTRY_URI) :]
-            name, by_alias, alias = rest.partition("@")
-            registry = Registry(cfg.tracking.mlflow_uri, name=name if by_alias else rest.split("/")[0])
-            info = registry.alias(alias) if by_alias else registry.get(rest.split("/", 1)[1])
+            name, ref, by_alias = registry_model(init)
+            registry = Registry(cfg.tracking.mlflow_uri, name=name)
+            info = registry.alias(ref) if by_alias else registry.get(ref)
             if info is None:
-                raise RegistryError(f"{registry.name} has no alias {alias!r}")
+                raise RegistryError(f"{name} has no alias {ref!r}")
             return open_artifact(version_artifact(registry, info.version), kind="model")
         return open_artifact(init, kind="model")
     except Exception as e:  # a missing version, directory or a damaged artifact: one clear problem

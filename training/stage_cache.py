@@ -139,6 +139,15 @@ def tokenize_key(cfg: Config, corpus: ArtifactRef, champion: ArtifactRef | None 
     )
 
 
+def _pretrain_config(cfg: Config) -> dict[str, Any]:
+    # What pretraining reads of the config: the model shape, the train section and the seed.
+    return {
+        "model": cfg.model.model_dump(mode="json"),
+        "train": cfg.train.model_dump(mode="json"),
+        "seed": cfg.seed,
+    }
+
+
 def pretrain_key(
     cfg: Config,
     tokens: ArtifactRef,
@@ -146,11 +155,7 @@ def pretrain_key(
     parent: ArtifactRef | None = None,
     replay: ArtifactRef | None = None,
 ) -> str:
-    config = {
-        "model": cfg.model.model_dump(mode="json"),
-        "train": cfg.train.model_dump(mode="json"),
-        "seed": cfg.seed,
-    }
+    config = _pretrain_config(cfg)
     inputs = {
         "tokens": tokens.sha256,
         "tokenizer": tokenizer.sha256,
@@ -368,11 +373,7 @@ def parent_of_night(
     config or seed chooses again. Forcing pretrain (``night.cache: false``, ``night.rerun``) chooses
     again too; a remembered parent that no longer verifies is forgotten and chosen again.
     """
-    config = {
-        "model": cfg.model.model_dump(mode="json"),
-        "train": cfg.train.model_dump(mode="json"),
-        "seed": cfg.seed,
-    }
+    config = _pretrain_config(cfg)
     key = stage_key("parent", {"tokens": tokens.sha256, "tokenizer": tokenizer.sha256}, config)
     url = cfg.tracking.catalog_url
     if cfg.night.cached("pretrain"):

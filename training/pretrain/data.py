@@ -35,10 +35,13 @@ def val_starts(n_tokens: int, window: int, count: int) -> np.ndarray:
     return np.linspace(0, n_tokens - window, num=count).astype(np.int64)
 
 
-def _xy(split: TokenSplit, starts: np.ndarray, window: int) -> tuple[torch.Tensor, torch.Tensor]:
-    rows = np.stack([split.window(int(s), window) for s in starts]).astype(np.int64)  # (B, T+1)
-    t = torch.from_numpy(rows)
+def _as_xy(rows: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    t = torch.from_numpy(np.stack(rows).astype(np.int64))  # (B, T+1)
     return t[:, :-1].contiguous(), t[:, 1:].contiguous()  # inputs and next-token targets, (B, T) each
+
+
+def _xy(split: TokenSplit, starts: np.ndarray, window: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return _as_xy([split.window(int(s), window) for s in starts])
 
 
 def replay_rows(global_batch: int, share: float) -> int:
@@ -85,9 +88,7 @@ class TrainWindows(Dataset):
         old = train_starts(self.seed + 1, index, len(self.replay), self.window, self.n_replay)
         rows = [self.replay.window(int(s), self.window) for s in old]
         rows += [self.split.window(int(s), self.window) for s in starts[self.n_replay :]]
-        mine = self.order[self.lo : self.lo + self.local]
-        t = torch.from_numpy(np.stack([rows[i] for i in mine]).astype(np.int64))
-        return t[:, :-1].contiguous(), t[:, 1:].contiguous()
+        return _as_xy([rows[i] for i in self.order[self.lo : self.lo + self.local]])
 
 
 class ValWindows(Dataset):
